@@ -1,0 +1,7 @@
+"""modetune: Mixture-of-Depths Ensemble tuning (Luo & Specia, arXiv 2410.13077) for Hugging Face causal LMs."""
+
+from .config import MoDConfig
+from .model import BaseModelMismatchError, MoDModel, get_mod_model
+
+__version__ = "0.1.0"
+__all__ = ["MoDConfig", "MoDModel", "get_mod_model", "BaseModelMismatchError", "__version__"]

@@ -1,0 +1,109 @@
+"""`MoDConfig`: every choice of the Mixture-of-Depths Ensemble, with the defaults of SPEC.md."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+CONFIG_NAME = "mod_config.json"
+
+
+@dataclass
+class MoDConfig:
+    """Configuration of a MoD ensemble over the last ``k`` decoder layers.
+
+    Attributes:
+        k: number of late layers in the ensemble (members ``N-k+1 .. N``).
+        router_input: ``"final"`` routes on ``N_p(h^(N))``; ``"entry"`` on ``h^(N-k)``,
+            the input of the ensemble block (early exit becomes possible).
+        router_init: ``"uniform"`` = zero router weights (uniform mixture at step 0);
+            ``"final"`` = zero weights plus constant prior logits giving the final member
+            ``router_init_final_weight`` at step 0.
+        router_init_final_weight: the final member's weight at step 0 for ``router_init="final"``.
+        top_k: keep only the ``top_k`` largest router logits per token (``None``: dense).
+        distill_lambda: weight of ``L_distill`` in ``L = L_task + lambda * L_distill``.
+        temperature: ``tau`` in ``P_i = softmax(l_i / tau)`` for the distillation.
+        distill_direction: ``"reverse"`` = ``KL(P_i || P_N)`` (the poster); ``"forward"`` = ``KL(P_N || P_i)``.
+        detach_teacher: no distillation gradient through the final member ``P_N``.
+        distill_through_body: let ``L_distill`` reach the layers below the members (else it
+            trains the member norms only).
+        train_final_norm: make the model's own final norm ``N_p`` trainable.
+        member_norms: give each non-final member a new trainable norm copied from ``N_p``;
+            ``False`` = every member uses the frozen ``N_p`` (the "without N_k" ablation).
+        chunk_size: tokens per chunk of the fused head + loss (memory/speed trade-off).
+        loss_impl: ``"chunked"`` (fused, low memory) or ``"naive"`` (materialises every
+            member's logits; the reference, for tests and benchmarks).
+        loss_layer: ``None`` for the ensemble; ``j`` puts the whole task loss on the logit
+            lens of layer ``N-j`` instead (the ``lora_layer_j`` motivation runs; needs ``k > j``
+            and routes all weight to that member).
+    """
+
+    k: int = 3
+    router_input: Literal["final", "entry"] = "final"
+    router_init: Literal["uniform", "final"] = "uniform"
+    router_init_final_weight: float = 0.9
+    top_k: int | None = None
+    distill_lambda: float = 1.0
+    temperature: float = 1.0
+    distill_direction: Literal["reverse", "forward"] = "reverse"
+    detach_teacher: bool = True
+    distill_through_body: bool = True
+    train_final_norm: bool = False
+    member_norms: bool = True
+    chunk_size: int = 256
+    loss_impl: Literal["chunked", "naive"] = "chunked"
+    loss_layer: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        def bad(msg: str) -> ValueError:
+            return ValueError(f"Invalid MoDConfig: {msg}.")
+
+        if not isinstance(self.k, int) or self.k < 1:
+            raise bad(f"k must be a positive integer, got {self.k!r}")
+        choices = {
+            "router_input": ("final", "entry"),
+            "router_init": ("uniform", "final"),
+            "distill_direction": ("reverse", "forward"),
+            "loss_impl": ("chunked", "naive"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise bad(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.top_k is not None and not 1 <= self.top_k <= self.k:
+            raise bad(f"top_k must be between 1 and k={self.k}, got {self.top_k}")
+        if not 0.0 < self.router_init_final_weight < 1.0:
+            raise bad("router_init_final_weight must lie strictly between 0 and 1")
+        if self.distill_lambda < 0:
+            raise bad("distill_lambda must be >= 0")
+        if self.temperature <= 0:
+            raise bad("temperature must be > 0")
+        if self.chunk_size < 1:
+            raise bad("chunk_size must be >= 1")
+        if self.loss_layer is not None and not 0 <= self.loss_layer < self.k:
+            raise bad(f"loss_layer j needs 0 <= j < k={self.k}, got {self.loss_layer}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MoDConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known - {"modetune_version", "base_fingerprint"})
+        if unknown:
+            raise ValueError(f"Unknown MoDConfig field(s): {', '.join(unknown)}.")
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+    def save(self, directory: str | Path, **metadata) -> None:
+        path = Path(directory) / CONFIG_NAME
+        path.write_text(json.dumps({**self.to_dict(), **metadata}, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, directory: str | Path) -> tuple[MoDConfig, dict]:
+        """Return the config and the metadata stored beside it (e.g. the base fingerprint)."""
+        data = json.loads((Path(directory) / CONFIG_NAME).read_text())
+        metadata = {key: data.pop(key) for key in ("modetune_version", "base_fingerprint") if key in data}
+        return cls.from_dict(data), metadata

@@ -1,0 +1,282 @@
+"""The MoD objective ``L = L_task + lambda * L_distill``, fused and chunked, plus its naive reference.
+
+Notation (SPEC.md): members ``i = 1..k`` (the last is the final layer ``N``), pre-norm states
+``h_i``, norms ``N_i``, shared head ``phi(z) = z W^T + b``, member logits
+``l_i = cap(phi(N_i(h_i)))`` (``cap`` = optional soft-capping ``c * tanh(x / c)``),
+router weights ``G = route(x W_g + prior)`` and ensemble logits ``l = sum_i G_i l_i``.
+
+- ``L_task = (1/n) sum_t CE(l_t, y_t)`` over the ``n`` labelled tokens.
+- ``L_distill = (1/n) sum_t sum_{i<k} KL(P_i || P_N)`` (``"reverse"``) or ``KL(P_N || P_i)``
+  (``"forward"``), ``P_i = softmax(l_i / tau)``; the teacher ``P_N`` detached by default.
+
+``fused_mod_loss`` computes it chunk by chunk over tokens, and computes each chunk's
+input gradients in the forward pass (as fused linear-cross-entropy kernels do), so no
+``[tokens, V]`` tensor outlives its chunk. Gradients of the vocabulary-sized part are
+written by hand (below); the small norm and router graphs use autograd per chunk.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import MoDConfig
+
+
+@dataclass
+class MoDLossOutput:
+    """``loss`` = ``task + lambda * distill.sum()``; ``distill`` has one entry per non-final
+    member; ``member_ce`` is each member's own cross-entropy (``None`` when not computed)."""
+
+    loss: Tensor
+    task: Tensor
+    distill: Tensor
+    member_ce: Tensor | None
+
+
+@dataclass
+class HeadSpec:
+    """The frozen shared head ``phi`` and the optional final-logit soft-capping."""
+
+    weight: Tensor
+    bias: Tensor | None = None
+    softcap: float | None = None
+
+    def logits(self, z: Tensor) -> Tensor:
+        """``cap(z W^T + b)`` in float32."""
+        out = F.linear(z, self.weight, self.bias)
+        out = out.to(torch.promote_types(out.dtype, torch.float32))
+        if self.softcap is not None:
+            out = torch.tanh(out / self.softcap) * self.softcap
+        return out
+
+
+def _kl_rows(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """Per-row ``KL(P || Q) = sum_v P (log P - log Q)``."""
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def naive_mod_loss(hs: list[Tensor], router_input: Tensor | None, labels: Tensor, norms: list[nn.Module],
+                   router: nn.Module, head: HeadSpec, config: MoDConfig, normaliser: float | None = None,
+                   ) -> MoDLossOutput:
+    """Reference: materialise every member's logits and let autograd do the rest.
+
+    ``hs`` are the members' pre-norm states ``[n, d]`` (shallow to final) at labelled
+    positions, ``labels`` ``[n]``; ``router_input=None`` routes on ``N_p(h_N)``.
+    """
+    normaliser = normaliser or labels.numel()
+    zs = [norm(h) for norm, h in zip(norms, hs)]
+    logits = [head.logits(z) for z in zs]
+    weights = router(zs[-1] if router_input is None else router_input)
+    ensemble = sum(weights[:, i : i + 1] * logits[i] for i in range(len(hs)))
+    task = F.cross_entropy(ensemble, labels, reduction="sum") / normaliser
+    member_ce = torch.stack([F.cross_entropy(lg.detach(), labels, reduction="sum") / normaliser for lg in logits])
+    if not config.distill_through_body:
+        logits = [head.logits(norm(h.detach())) for norm, h in zip(norms, hs)]
+    tau = config.temperature
+    if config.distill_lambda == 0:  # the "without L_distill" ablation: no KL is computed
+        return MoDLossOutput(task, task.detach(), task.new_zeros(0), member_ce)
+    teacher = F.log_softmax(logits[-1] / tau, -1)
+    if config.detach_teacher:
+        teacher = teacher.detach()
+    kls = []
+    for student_logits in logits[:-1]:
+        student = F.log_softmax(student_logits / tau, -1)
+        pair = (student, teacher) if config.distill_direction == "reverse" else (teacher, student)
+        kls.append(_kl_rows(*pair).sum() / normaliser)
+    distill = torch.stack(kls) if kls else task.new_zeros(0)
+    loss = task + config.distill_lambda * distill.sum()
+    return MoDLossOutput(loss, task.detach(), distill.detach(), member_ce)
+
+
+def _vdot(a: Tensor, b: Tensor) -> Tensor:
+    """Row-wise dot product of ``[n, V]`` tensors without an ``[n, V]`` temporary."""
+    return (a.unsqueeze(1) @ b.unsqueeze(2)).view(-1)
+
+
+def _chunk_grads(zs: list[Tensor], weights: Tensor, labels: Tensor, head: HeadSpec, config: MoDConfig,
+                 scale: float, member_stats: bool):
+    """Values and hand-written gradients of one chunk, w.r.t. member states ``z_i`` and weights ``G``.
+
+    With ``g = softmax(l) - onehot(y)`` (times ``scale = 1/n``):
+    ``dL_task/dl_i = G_i g``, ``dL_task/dG_i = <g, l_i>``. Reverse KL, student ``i``:
+    ``dKL/dl_i = P_i (log P_i - log P_N - KL) / tau``, teacher: ``(P_N - P_i) / tau``.
+    Forward KL: student ``(P_i - P_N) / tau``, teacher ``P_N (log P_N - log P_i - KL) / tau``.
+    ``dz = dl W`` (times ``1 - (l/c)^2`` first under soft-capping). Returns the task sum,
+    per-member KL sums, per-member CE sums, task ``dz`` list, distill ``dz`` list, ``dG``.
+    """
+    k, lam, tau = len(zs), config.distill_lambda, config.temperature
+    W = head.weight
+    rows = torch.arange(labels.numel(), device=labels.device)
+    explicit = lam > 0 or head.softcap is not None or member_stats
+    if explicit:
+        member_logits = head.logits(torch.stack(zs))  # [k, n, V]
+        ensemble = torch.einsum("nk,knv->nv", weights, member_logits)
+    else:  # the exact one-projection shortcut: sum_i G_i phi(z_i) = phi(sum_i G_i z_i)
+        mixed = torch.einsum("nk,knd->nd", weights.to(zs[0].dtype), torch.stack(zs))
+        ensemble = head.logits(mixed)
+    lse = ensemble.logsumexp(-1)
+    task_sum = (lse - ensemble[rows, labels]).sum()
+    g = ensemble.sub_(lse[:, None]).exp_()  # softmax(l), in place
+    g[rows, labels] -= 1.0
+    g.mul_(scale)
+
+    member_ce = None
+    if explicit:
+        member_ce = torch.stack([(lg.logsumexp(-1) - lg[rows, labels]).sum() for lg in member_logits])
+        d_weights = torch.stack([_vdot(member_logits[i], g) for i in range(k)], -1)
+    else:
+        gW = (g.to(W.dtype) @ W).float()
+        d_weights = torch.stack([(gW * z.float()).sum(-1) for z in zs], -1)
+
+    kl_sums = torch.zeros(k - 1 if lam > 0 else 0, device=labels.device)
+    d_member = None  # distillation gradient w.r.t. member logits, [k, n, V]
+    if lam > 0 and k > 1:
+        d_member = torch.zeros_like(member_logits)
+        log_t = F.log_softmax(member_logits[-1] / tau, -1)
+        p_t = log_t.exp()
+        coef = lam * scale / tau
+        for i in range(k - 1):
+            log_s = F.log_softmax(member_logits[i] / tau, -1)
+            p_s = log_s.exp()
+            diff = log_s.sub_(log_t)  # log P_i - log P_N, reusing log_s
+            if config.distill_direction == "reverse":
+                kl = _vdot(p_s, diff)
+                d_member[i] = (diff - kl[:, None]).mul_(p_s).mul_(coef)
+                if not config.detach_teacher:
+                    d_member[-1] += (p_t - p_s).mul_(coef)
+            else:
+                kl = -_vdot(p_t, diff)
+                d_member[i] = (p_s - p_t).mul_(coef)
+                if not config.detach_teacher:
+                    d_member[-1] -= (diff + kl[:, None]).mul_(p_t).mul_(coef)
+            kl_sums[i] = kl.sum()
+            del log_s, p_s, diff
+
+    if head.softcap is not None:
+        sech2 = 1.0 - (member_logits / head.softcap).square_()
+        task_dl = weights.T[:, :, None] * g[None] * sech2
+        dz_task = list((task_dl.to(W.dtype) @ W).unbind(0))
+        if d_member is not None:
+            d_member.mul_(sech2)
+    else:
+        gW = (g.to(W.dtype) @ W) if explicit else gW.to(W.dtype)
+        dz_task = [weights[:, i : i + 1].to(W.dtype) * gW for i in range(k)]
+    dz_distill = list((d_member.to(W.dtype) @ W).unbind(0)) if d_member is not None else [None] * k
+    return task_sum, kl_sums, member_ce, dz_task, dz_distill, d_weights
+
+
+def _run_chunks(hs, router_input, labels, norms, router, head, config, normaliser, params, need_grad):
+    """Loop over token chunks: values, and gradients w.r.t. ``hs``, ``router_input`` and ``params``."""
+    k, n = len(hs), labels.numel()
+    scale = 1.0 / normaliser
+    dtype = torch.promote_types(head.weight.dtype, torch.float32)
+    task = torch.zeros((), device=labels.device, dtype=dtype)
+    kls = torch.zeros(k - 1 if config.distill_lambda > 0 else 0, device=labels.device, dtype=dtype)
+    ce = torch.zeros(k, device=labels.device, dtype=dtype)
+    grad_hs = [torch.zeros_like(h) for h in hs] if need_grad else None
+    grad_r = torch.zeros_like(router_input) if need_grad and router_input is not None else None
+    grad_params = [torch.zeros_like(p) for p in params] if need_grad else None
+    member_stats = config.distill_lambda > 0 or head.softcap is not None
+    for start in range(0, n, config.chunk_size):
+        sl = slice(start, start + config.chunk_size)
+        with torch.enable_grad():
+            h_in = [h[sl].detach().requires_grad_(need_grad) for h in hs]
+            zs = [norm(h) for norm, h in zip(norms, h_in)]
+            r_in = None if router_input is None else router_input[sl].detach().requires_grad_(need_grad)
+            weights = router(zs[-1] if r_in is None else r_in)
+        with torch.no_grad():
+            t, kl, mce, dz_task, dz_distill, d_weights = _chunk_grads(
+                [z.detach() for z in zs], weights.detach(), labels[sl], head, config, scale, member_stats)
+        task += t
+        kls += kl
+        if mce is not None:
+            ce += mce
+        if not need_grad:
+            continue
+        outputs, grads = [weights], [d_weights]
+        for i in range(k):
+            if dz_distill[i] is None or config.distill_through_body:
+                dz = dz_task[i] if dz_distill[i] is None else dz_task[i] + dz_distill[i]
+                outputs.append(zs[i])
+                grads.append(dz)
+            else:  # L_distill reaches the norm's parameters only: a second norm call on detached input
+                with torch.enable_grad():  # (Function.forward runs with grad mode off)
+                    outputs += [zs[i], norms[i](h_in[i].detach())]
+                grads += [dz_task[i], dz_distill[i]]
+        inputs = [*h_in, *([r_in] if r_in is not None else []), *params]
+        pairs = [(o, g) for o, g in zip(outputs, grads) if o.requires_grad]
+        got = torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs], allow_unused=True)
+        for i in range(k):
+            if got[i] is not None:
+                grad_hs[i][sl] += got[i]
+        offset = k
+        if r_in is not None:
+            if got[k] is not None:
+                grad_r[sl] += got[k]
+            offset += 1
+        for acc, g in zip(grad_params, got[offset:]):
+            if g is not None:
+                acc += g
+    stats = (task * scale, kls * scale, ce * scale if member_stats else None)
+    return stats, grad_hs, grad_r, grad_params
+
+
+class _FusedMoDLoss(torch.autograd.Function):
+    """Autograd wrapper: the gradients are computed in ``forward`` and scaled in ``backward``."""
+
+    @staticmethod
+    def forward(ctx, closure, n_hs: int, has_r: bool, *tensors):
+        hs = list(tensors[:n_hs])
+        router_input = tensors[n_hs] if has_r else None
+        params = list(tensors[n_hs + int(has_r):])
+        need_grad = any(ctx.needs_input_grad[3:])
+        (task, kls, ce), grad_hs, grad_r, grad_params = closure(hs, router_input, params, need_grad)
+        loss = task + closure.lam * kls.sum()
+        if need_grad:
+            ctx.save_for_backward(*grad_hs, *([grad_r] if has_r else []), *grad_params)
+        extras = [task, kls] + ([ce] if ce is not None else [])
+        ctx.mark_non_differentiable(*extras)
+        return (loss, *extras)
+
+    @staticmethod
+    def backward(ctx, grad_loss, *_):
+        return (None, None, None, *[g * grad_loss for g in ctx.saved_tensors])
+
+
+class _Closure:
+    def __init__(self, labels, norms, router, head, config, normaliser):
+        self.args = (labels, norms, router, head, config, normaliser)
+        self.lam = config.distill_lambda
+
+    def __call__(self, hs, router_input, params, need_grad):
+        labels, norms, router, head, config, normaliser = self.args
+        return _run_chunks(hs, router_input, labels, norms, router, head, config, normaliser, params, need_grad)
+
+
+def fused_mod_loss(hs: list[Tensor], router_input: Tensor | None, labels: Tensor, norms: list[nn.Module],
+                   router: nn.Module, head: HeadSpec, config: MoDConfig, normaliser: float | None = None,
+                   ) -> MoDLossOutput:
+    """Chunked MoD loss with the same contract as :func:`naive_mod_loss` (see module docstring).
+
+    Gradients flow to ``hs``, ``router_input`` and every trainable parameter of ``norms``
+    and ``router``; the head is frozen.
+    """
+    if head.weight.requires_grad or (head.bias is not None and head.bias.requires_grad):
+        raise ValueError("The MoD loss keeps the shared LM head frozen, but its weight requires grad.")
+    normaliser = float(normaliser or labels.numel())
+    seen, params = set(), []
+    for module in [*norms, router]:
+        for p in module.parameters():
+            if p.requires_grad and id(p) not in seen:
+                seen.add(id(p))
+                params.append(p)
+    closure = _Closure(labels, norms, router, head, config, normaliser)
+    has_r = router_input is not None
+    tensors = [*hs, *([router_input] if has_r else []), *params]
+    out = _FusedMoDLoss.apply(closure, len(hs), has_r, *tensors)
+    loss, task, kls = out[:3]
+    return MoDLossOutput(loss, task, kls, out[3] if len(out) > 3 else None)

@@ -1,0 +1,344 @@
+"""`MoDModel`: a Hugging Face causal LM (plain or peft) whose head reads a Mixture-of-Depths Ensemble.
+
+How it is wired, with hooks only (the wrapped model's own code is untouched):
+- forward hooks on the last ``k`` decoder layers capture the members' pre-norm states;
+- a forward pre-hook on the LM head replaces its input ``N_p(h_N)`` by the routed mix
+  ``sum_i G_i N_i(h_i)``, so the model's own ``forward`` and ``generate`` (KV cache, greedy,
+  sampling, beam search) produce ensemble logits with ONE head projection (the exact
+  shortcut). Where the shortcut is not exact (final-logit soft-capping) a forward hook
+  mixes the members' explicit logits instead;
+- with ``labels``, :meth:`MoDModel.forward` computes ``L_task + lambda * L_distill`` with
+  the fused, chunked loss of :mod:`modetune.losses` on the labelled tokens only.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .config import MoDConfig
+from .losses import HeadSpec, MoDLossOutput, fused_mod_loss, naive_mod_loss
+from .routing import Router
+from .surgery import find_parts, unwrap
+
+WEIGHTS_NAME = "mod_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+class BaseModelMismatchError(ValueError):
+    """A saved MoD adapter was loaded onto a base model other than the one it was trained on."""
+
+
+@dataclass
+class MoDCausalLMOutput(CausalLMOutputWithPast):
+    """The usual causal-LM output plus MoD diagnostics.
+
+    ``task_loss``: ``L_task``; ``distill_losses``: ``KL`` per non-final member (shallow first);
+    ``member_ce``: each member's own cross-entropy (when member logits were computed);
+    ``router_weights``: ``G`` for the positions whose logits are returned, ``[B, T', k]``,
+    or for the labelled tokens, ``[n, k]``, when logits are not returned (training).
+    """
+
+    task_loss: Tensor | None = None
+    distill_losses: Tensor | None = None
+    member_ce: Tensor | None = None
+    router_weights: Tensor | None = None
+
+
+def _slice_like(hidden: Tensor, logits_to_keep, target: Tensor) -> Tensor:
+    """Slice a member's ``[B, T, d]`` states to the positions the head sees (``target``)."""
+    if isinstance(logits_to_keep, Tensor):
+        from transformers.modeling_utils import slice_logits_to_keep
+
+        return slice_logits_to_keep(hidden, logits_to_keep)
+    if target.dim() == 3 and target.shape[1] != hidden.shape[1]:
+        return hidden[:, -target.shape[1]:]
+    return hidden
+
+
+def base_fingerprint(model: nn.Module) -> str:
+    """A short hash of a base model: its config shape, parameter names, shapes and a strided
+    sample of every parameter (rounded to bfloat16, so fp32 and bf16 loads agree). LoRA
+    weights injected by peft are ignored, so a base and its peft-wrapped self agree."""
+    model = unwrap(model)
+    digest = hashlib.sha256()
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    keys = ("model_type", "vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size")
+    digest.update(json.dumps({key: getattr(config, key, None) for key in keys}, sort_keys=True).encode())
+    for name, param in model.named_parameters():
+        if "lora_" in name or "modules_to_save" in name:
+            continue
+        if param.device.type == "meta":
+            raise ValueError("Cannot fingerprint a model on the meta device.")
+        flat = param.detach().reshape(-1)
+        sample = flat[:: max(1, flat.numel() // 1024)][:1024]
+        digest.update(name.replace(".base_layer", "").encode())
+        digest.update(str(tuple(param.shape)).encode())
+        digest.update(sample.to(torch.bfloat16).float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class MoDModel(nn.Module):
+    """A causal LM whose predictions are a routed ensemble of its last ``k`` layers.
+
+    Build it with :func:`get_mod_model` or :meth:`from_pretrained`. It behaves like the
+    wrapped model (``forward``, ``generate``, ``config``, ...); with ``labels``, the loss is
+    the MoD objective. Its own parameters: ``norms`` (k-1 member norms) and ``router``.
+    """
+
+    accepts_loss_kwargs = True  # the HF Trainer passes `num_items_in_batch`
+
+    def __init__(self, model: nn.Module, config: MoDConfig, explicit_mixing: bool = False) -> None:
+        """``explicit_mixing=True`` mixes k explicit logit tensors even where the one-projection
+        shortcut is exact (for tests and analysis; it is always used under soft-capping)."""
+        super().__init__()
+        parts = find_parts(model)
+        if config.k >= parts.num_layers:
+            raise ValueError(f"k={config.k} must be smaller than the model's number of layers ({parts.num_layers}).")
+        self.base_model = model
+        self.mod_config = config
+        self.base_fingerprint = base_fingerprint(model)
+        self._parts = parts
+        k, n = config.k, parts.num_layers
+        self.member_layers = list(range(n - k, n))  # 0-indexed decoder layers whose outputs are members
+
+        is_peft = model is not unwrap(model)
+        for param in unwrap(model).parameters():
+            if not is_peft:  # `mod_only`: the base is frozen; a peft model has frozen it already
+                param.requires_grad_(False)
+        for param in parts.final_norm.parameters():
+            param.requires_grad_(config.train_final_norm)
+        if parts.head.weight.requires_grad:
+            raise ValueError("MoD shares a frozen LM head, but the model's head is trainable.")
+
+        self.norms = nn.ModuleList()
+        if config.member_norms:
+            for _ in range(k - 1):
+                norm = copy.deepcopy(parts.final_norm)
+                for param in norm.parameters():
+                    param.requires_grad_(True)
+                self.norms.append(norm)
+        fixed = None if config.loss_layer is None else k - 1 - config.loss_layer
+        self.router = Router(parts.hidden_size, k, config.router_init, config.router_init_final_weight,
+                             config.top_k, fixed).to(parts.head.weight.device)
+
+        self._stash: dict = {}
+        self._handles = [parts.layers[i].register_forward_hook(self._capture_member(i)) for i in self.member_layers]
+        if config.router_input == "entry":
+            self._handles.append(parts.layers[n - k].register_forward_pre_hook(self._capture_entry, with_kwargs=True))
+        self._handles.append(unwrap(model).register_forward_pre_hook(self._capture_kwargs, with_kwargs=True))
+        self.softcap = parts.softcap
+        if self.softcap is None and not explicit_mixing:
+            self._handles.append(parts.head.register_forward_pre_hook(self._mix_states))
+        else:
+            if self.softcap is not None:  # the model must not cap the mixture again
+                unwrap(model).config.get_text_config().final_logit_softcapping = None
+            self._handles.append(parts.head.register_forward_hook(self._mix_logits))
+
+    # ------------------------------------------------------------------ hooks
+    def _capture_member(self, index: int):
+        def hook(module, args, output):
+            self._stash[index] = output[0] if isinstance(output, tuple) else output
+
+        return hook
+
+    def _capture_entry(self, module, args, kwargs):
+        self._stash["entry"] = args[0] if args else kwargs["hidden_states"]
+
+    def _capture_kwargs(self, module, args, kwargs):
+        self._stash["logits_to_keep"] = kwargs.get("logits_to_keep", 0)
+
+    def member_norms(self) -> list[nn.Module]:
+        """The norm of each member, shallow to final (the final one is the model's ``N_p``)."""
+        final = self._parts.final_norm
+        return [*self.norms, final] if self.mod_config.member_norms else [final] * self.mod_config.k
+
+    def _members_at_head(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
+        """Normed member states and router weights at the positions of the head input ``x``."""
+        keep = self._stash.get("logits_to_keep", 0)
+        norms = self.member_norms()
+        zs = [norm(_slice_like(self._stash[i], keep, x)) for norm, i in zip(norms[:-1], self.member_layers[:-1])]
+        zs.append(x)
+        entry = self._stash.get("entry")
+        weights = self.router(x if entry is None else _slice_like(entry, keep, x))
+        self._stash["router_weights"] = weights.detach()
+        return zs, weights
+
+    def _mix_states(self, module, args):
+        zs, weights = self._members_at_head(args[0])
+        mixed = sum(weights[..., i : i + 1].to(z.dtype) * z for i, z in enumerate(zs))
+        return (mixed,)
+
+    def _mix_logits(self, module, args, output):
+        zs, weights = self._members_at_head(args[0])
+        head = self._head_spec()
+        final = output.float() if self.softcap is None else torch.tanh(output.float() / self.softcap) * self.softcap
+        logits = [head.logits(z) for z in zs[:-1]] + [final]
+        return sum(weights[..., i : i + 1] * lg for i, lg in enumerate(logits)).to(output.dtype)
+
+    def _head_spec(self) -> HeadSpec:
+        head = self._parts.head
+        return HeadSpec(head.weight, head.bias, self.softcap)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                labels: Tensor | None = None, logits_to_keep: int | Tensor = 0, return_logits: bool | None = None,
+                num_items_in_batch: int | Tensor | None = None, **kwargs) -> MoDCausalLMOutput:
+        """Run the wrapped model; with ``labels``, add the MoD loss.
+
+        ``return_logits`` (default: not in a training step) controls whether ensemble logits
+        are computed for every position; a training step skips them, since its loss comes
+        from the fused chunked head. Other keyword arguments (``past_key_values``/``cache``,
+        ``use_cache``, ``position_ids``, ...) go to the wrapped model.
+        """
+        if return_logits is None:
+            return_logits = labels is None or not (self.training and torch.is_grad_enabled())
+        keep = logits_to_keep if return_logits else 1
+        self._stash.clear()
+        self._stash["logits_to_keep"] = keep
+        try:
+            out = self.base_model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, **kwargs)
+            router_weights = self._stash.get("router_weights")
+            mod_loss = self.compute_loss(labels, num_items_in_batch) if labels is not None else None
+        finally:
+            self._stash.clear()
+        result = MoDCausalLMOutput(
+            loss=None if mod_loss is None else mod_loss.loss,
+            logits=out.logits if return_logits else None,
+            cache=getattr(out, "cache", None),
+            hidden_states=getattr(out, "hidden_states", None),
+            attentions=getattr(out, "attentions", None),
+            router_weights=router_weights,
+        )
+        if mod_loss is not None:
+            result.task_loss, result.distill_losses, result.member_ce = mod_loss.task, mod_loss.distill, mod_loss.member_ce
+            if not return_logits:
+                result.router_weights = self._stash_weights
+        return result
+
+    def compute_loss(self, labels: Tensor, num_items_in_batch: int | Tensor | None = None) -> MoDLossOutput:
+        """The MoD loss from the states captured by the last forward, at the labelled tokens."""
+        shift = labels[:, 1:].reshape(-1)
+        rows = (shift != -100).nonzero().squeeze(-1)
+        if rows.numel() == 0:
+            raise ValueError("No token carries a label (all labels are -100): nothing to train on.")
+        d = self._parts.hidden_size
+
+        def gather(states: Tensor) -> Tensor:
+            return states[:, :-1].reshape(-1, d).index_select(0, rows)
+
+        hs = [gather(self._stash[i]) for i in self.member_layers]
+        entry = gather(self._stash["entry"]) if "entry" in self._stash else None
+        targets = shift.index_select(0, rows)
+        normaliser = float(num_items_in_batch) if num_items_in_batch is not None else None
+        norms = self.member_norms()
+        loss_fn = fused_mod_loss if self.mod_config.loss_impl == "chunked" else naive_mod_loss
+        with torch.no_grad():
+            self._stash_weights = self.router(norms[-1](hs[-1]) if entry is None else entry)
+        return loss_fn(hs, entry, targets, norms, self.router, self._head_spec(), self.mod_config, normaliser)
+
+    # ------------------------------------------------------------------ HF-like surface
+    def generate(self, *args, **kwargs):
+        """``generate`` of the wrapped model, which now reads the ensemble logits."""
+        return self.base_model.generate(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_model":
+                raise
+            return getattr(self.base_model, name)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Gradient checkpointing of the wrapped model (non-reentrant by default)."""
+        kwargs = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
+        unwrap(self.base_model).gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+    def trainable_parameters(self) -> tuple[int, int]:
+        """``(trainable, total)`` parameter counts, MoD modules included."""
+        params = {id(p): p for p in self.parameters()}.values()
+        return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+    def remove_hooks(self) -> nn.Module:
+        """Detach MoD from the wrapped model and return it (soft-capping restored)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        if self.softcap is not None:
+            unwrap(self.base_model).config.get_text_config().final_logit_softcapping = self.softcap
+        return self.base_model
+
+    # ------------------------------------------------------------------ save / load
+    def mod_state_dict(self) -> dict[str, Tensor]:
+        """The MoD weights: member norms, router, and the final norm when it is trained."""
+        state = {f"norms.{name}": t for name, t in self.norms.state_dict().items()}
+        state["router.weight"] = self.router.weight
+        if self.mod_config.train_final_norm:
+            state.update({f"final_norm.{name}": t for name, t in self._parts.final_norm.state_dict().items()})
+        return {name: t.detach().contiguous().cpu() for name, t in state.items()}
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write ``mod_config.json`` and ``mod_model.safetensors`` (and peft's adapter files, if any)."""
+        from . import __version__
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.base_model is not unwrap(self.base_model):
+            self.base_model.save_pretrained(str(directory))
+        save_file(self.mod_state_dict(), str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+        self.mod_config.save(directory, base_fingerprint=self.base_fingerprint, modetune_version=__version__)
+
+    @classmethod
+    def from_pretrained(cls, base_model: nn.Module, directory: str | Path, is_trainable: bool = False,
+                        check_base: bool = True) -> MoDModel:
+        """Load a saved MoD model onto ``base_model``; the base's fingerprint must match."""
+        directory = Path(directory)
+        if not (directory / WEIGHTS_NAME).exists():
+            raise FileNotFoundError(f"{directory} holds no MoD adapter ({WEIGHTS_NAME} is missing).")
+        config, metadata = MoDConfig.load(directory)
+        expected, found = metadata.get("base_fingerprint"), base_fingerprint(base_model)
+        if check_base and expected is not None and expected != found:
+            raise BaseModelMismatchError(
+                f"The adapter in {directory} was trained on a different base model "
+                f"(fingerprint {expected}, this base is {found})."
+            )
+        if (directory / ADAPTER_CONFIG).exists():
+            from peft import PeftModel
+
+            base_model = PeftModel.from_pretrained(base_model, str(directory), is_trainable=is_trainable)
+        model = cls(base_model, config)
+        state = load_file(str(directory / WEIGHTS_NAME), device=str(model._parts.head.weight.device))
+        for name, tensor in state.items():
+            target = model._named_mod_tensor(name)
+            with torch.no_grad():
+                target.copy_(tensor)
+        if not is_trainable:
+            for param in model.parameters():
+                param.requires_grad_(False)
+        return model
+
+    def _named_mod_tensor(self, name: str) -> Tensor:
+        group, _, rest = name.partition(".")
+        module = {"norms": self.norms, "router": self.router, "final_norm": self._parts.final_norm}.get(group)
+        tensors = dict(module.state_dict(keep_vars=True)) if module is not None else {}
+        if rest not in tensors:
+            raise ValueError(f"Unexpected tensor {name!r} in {WEIGHTS_NAME}: it does not match this MoD config.")
+        return tensors[rest]
+
+
+def get_mod_model(model: nn.Module, config: MoDConfig | None = None) -> MoDModel:
+    """Wrap a (peft or plain) transformers causal LM with a MoD ensemble.
+
+    A plain model is frozen (only the MoD modules train: ``mod_only``); a peft model keeps
+    its trainable adapters.
+    """
+    return MoDModel(model, config or MoDConfig())
