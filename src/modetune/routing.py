@@ -49,6 +49,8 @@ class Router(nn.Module):
         self.register_buffer("prior", prior_logits(k, init, final_weight), persistent=False)
         self.top_k = top_k
         self.fixed = fixed
+        if fixed is not None:
+            self.weight.requires_grad_(False)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.fixed is not None:
