@@ -2,5 +2,43 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data``; tests that need it skip cleanly on a machine without it."""
+    path = SHARED / "data"
+    if not path.is_dir():
+        pytest.skip("../shared/data is absent (real data is only beside the project checkout)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def default_model_dir() -> Path:
+    """The embedded default model, converted once and cached."""
+    from modetune.models import default_model_path
+
+    return default_model_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, default_model_dir) -> Path:
+    """A tiny random Llama with the default model's tokenizer, saved as a local model folder."""
+    from transformers import AutoTokenizer
+
+    from tiny import tiny_model
+
+    tokenizer = AutoTokenizer.from_pretrained(str(default_model_dir))
+    model = tiny_model("llama", vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                       eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
+    path = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    return path

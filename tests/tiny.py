@@ -24,7 +24,8 @@ ARCHS = ["llama", "mistral", "qwen2", "gpt2", "gpt_neox"]
 
 def tiny_model(arch: str = "llama", seed: int = 0, **overrides):
     kwargs = {**TINY[arch], **overrides}
-    config = AutoConfig.for_model(arch, vocab_size=VOCAB, pad_token_id=0, bos_token_id=1, eos_token_id=2, **kwargs)
+    kwargs = {"vocab_size": VOCAB, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, **kwargs}
+    config = AutoConfig.for_model(arch, **kwargs)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     return model.eval()

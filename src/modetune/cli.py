@@ -10,7 +10,9 @@ import argparse
 import os
 import sys
 
-USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError)
+from .errors import UserError
+
+USER_ERRORS = (UserError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError, KeyError)
 
 
 # ---------------------------------------------------------------- training commands
@@ -72,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # deprecation notices from dependencies
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

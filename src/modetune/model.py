@@ -105,7 +105,8 @@ class MoDModel(nn.Module):
             raise ValueError(f"k={config.k} must be smaller than the model's number of layers ({parts.num_layers}).")
         self.base_model = model
         self.mod_config = config
-        self.base_fingerprint = base_fingerprint(model)
+        on_meta = parts.head.weight.device.type == "meta"  # parameter counting from a config alone
+        self.base_fingerprint = None if on_meta else base_fingerprint(model)
         self._parts = parts
         k, n = config.k, parts.num_layers
         self.member_layers = list(range(n - k, n))  # 0-indexed decoder layers whose outputs are members

@@ -50,6 +50,8 @@ def default_model_path() -> Path:
     model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=GGUF_FILE, dtype=torch.float32)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config  # the cache holds plain float32 weights
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer = None  # dequantised already; transformers 5 refuses to save a "gguf-quantized" model
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_MODEL}-", dir=target.parent))
     try:
