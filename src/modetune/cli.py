@@ -59,10 +59,124 @@ def _run_params(args) -> None:
 
 # ---------------------------------------------------------------- evaluation commands
 # (eval, report, solved, lm-eval are registered here)
+def _add_model_flags(p) -> None:
+    p.add_argument("--model", default="default", help="base model: 'default' (embedded SmolLM2-135M-Instruct), "
+                   "a local folder or a hub name")
+    p.add_argument("--adapter", help="MoD folder (mod_config.json) or LoRA-only folder (adapter_config.json); "
+                   "none: the base model alone")
+    p.add_argument("--dtype", default="float32", help="weights dtype (float32, bfloat16, float16)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: where the model loads)")
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate on the paper's reasoning datasets (LLM-Adapters protocol)",
+                       description="Generate answers for LLM-Adapters test sets and score them with the reference "
+                       "protocol (see modetune.evaluation). Writes <dataset>[.member<i>].jsonl, run.json, "
+                       "summary.md/json into the output folder; an interrupted run resumes there.")
+    _add_model_flags(p)
+    p.add_argument("--datasets", default="all", help="comma-separated names (gsm8k,SVAMP,boolq,...), 'all', "
+                   "'arithmetic', 'commonsense', or name=path/to/test.json (default: all)")
+    p.add_argument("--data-dir", help="folder holding <Name>/test.json (LLM-Adapters layout); "
+                   "without it, datasets load from the Hugging Face hub")
+    p.add_argument("--output", help="run folder (default: ADAPTER/eval-<decoding>, or eval/<model>-<decoding>)")
+    p.add_argument("--label", help="name of this run in tables (default: the adapter or model folder name)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: 256 arithmetic, 32 commonsense")
+    p.add_argument("--num-beams", type=int, default=1, help="1 = greedy (default); the reference protocol uses 4")
+    p.add_argument("--prompt-style", default="alpaca", choices=["alpaca", "llm-adapters"])
+    p.add_argument("--limit", type=int, default=None, help="first N items of each dataset")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--member", type=int, default=None,
+                       help="evaluate ensemble member i alone (0 = shallowest, k-1 = final; -1 = final)")
+    group.add_argument("--members", default=None,
+                       help="'all' (every member and the ensemble) or a list like 0,2,ensemble")
+    p.add_argument("--no-stop-at-answer", dest="stop_at_answer", action="store_false",
+                   help="generate to EOS/max-new-tokens like the reference (default: stop once the answer is settled)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args) -> None:
+    from .evaluation import run_eval
+
+    summary = run_eval(model=args.model, adapter=args.adapter, datasets=args.datasets, output=args.output,
+                       data_dir=args.data_dir, member=args.member, members=args.members, label=args.label,
+                       dtype=args.dtype, device=args.device, batch_size=args.batch_size,
+                       max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, prompt_style=args.prompt_style,
+                       limit=args.limit, stop_at_answer=args.stop_at_answer, progress=args.progress)
+    print(summary["markdown"])
+    print(f"\nResults in {summary['run_dir']}")
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="accuracy table of one or more eval runs, side by side (markdown + JSON)")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="folders written by 'modetune eval'")
+    p.add_argument("--output", help="write OUTPUT.md and OUTPUT.json (a path without extension)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of markdown")
+    p.set_defaults(func=_run_report)
+
+
+def _run_report(args) -> None:
+    import json
+
+    from .analysis import report, write_report
+
+    table = report(args.runs)
+    if args.output:
+        write_report(table, args.output)
+    print(json.dumps({k: v for k, v in table.items() if k != "markdown"}, indent=2) if args.json else table["markdown"])
+
+
+def _add_solved(sub) -> None:
+    p = sub.add_parser("solved", help="items solved by each run and their intersections (+ Venn diagram)")
+    p.add_argument("results", nargs="+", metavar="RESULT",
+                   help="results files (<dataset>[.member<i>].jsonl) or eval run folders (with --dataset)")
+    p.add_argument("--dataset", help="dataset to compare when RESULT are run folders")
+    p.add_argument("--variant", default=None, help="with run folders: 'ensemble' (default) or member<i>")
+    p.add_argument("--labels", help="comma-separated names of the runs, in order")
+    p.add_argument("--output", default=".", help="folder for solved-<dataset>.png/.md/.json (default: .)")
+    p.set_defaults(func=_run_solved)
+
+
+def _run_solved(args) -> None:
+    from .analysis import solved
+
+    labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
+    result = solved(args.results, labels=labels, dataset=args.dataset, variant=args.variant, output_dir=args.output)
+    print(result["markdown"])
+    print("\nWrote " + ", ".join(result["files"].values()))
+
+
+def _add_lm_eval(sub) -> None:
+    p = sub.add_parser("lm-eval", help="evaluate through EleutherAI lm-evaluation-harness",
+                       description="Tasks: modetune_<dataset>_gen (generation, our protocol), modetune_<dataset>_mc "
+                       "(log-likelihood over the answer keywords), or any lm-eval task name.")
+    _add_model_flags(p)
+    p.add_argument("--tasks", required=True, help="comma-separated task names")
+    p.add_argument("--data-dir", help="LLM-Adapters data folder for modetune_* tasks (default: the hub)")
+    p.add_argument("--include-path", help="folder of extra lm-eval task YAML files")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--limit", type=float, default=None, help="items per task (a fraction if < 1)")
+    p.add_argument("--num-fewshot", type=int, default=None)
+    p.add_argument("--member", type=int, default=None, help="evaluate ensemble member i alone")
+    p.add_argument("--prompt-style", default="alpaca", choices=["alpaca", "llm-adapters"])
+    p.add_argument("--max-gen-toks", type=int, default=None, help="for modetune_*_gen tasks (default: per dataset)")
+    p.add_argument("--output", help="write the results as JSON to this file")
+    p.set_defaults(func=_run_lm_eval)
+
+
+def _run_lm_eval(args) -> None:
+    from .lm_eval_adapter import run_lm_eval_cli
+
+    summary = run_lm_eval_cli(model=args.model, adapter=args.adapter, tasks=args.tasks, data_dir=args.data_dir,
+                              batch_size=args.batch_size, limit=args.limit, num_fewshot=args.num_fewshot,
+                              include_path=args.include_path, member=args.member, prompt_style=args.prompt_style,
+                              max_gen_toks=args.max_gen_toks, output=args.output, dtype=args.dtype, device=args.device)
+    print(summary["table"])
 
 
 # ---------------------------------------------------------------- entry point
-COMMANDS = [_add_train, _add_params]
+COMMANDS = [_add_train, _add_params, _add_eval, _add_report, _add_solved, _add_lm_eval]
 
 
 def build_parser() -> argparse.ArgumentParser:
