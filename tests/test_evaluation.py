@@ -36,7 +36,7 @@ from modetune.evaluation import (
     validate_records,
 )
 from modetune.prompts import format_prompt
-from tiny import tiny_model
+from tiny import ARCHS, VOCAB, tiny_model
 
 
 # ---------------------------------------------------------------------------- fixtures
@@ -308,7 +308,7 @@ def _sequences(tokenizer, prompts=PROMPTS):
     return [tokenizer(format_prompt(p))["input_ids"] for p in prompts]
 
 
-def test_greedy_loop_equals_hf_generate(tokenizer, mod_model):
+def test_greedy_loop_equals_hf_generate(tokenizer, mod_model, monkeypatch):
     enc = tokenizer([format_prompt(p) for p in PROMPTS], return_tensors="pt", padding=True)
     gen = mod_model.generate(**enc, generation_config=generation_config(mod_model, tokenizer, 12, 1))
     expected = gen[:, enc["input_ids"].shape[1]:].tolist()
@@ -319,6 +319,31 @@ def test_greedy_loop_equals_hf_generate(tokenizer, mod_model):
     prefixed = greedy_generate(mod_model, seqs, 12, [tokenizer.eos_token_id], prefix_len=n,
                                pad_id=tokenizer.pad_token_id)
     assert prefixed == expected
+    # models whose cache cannot be merged row by row prefill the padded batch instead
+    import modetune.evaluation as ev
+
+    monkeypatch.setattr(ev, "_plain_layers", lambda cache: None)
+    for prefix_len in (0, n):
+        assert greedy_generate(mod_model, seqs, 12, [tokenizer.eos_token_id], prefix_len=prefix_len,
+                               pad_id=tokenizer.pad_token_id) == expected
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_greedy_loop_equals_hf_generate_across_architectures(arch):
+    """Left padding, a shared prefix and row-wise prefill give ``generate``'s tokens on every
+    architecture (absolute and rotary positions)."""
+    model = tiny_model(arch, initializer_range=0.3)
+    g = torch.Generator().manual_seed(0)
+    prefix = torch.randint(3, VOCAB, (4,), generator=g).tolist()
+    seqs = [prefix + torch.randint(3, VOCAB, (n,), generator=g).tolist() for n in (3, 7, 1, 5)]
+    width = max(map(len, seqs))
+    ids = torch.tensor([[0] * (width - len(s)) + s for s in seqs])
+    mask = (torch.arange(width)[None] >= torch.tensor([width - len(s) for s in seqs])[:, None]).long()
+    gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0,
+                         eos_token_id=None)
+    expected = gen[:, width:].tolist()
+    assert greedy_generate(model, seqs, 6, []) == expected
+    assert greedy_generate(model, seqs, 6, [], prefix_len=4) == expected
 
 
 def test_shared_prefix_length_depends_on_the_template_only(tokenizer):

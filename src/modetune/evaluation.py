@@ -597,6 +597,49 @@ def _forward(model: nn.Module, **kwargs):
     return model(**kwargs)
 
 
+def _plain_layers(cache) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+    """The (keys, values) of every layer of a cache made of plain full-attention dynamic
+    layers, or ``None`` for any other cache (sliding windows, linear attention, ...)."""
+    from transformers.cache_utils import DynamicCache, DynamicLayer
+
+    layers = getattr(cache, "layers", None)
+    if type(cache) is not DynamicCache or not layers or any(type(layer) is not DynamicLayer for layer in layers):
+        return None
+    return [(layer.keys, layer.values) for layer in layers]
+
+
+def _prefill_rows(model: nn.Module, rests: list[list[int]], prefix_kv, past: int, device):
+    """Prefill each row alone (no padding, so no wasted compute and the same math as batch
+    size 1), then merge the row caches into one left-padded batch cache. ``None`` when the
+    model's cache is not a plain dynamic cache (the caller then prefills the padded batch)."""
+    import torch.nn.functional as F
+    from transformers.cache_utils import DynamicCache
+
+    logits, caches = [], []
+    for rest in rests:
+        cache = DynamicCache(ddp_cache_data=prefix_kv) if prefix_kv is not None else None
+        ids = torch.tensor([rest], device=device)
+        out = _forward(model, input_ids=ids, attention_mask=torch.ones((1, past + len(rest)), dtype=torch.long,
+                                                                        device=device),
+                       position_ids=torch.arange(past, past + len(rest), device=device)[None], cache=cache,
+                       use_cache=True, logits_to_keep=1)
+        layers = _plain_layers(out.cache)
+        if layers is None:
+            return None
+        logits.append(out.logits[:, -1:])
+        caches.append(layers)
+    lengths = [past + len(rest) for rest in rests]
+    width = max(lengths)
+    merged = []
+    for layer in range(len(caches[0])):
+        keys = torch.cat([F.pad(c[layer][0], (0, 0, width - n, 0)) for c, n in zip(caches, lengths)])
+        values = torch.cat([F.pad(c[layer][1], (0, 0, width - n, 0)) for c, n in zip(caches, lengths)])
+        merged.append((keys, values))
+    mask = torch.tensor([[0] * (width - n) + [1] * n for n in lengths], device=device)
+    last = torch.tensor([[n - 1] for n in lengths], device=device)
+    return torch.cat(logits), DynamicCache(ddp_cache_data=merged), mask, last
+
+
 @torch.no_grad()
 def greedy_generate(model: nn.Module, sequences: Sequence[Sequence[int]], max_new_tokens: int,
                     eos_ids: Sequence[int], stop: Callable[[list[int], list[list[int]]], list[bool]] | None = None,
@@ -605,11 +648,13 @@ def greedy_generate(model: nn.Module, sequences: Sequence[Sequence[int]], max_ne
 
     The same computation as ``generate(do_sample=False)`` with left padding for each row
     (positions ``cumsum(mask) - 1``, argmax of the float32 logits of the last position), with
-    two savings that leave each row's math unchanged:
+    savings that leave each row's math unchanged:
 
     - ``prefix_len > 0``: the first ``prefix_len`` tokens, identical in every row (the prompt
-      template's header), are run once and their cache shared; each row is then
-      ``[prefix][padding][rest]`` with the padding masked out;
+      template's header), are run once and their cache shared;
+    - each row's prompt is prefilled alone (no padding to pay for) and the row caches are
+      merged into one left-padded batch cache for decoding (models with a plain dynamic
+      cache; others prefill the padded batch);
     - a row that emits EOS, or for which ``stop(rows, tokens)`` is true, leaves the batch
       (and the cache), so the batch stops paying for it.
 
@@ -620,28 +665,32 @@ def greedy_generate(model: nn.Module, sequences: Sequence[Sequence[int]], max_ne
                           for s in sequences):
         raise ValueError("prefix_len must be shorter than every sequence and shared by all of them.")
     device = next(model.parameters()).device
-    cache, past = None, 0
+    prefix_kv, past, prefix_cache = None, 0, None
     if prefix_len:
         prefix = torch.tensor([list(sequences[0][:prefix_len])], device=device)
         out = _forward(model, input_ids=prefix, attention_mask=torch.ones_like(prefix),
                        position_ids=torch.arange(prefix_len, device=device)[None], use_cache=True, logits_to_keep=1)
-        cache, past = out.cache, prefix_len
-        if batch > 1:
-            cache.batch_repeat_interleave(batch)
+        prefix_cache, past = out.cache, prefix_len
+        prefix_kv = _plain_layers(prefix_cache)
     rests = [list(s[prefix_len:]) for s in sequences]
-    width = max(len(r) for r in rests)
-    input_ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rests], device=device)
-    mask = torch.tensor([[1] * past + [0] * (width - len(r)) + [1] * len(r) for r in rests], device=device)
-    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-    out = _forward(model, input_ids=input_ids, attention_mask=mask, position_ids=positions[:, past:], cache=cache,
-                   use_cache=True, logits_to_keep=1)
-    cache = out.cache
+    prefilled = _prefill_rows(model, rests, prefix_kv, past, device) if (prefix_kv or not prefix_len) else None
+    if prefilled is not None:
+        logits, cache, mask, last = prefilled
+    else:  # one padded batch: [prefix][padding][rest]
+        if prefix_cache is not None and batch > 1:
+            prefix_cache.batch_repeat_interleave(batch)
+        width = max(len(r) for r in rests)
+        input_ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rests], device=device)
+        mask = torch.tensor([[1] * past + [0] * (width - len(r)) + [1] * len(r) for r in rests], device=device)
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        out = _forward(model, input_ids=input_ids, attention_mask=mask, position_ids=positions[:, past:],
+                       cache=prefix_cache, use_cache=True, logits_to_keep=1)
+        logits, cache, last = out.logits, out.cache, positions[:, -1:]
     out_tokens: list[list[int]] = [[] for _ in range(batch)]
     rows = list(range(batch))
-    last = positions[:, -1:]
     eos = torch.tensor(list(eos_ids) or [-1], device=device)
     for step in range(max_new_tokens):
-        tokens = out.logits[:, -1].to(torch.float32).argmax(-1)
+        tokens = logits[:, -1].to(torch.float32).argmax(-1)
         for row, token in zip(rows, tokens.tolist()):
             out_tokens[row].append(token)
         finished = torch.isin(tokens, eos)
@@ -659,7 +708,7 @@ def greedy_generate(model: nn.Module, sequences: Sequence[Sequence[int]], max_ne
         last = last + 1
         out = _forward(model, input_ids=tokens[:, None], attention_mask=mask, position_ids=last, cache=cache,
                        use_cache=True)
-        cache = out.cache
+        logits, cache = out.logits, out.cache
     return out_tokens
 
 
