@@ -31,7 +31,7 @@ def _perturb(model: MoDModel, seed=1):
         model.router.weight.normal_(0, 0.5, generator=g)
         for norm in model.norms:
             for p in norm.parameters():
-                p.add_(torch.randn(p.shape, generator=g) * 0.1)
+                p.add_(torch.randn(p.shape, generator=g) * 0.5)
 
 
 @pytest.mark.parametrize("arch", [*ARCHS, "gemma2"])
@@ -146,7 +146,8 @@ def test_chunked_loss_equals_naive(case, arch):
     (a, ga), (b, gb) = results
     torch.testing.assert_close(a.loss, b.loss, rtol=1e-5, atol=0)
     torch.testing.assert_close(a.task_loss, b.task_loss, rtol=1e-5, atol=0)
-    torch.testing.assert_close(a.distill_losses, b.distill_losses, rtol=1e-5, atol=1e-8)
+    # KL components are tiny differences of near-equal distributions: compared on the loss scale
+    torch.testing.assert_close(a.distill_losses, b.distill_losses, rtol=1e-5, atol=1e-7)
     if a.member_ce is not None:
         torch.testing.assert_close(a.member_ce, b.member_ce, rtol=1e-5, atol=0)
     assert ga.keys() == gb.keys()

@@ -98,74 +98,93 @@ def _vdot(a: Tensor, b: Tensor) -> Tensor:
 
 
 def _chunk_grads(zs: list[Tensor], weights: Tensor, labels: Tensor, head: HeadSpec, config: MoDConfig,
-                 scale: float, member_stats: bool):
+                 scale: float):
     """Values and hand-written gradients of one chunk, w.r.t. member states ``z_i`` and weights ``G``.
 
-    With ``g = softmax(l) - onehot(y)`` (times ``scale = 1/n``):
-    ``dL_task/dl_i = G_i g``, ``dL_task/dG_i = <g, l_i>``. Reverse KL, student ``i``:
-    ``dKL/dl_i = P_i (log P_i - log P_N - KL) / tau``, teacher: ``(P_N - P_i) / tau``.
-    Forward KL: student ``(P_i - P_N) / tau``, teacher ``P_N (log P_N - log P_i - KL) / tau``.
-    ``dz = dl W`` (times ``1 - (l/c)^2`` first under soft-capping). Returns the task sum,
-    per-member KL sums, per-member CE sums, task ``dz`` list, distill ``dz`` list, ``dG``.
+    With ``g = (softmax(l) - onehot(y)) * scale`` (``scale = 1/n``):
+    ``dL_task/dl_i = G_i g`` and ``dL_task/dG_i = <g, l_i> = <g W, z_i> + <g, b>`` (an ``[n, d]``
+    product instead of an ``[n, V]`` one; soft-capping needs the explicit form).
+    Reverse KL, student ``i``: ``dKL/dl_i = P_i (log P_i - log P_N - KL) / tau``, teacher
+    ``(P_N - P_i) / tau``. Forward KL: student ``(P_i - P_N) / tau``, teacher
+    ``P_N (log P_N - log P_i - KL) / tau``. ``dz = dl W`` (times ``1 - (l/c)^2`` first under
+    soft-capping); constant factors are applied to the ``[n, d]`` results, not to ``[n, V]``.
+
+    Returns the task CE sum, per-member KL sums, per-member CE sums (``None`` on the
+    one-projection path), task ``dz`` list, distillation ``dz`` list, ``dG``. Every
+    ``[n, V]`` tensor is its own allocation, reused in place where possible.
     """
-    k, lam, tau = len(zs), config.distill_lambda, config.temperature
+    k, lam, tau, cap = len(zs), config.distill_lambda, config.temperature, head.softcap
     W = head.weight
     rows = torch.arange(labels.numel(), device=labels.device)
-    explicit = lam > 0 or head.softcap is not None or member_stats
+    distill = lam > 0 and k > 1
+    explicit = distill or cap is not None
+    logits: list[Tensor] = []
     if explicit:
-        member_logits = head.logits(torch.stack(zs))  # [k, n, V]
-        ensemble = torch.einsum("nk,knv->nv", weights, member_logits)
+        logits = [head.logits(z) for z in zs]  # k x [n, V]
+        ensemble = logits[0] * weights[:, :1]
+        for i in range(1, k):
+            ensemble.addcmul_(logits[i], weights[:, i : i + 1])
     else:  # the exact one-projection shortcut: sum_i G_i phi(z_i) = phi(sum_i G_i z_i)
         mixed = torch.einsum("nk,knd->nd", weights.to(zs[0].dtype), torch.stack(zs))
         ensemble = head.logits(mixed)
-    lse = ensemble.logsumexp(-1)
-    task_sum = (lse - ensemble[rows, labels]).sum()
-    g = ensemble.sub_(lse[:, None]).exp_()  # softmax(l), in place
-    g[rows, labels] -= 1.0
-    g.mul_(scale)
+    g = F.log_softmax(ensemble, -1)
+    del ensemble
+    task_sum = -g[rows, labels].sum()
+    g.exp_()[rows, labels] -= 1.0  # softmax(l) - onehot(y); `scale` is applied after projecting
 
-    member_ce = None
-    if explicit:
-        member_ce = torch.stack([(lg.logsumexp(-1) - lg[rows, labels]).sum() for lg in member_logits])
-        d_weights = torch.stack([_vdot(member_logits[i], g) for i in range(k)], -1)
+    sech2 = [1.0 - (lg / cap).square() for lg in logits] if cap is not None else None
+    if cap is None:
+        gW = (g.to(W.dtype) @ W).mul_(scale)
+        g_bias = (g @ head.bias.to(g.dtype)) * scale if head.bias is not None else 0.0
+        acc = torch.promote_types(gW.dtype, torch.float32)
+        d_weights = torch.stack([(gW.to(acc) * z.to(acc)).sum(-1).to(g.dtype) + g_bias for z in zs], -1)
+        dz_task = [weights[:, i : i + 1].to(W.dtype) * gW for i in range(k)]
     else:
-        gW = (g.to(W.dtype) @ W).float()
-        d_weights = torch.stack([(gW * z.float()).sum(-1) for z in zs], -1)
+        d_weights = torch.stack([_vdot(lg, g) for lg in logits], -1) * scale
+        dz_task = [((g * sech2[i]).to(W.dtype) @ W).mul_(weights[:, i : i + 1].to(W.dtype) * scale)
+                   for i in range(k)]
+    del g
 
     kl_sums = torch.zeros(k - 1 if lam > 0 else 0, device=labels.device)
-    d_member = None  # distillation gradient w.r.t. member logits, [k, n, V]
-    if lam > 0 and k > 1:
-        d_member = torch.zeros_like(member_logits)
-        log_t = F.log_softmax(member_logits[-1] / tau, -1)
-        p_t = log_t.exp()
+    member_ce = None
+    dz_distill: list[Tensor | None] = [None] * k
+    if explicit:
+        log_t = F.log_softmax(logits[-1] / tau if tau != 1.0 else logits[-1], -1)
+        ces = [None] * (k - 1) + [-log_t[rows, labels].sum()]
+        need_p_t = distill and (config.distill_direction == "forward" or not config.detach_teacher)
+        p_t = log_t.exp() if need_p_t else None
+        teacher = None if config.detach_teacher or not distill else torch.zeros_like(log_t)
         coef = lam * scale / tau
         for i in range(k - 1):
-            log_s = F.log_softmax(member_logits[i] / tau, -1)
+            log_s = F.log_softmax(logits[i] / tau if tau != 1.0 else logits[i], -1)
+            ces[i] = -log_s[rows, labels].sum()
+            if not distill:
+                continue
             p_s = log_s.exp()
-            diff = log_s.sub_(log_t)  # log P_i - log P_N, reusing log_s
+            diff = log_s.sub_(log_t)  # log P_i - log P_N, in log_s's memory
             if config.distill_direction == "reverse":
                 kl = _vdot(p_s, diff)
-                d_member[i] = (diff - kl[:, None]).mul_(p_s).mul_(coef)
-                if not config.detach_teacher:
-                    d_member[-1] += (p_t - p_s).mul_(coef)
+                if teacher is not None:
+                    teacher.add_(p_t).sub_(p_s)
+                d_student = diff.sub_(kl[:, None]).mul_(p_s)
             else:
                 kl = -_vdot(p_t, diff)
-                d_member[i] = (p_s - p_t).mul_(coef)
-                if not config.detach_teacher:
-                    d_member[-1] -= (diff + kl[:, None]).mul_(p_t).mul_(coef)
+                if teacher is not None:
+                    teacher.sub_((diff + kl[:, None]).mul_(p_t))
+                d_student = p_s.sub_(p_t)
             kl_sums[i] = kl.sum()
-            del log_s, p_s, diff
-
-    if head.softcap is not None:
-        sech2 = 1.0 - (member_logits / head.softcap).square_()
-        task_dl = weights.T[:, :, None] * g[None] * sech2
-        dz_task = list((task_dl.to(W.dtype) @ W).unbind(0))
-        if d_member is not None:
-            d_member.mul_(sech2)
-    else:
-        gW = (g.to(W.dtype) @ W) if explicit else gW.to(W.dtype)
-        dz_task = [weights[:, i : i + 1].to(W.dtype) * gW for i in range(k)]
-    dz_distill = list((d_member.to(W.dtype) @ W).unbind(0)) if d_member is not None else [None] * k
+            if sech2 is not None:
+                d_student.mul_(sech2[i])
+            dz_distill[i] = (d_student.to(W.dtype) @ W).mul_(coef)
+            del log_s, p_s, diff, d_student
+        if teacher is not None:
+            if sech2 is not None:
+                teacher.mul_(sech2[-1])
+            dz_distill[-1] = (teacher.to(W.dtype) @ W).mul_(coef)
+        if tau == 1.0:
+            member_ce = torch.stack(ces)
+        else:  # the members' own cross-entropy is at temperature 1
+            member_ce = torch.stack([-F.log_softmax(lg, -1)[rows, labels].sum() for lg in logits])
     return task_sum, kl_sums, member_ce, dz_task, dz_distill, d_weights
 
 
@@ -180,7 +199,7 @@ def _run_chunks(hs, router_input, labels, norms, router, head, config, normalise
     grad_hs = [torch.zeros_like(h) for h in hs] if need_grad else None
     grad_r = torch.zeros_like(router_input) if need_grad and router_input is not None else None
     grad_params = [torch.zeros_like(p) for p in params] if need_grad else None
-    member_stats = config.distill_lambda > 0 or head.softcap is not None
+    member_stats = config.distill_lambda > 0 or head.softcap is not None  # member logits are computed
     for start in range(0, n, config.chunk_size):
         sl = slice(start, start + config.chunk_size)
         with torch.enable_grad():
@@ -190,7 +209,7 @@ def _run_chunks(hs, router_input, labels, norms, router, head, config, normalise
             weights = router(zs[-1] if r_in is None else r_in)
         with torch.no_grad():
             t, kl, mce, dz_task, dz_distill, d_weights = _chunk_grads(
-                [z.detach() for z in zs], weights.detach(), labels[sl], head, config, scale, member_stats)
+                [z.detach() for z in zs], weights.detach(), labels[sl], head, config, scale)
         task += t
         kls += kl
         if mce is not None:
