@@ -141,9 +141,14 @@ def test_paper_parameter_deltas(tmp_path, capsys):
 
 
 def test_builtin_split_never_overlaps():
-    train, test = builtin_split(500, 200, seed=3)
-    assert len(train) == 500 and len(test) == 200
+    from modetune import evaluation
+
+    train, test = builtin_split(2000, 200, seed=3)
+    assert len(train) == 2000 and len(test) == 200
     assert not {r["instruction"] for r in train} & {r["instruction"] for r in test}
+    assert evaluation.load_records("builtin") == test  # what `modetune eval --datasets builtin` reads
+    other_seed = load_records("builtin:arithmetic:2000", seed=42)
+    assert not {r["instruction"] for r in other_seed} & {r["instruction"] for r in test}
     for record in train[:50]:
         assert record["output"].endswith(f"The answer is {record['answer']}.")
 

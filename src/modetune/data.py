@@ -7,12 +7,14 @@ Sources (``TrainConfig.data``):
 - ``hf:gsm8k`` (``openai/gsm8k``, main) and ``hf:NAME[:CONFIG]`` for datasets whose rows
   already have ``instruction``/``output`` fields (needs network the first time);
 - ``builtin:arithmetic``: procedurally generated arithmetic word problems with worked
-  answers ending in "The answer is N." (offline, deterministic by seed); its test split
-  is generated with another seed and never shares a question with training.
+  answers ending in "The answer is N." (offline, deterministic by seed); one question in
+  ten (by a hash of its text) belongs to the test split, which `modetune eval --datasets
+  builtin` reads, so test questions never occur in training.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -141,28 +143,34 @@ def _problem(rng: random.Random) -> tuple[str, str, int]:
     return q, "\n".join(steps) + f"\nThe answer is {r}.", r
 
 
-def builtin_arithmetic(n: int, seed: int = 0, exclude: set[str] | None = None) -> list[dict]:
-    """``n`` distinct generated problems as records; questions in ``exclude`` (normalised) are skipped."""
-    rng = random.Random(seed)
-    seen = set(exclude or ())
+def _bucket(question: str) -> str:
+    """``"test"`` for one question in ten (by a SHA-1 of its normalised text), else ``"train"``."""
+    return "test" if hashlib.sha1(_normalise(question).encode()).digest()[0] < 26 else "train"
+
+
+def builtin_arithmetic(n: int, seed: int = 0, split: str = "train") -> list[dict]:
+    """``n`` distinct generated problems of one split. The split is fixed by a hash of the
+    question, so no test question can ever occur in training, whatever the seeds and sizes."""
+    rng = random.Random(f"{split}-{seed}")
+    seen: set[str] = set()
     records = []
-    for _ in range(n * 50):
+    for _ in range(n * 200):
         if len(records) == n:
             break
         question, worked, result = _problem(rng)
         key = _normalise(question)
-        if key in seen:
+        if key in seen or _bucket(question) != split:
             continue
         seen.add(key)
         records.append({"instruction": question, "input": "", "output": worked, "answer": str(result)})
+    if len(records) < n:
+        raise DataError(f"Could only generate {len(records)} distinct built-in problems for the {split} split.")
     return records
 
 
 def builtin_split(n_train: int, n_test: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
     """Train and held-out test problems; the test questions never occur in training."""
-    train = builtin_arithmetic(n_train, seed)
-    test = builtin_arithmetic(n_test, seed + 10_000, exclude={_normalise(r["instruction"]) for r in train})
-    return train, test
+    return builtin_arithmetic(n_train, seed, "train"), builtin_arithmetic(n_test, 0, "test")
 
 
 def load_records(source: str, limit: int | None = None, seed: int = 0) -> list[dict]:
@@ -171,7 +179,7 @@ def load_records(source: str, limit: int | None = None, seed: int = 0) -> list[d
         kind, _, count = source[len("builtin:"):].partition(":")
         if kind != "arithmetic":
             raise DataError(f"Unknown built-in dataset {kind!r}; the built-in source is builtin:arithmetic.")
-        records = builtin_split(int(count or 2000), 0, seed)[0]
+        records = builtin_arithmetic(int(count or 2000), seed, "train")
     elif source.startswith("hf:"):
         records = load_hf_records(source[3:])
     else:

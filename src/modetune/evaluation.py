@@ -124,6 +124,9 @@ DATASETS: dict[str, DatasetInfo] = {
         DatasetInfo("openbookqa", "OBQA", "keyword", "commonsense", _answers(5)),
     ]
 }
+# the built-in offline arithmetic problems (modetune.data), held-out split: scored as numeric
+BUILTIN = DatasetInfo("builtin", "Built-in", "numeric", "arithmetic")
+BUILTIN_TEST_SIZE = 200
 ARITHMETIC = tuple(name for name, info in DATASETS.items() if info.group == "arithmetic")
 COMMONSENSE = tuple(name for name, info in DATASETS.items() if info.group == "commonsense")
 _ALIASES = {"arc-e": "ARC-Easy", "arc_easy": "ARC-Easy", "arc-c": "ARC-Challenge", "arc_challenge": "ARC-Challenge",
@@ -133,6 +136,8 @@ _ALIASES = {"arc-e": "ARC-Easy", "arc_easy": "ARC-Easy", "arc-c": "ARC-Challenge
 def get_dataset(name: str) -> DatasetInfo:
     """The dataset called ``name``: its folder name, paper column or alias, case-insensitive."""
     key = name.strip().lower()
+    if key == BUILTIN.name:
+        return BUILTIN
     for info in DATASETS.values():
         if key in (info.name.lower(), info.display.lower()):
             return info
@@ -266,6 +271,10 @@ def load_records(dataset: str, data_dir: str | Path | None = None, path: str | P
     (:func:`load_hf_records`).
     """
     info = get_dataset(dataset)
+    if info is BUILTIN and path is None:
+        from .data import builtin_arithmetic
+
+        return builtin_arithmetic(BUILTIN_TEST_SIZE, 0, "test")
     if path is None and data_dir is not None:
         path = dataset_file(info.name, data_dir, split)
     if path is None:
