@@ -1,0 +1,48 @@
+"""Paired statistics for comparing variants on the same items."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+
+
+def accuracy_ci(correct: Sequence[bool], level: float = 0.95, n_boot: int = 2000, seed: int = 0
+                ) -> tuple[float, float, float]:
+    """``(accuracy, low, high)``: a percentile bootstrap interval over items."""
+    n = len(correct)
+    if n == 0:
+        return float("nan"), float("nan"), float("nan")
+    values = [1.0 if c else 0.0 for c in correct]
+    rng = random.Random(seed)
+    means = sorted(sum(rng.choices(values, k=n)) / n for _ in range(n_boot))
+    tail = (1.0 - level) / 2
+    return sum(values) / n, means[int(tail * (n_boot - 1))], means[int((1 - tail) * (n_boot - 1))]
+
+
+def paired_difference_ci(a: Sequence[bool], b: Sequence[bool], level: float = 0.95, n_boot: int = 2000,
+                         seed: int = 0) -> tuple[float, float, float]:
+    """``(acc_a - acc_b, low, high)``: a paired bootstrap over items (same items, resampled together)."""
+    if len(a) != len(b):
+        raise ValueError("Paired comparison needs the same items in both runs.")
+    n = len(a)
+    diffs = [(1.0 if x else 0.0) - (1.0 if y else 0.0) for x, y in zip(a, b)]
+    rng = random.Random(seed)
+    means = sorted(sum(rng.choices(diffs, k=n)) / n for _ in range(n_boot))
+    tail = (1.0 - level) / 2
+    return sum(diffs) / n, means[int(tail * (n_boot - 1))], means[int((1 - tail) * (n_boot - 1))]
+
+
+def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> tuple[int, int, float]:
+    """Exact McNemar test: ``(b01, b10, p)`` where ``b01`` counts items only ``b`` solved and
+    ``b10`` items only ``a`` solved; ``p`` is the two-sided binomial test of
+    ``min(b01, b10)`` successes in ``b01 + b10`` trials at 1/2 (``p = 1`` when no item differs)."""
+    if len(a) != len(b):
+        raise ValueError("McNemar's test needs the same items in both runs.")
+    only_a = sum(1 for x, y in zip(a, b) if x and not y)
+    only_b = sum(1 for x, y in zip(a, b) if y and not x)
+    n = only_a + only_b
+    if n == 0:
+        return only_b, only_a, 1.0
+    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n
+    return only_b, only_a, min(1.0, 2 * tail)
