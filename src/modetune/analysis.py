@@ -17,9 +17,19 @@ from collections.abc import Sequence
 from itertools import combinations
 from pathlib import Path
 
-from .evaluation import ARITHMETIC, COMMONSENSE, DATASETS, RESULTS_SUFFIX, RUN_FILE, get_dataset, read_results
+from .evaluation import (
+    ARITHMETIC,
+    BUILTIN,
+    COMMONSENSE,
+    DATASETS,
+    RESULTS_SUFFIX,
+    RUN_FILE,
+    get_dataset,
+    read_results,
+)
 
-GROUPS = {"arithmetic": ARITHMETIC, "commonsense": COMMONSENSE}
+ALL_DATASETS = {**DATASETS, BUILTIN.name: BUILTIN}  # the paper's 15, then the built-in offline set
+GROUPS = {"arithmetic": ARITHMETIC, "commonsense": COMMONSENSE, "built-in": (BUILTIN.name,)}
 
 
 # ---------------------------------------------------------------------------- one run
@@ -60,7 +70,7 @@ def summarize_run(run_dir: str | Path) -> dict:
         correct = sum(bool(row.get("correct")) for row in rows)
         results.append({"variant": variant, "dataset": dataset, "n": len(rows), "correct": correct,
                         "accuracy": correct / len(rows)})
-    order = list(DATASETS)
+    order = list(ALL_DATASETS)
     results.sort(key=lambda r: (_variant_order(r["variant"]), order.index(r["dataset"])))
     return {"label": info.get("label") or run_dir.name, "decoding": info.get("settings", {}).get("decoding"),
             "run_dir": str(run_dir), "results": results}
@@ -117,7 +127,7 @@ def report_from_summaries(summaries: Sequence[dict]) -> dict:
             row["scores"][result["dataset"]] = round(100 * result["accuracy"], 1)
             row["n"][result["dataset"]] = result["n"]
     present = {dataset for row in rows.values() for dataset in row["scores"]}
-    columns = [name for name in DATASETS if name in present]
+    columns = [name for name in ALL_DATASETS if name in present]
     for row in rows.values():
         row["avg"], row["partial"] = {}, {}
         for group, names in GROUPS.items():
@@ -136,7 +146,7 @@ def _markdown(columns: list[str], rows: list[dict]) -> str:
         cols = [c for c in columns if c in names]
         if not cols:
             continue
-        header = ["Model", "Decoding", *[DATASETS[c].display for c in cols], "Avg"]
+        header = ["Model", "Decoding", *[ALL_DATASETS[c].display for c in cols], "Avg"]
         lines = [f"**{group.capitalize()}** (accuracy %)", "", "| " + " | ".join(header) + " |",
                  "|" + "|".join(["---"] * 2 + ["---:"] * (len(cols) + 1)) + "|"]
         for row in rows:
@@ -229,7 +239,7 @@ def solved_markdown(result: dict) -> str:
     """The table of :func:`solved`: solved per run, every intersection, union and none."""
     n = result["n"]
     pct = lambda c: f"{100 * c / n:.1f}" if n else "0.0"
-    lines = [f"**{DATASETS[result['dataset']].display if result['dataset'] in DATASETS else result['dataset']}**: "
+    lines = [f"**{ALL_DATASETS[result['dataset']].display if result['dataset'] in ALL_DATASETS else result['dataset']}**: "
              f"{n} items common to all runs", "", "| Items solved by | Count | % |", "|---|---:|---:|"]
     for name, count in result["solved"].items():
         lines.append(f"| {name} | {count} | {pct(count)} |")

@@ -175,8 +175,32 @@ def _run_lm_eval(args) -> None:
     print(summary["table"])
 
 
+# ---------------------------------------------------------------- experiments
+def _add_experiment(sub) -> None:
+    from .experiments import STUDIES, ExperimentConfig
+    from .training import add_config_flags
+
+    p = sub.add_parser("experiment", help="run one of the paper's studies end to end (resumable) and write report.md",
+                       description="Studies: " + ", ".join(STUDIES) + ". Every run trains, validates and "
+                       "evaluates; finished parts are skipped on a rerun.")
+    p.add_argument("study", choices=STUDIES)
+    p.add_argument("--config", help="YAML file of experiment fields (flags override it)")
+    p.add_argument("--smoke", action="store_true", help="a tiny budget that runs end to end in minutes")
+    add_config_flags(p, ExperimentConfig, with_mod=False)
+    p.set_defaults(func=_run_experiment)
+
+
+def _run_experiment(args) -> None:
+    from .experiments import ExperimentConfig, run_study
+    from .training import load_yaml_config
+
+    data = load_yaml_config(args.config) if args.config else {}
+    data.update({k: v for k, v in vars(args).items() if k not in {"study", "config", "smoke", "func", "command"}})
+    run_study(args.study, ExperimentConfig.from_dict(data), smoke=args.smoke)
+
+
 # ---------------------------------------------------------------- entry point
-COMMANDS = [_add_train, _add_params, _add_eval, _add_report, _add_solved, _add_lm_eval]
+COMMANDS = [_add_train, _add_params, _add_experiment, _add_eval, _add_report, _add_solved, _add_lm_eval]
 
 
 def build_parser() -> argparse.ArgumentParser:

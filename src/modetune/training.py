@@ -119,7 +119,8 @@ def _parser_for(hint):
     optional = type(None) in typing.get_args(hint)
     base = args[0] if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else hint
     if typing.get_origin(base) is list:
-        convert = lambda text: [item for item in text.split(",") if item]
+        item_type = (typing.get_args(base) or (str,))[0]
+        convert = lambda text: [item_type(item) for item in text.split(",") if item]
     elif base is bool:
         convert = lambda text: text.lower() in ("1", "true", "yes", "on")
     else:
@@ -134,9 +135,9 @@ def _parser_for(hint):
     return parse
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls=TrainConfig) -> None:
-    """One ``--field-name`` flag per config field (MoD fields included); unset flags stay unset."""
-    hints = {**_field_types(cls), **_field_types(MoDConfig)}
+def add_config_flags(parser: argparse.ArgumentParser, cls=TrainConfig, with_mod: bool = True) -> None:
+    """One ``--field-name`` flag per config field (and MoD field); unset flags stay unset."""
+    hints = {**_field_types(cls), **(_field_types(MoDConfig) if with_mod else {})}
     hints.pop("mod", None)
     hints.pop("extra", None)
     group = parser.add_argument_group("config fields (override the YAML)")

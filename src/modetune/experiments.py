@@ -1,0 +1,450 @@
+"""The paper's studies as one command each: `modetune experiment STUDY [--smoke] [--config X.yaml]`.
+
+Each study is a list of runs (a preset plus MoD overrides and a seed). Every run trains
+(resuming from its checkpoints), measures held-out teacher-forced cross-entropy of the
+ensemble and of each member on the validation split, and evaluates on the test sets
+(resuming from its rows); finished steps are skipped, so a study can run in parts and be
+interrupted at any moment. ``report.md`` collects tables (accuracy with 95% bootstrap
+intervals, paired differences with McNemar's test against the study's baseline, same
+items and seeds) and plots.
+
+Studies (SPEC.md, "Measurements the paper reports"): ``variants``, ``motivation``,
+``sparsity``, ``topk``, ``ablations``, and ``sweep`` (settle the MoD defaults on the
+validation split before the main study).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .config import MoDConfig
+from .stats import accuracy_ci, mcnemar, paired_difference_ci
+
+STUDIES = ("variants", "motivation", "sparsity", "topk", "ablations", "sweep")
+PAPER_LLAMA7B = {  # the poster's table (LLaMA-7B, math_10k, beam search), for comparison only
+    "lora_notk": {"AddSub": 38.7, "AQuA": 13.4, "gsm8k": 37.3, "mawps": 56.3, "MultiArith": 78.2, "SingleEq": 59.8,
+                  "SVAMP": 42.3, "avg": 46.6},
+    "lora_all": {"AddSub": 41.3, "AQuA": 15.4, "gsm8k": 38.5, "mawps": 58.0, "MultiArith": 81.0, "SingleEq": 62.9,
+                 "SVAMP": 44.2, "avg": 48.8},
+    "lora_all_mod": {"AddSub": 42.0, "AQuA": 15.8, "gsm8k": 39.1, "mawps": 58.5, "MultiArith": 81.3,
+                     "SingleEq": 62.9, "SVAMP": 44.9, "avg": 49.2},
+    "lora_notk_mod": {"AddSub": 41.5, "AQuA": 16.1, "gsm8k": 38.2, "mawps": 58.4, "MultiArith": 80.7,
+                      "SingleEq": 62.3, "SVAMP": 43.8, "avg": 48.7},
+}
+
+
+@dataclass
+class ExperimentConfig:
+    """The budget and data of a study; every field is a YAML key and a CLI flag."""
+
+    model: str = "default"
+    data: str = "../shared/data/math-split/train.json"
+    num_epochs: float = 1.0
+    max_steps: int = -1
+    batch_size: int = 16
+    micro_batch_size: int = 4
+    learning_rate: float = 3e-4
+    warmup_steps: int = 10
+    cutoff_len: int = 256
+    val_size: int = 64
+    lora_r: int = 32
+    lora_alpha: int = 64
+    k: int = 3
+    seeds: list[int] = field(default_factory=lambda: [42])
+    key_seeds: list[int] = field(default_factory=lambda: [42, 43, 44])  # lora_notk vs lora_notk_mod
+    k_values: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])  # the topk study's ensemble sizes
+    datasets: str = "gsm8k,SVAMP,MultiArith,AddSub,SingleEq,AQuA"
+    data_dir: str | None = "../shared/data/math-split"
+    eval_limit: int | None = 200
+    eval_batch_size: int = 16
+    max_new_tokens: int | None = None
+    num_beams: int = 1
+    bf16: bool = False
+    mod: dict = field(default_factory=dict)  # MoD fields for every MoD run (e.g. the sweep's choice)
+    output_dir: str | None = None  # default runs/experiments/<study>
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ExperimentConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown experiment field(s): {', '.join(unknown)}.")
+        return cls(**data)
+
+
+SMOKE = dict(data="builtin:arithmetic:40", max_steps=2, batch_size=2, micro_batch_size=2, warmup_steps=0,
+             val_size=4, lora_r=4, lora_alpha=8, seeds=[42], key_seeds=[42], datasets="builtin", data_dir=None,
+             eval_limit=4, eval_batch_size=4, max_new_tokens=16, k_values=[1, 2])
+
+
+@dataclass
+class RunSpec:
+    name: str
+    preset: str
+    seed: int
+    mod: dict = field(default_factory=dict)
+    evaluate: bool = True
+
+
+def plan(study: str, config: ExperimentConfig) -> list[RunSpec]:
+    """The runs of a study, baseline first."""
+    k = config.k
+    if study == "variants":
+        runs = []
+        for preset in ("lora_notk", "lora_notk_mod", "lora_all", "lora_all_mod", "mod_only"):
+            seeds = config.key_seeds if preset in ("lora_notk", "lora_notk_mod") else config.seeds[:1]
+            runs += [RunSpec(f"{preset}-s{seed}", preset, seed) for seed in seeds]
+        return runs
+    if study == "motivation":
+        return [RunSpec(f"lora_layer_{j}-s{s}", f"lora_layer_{j}", s) for j in range(3) for s in config.seeds]
+    if study == "sparsity":
+        return [RunSpec(f"{p}-s{s}", p, s, evaluate=False) for p in ("lora_notk_mod", "lora_all_mod")
+                for s in config.seeds]
+    if study == "topk":
+        seed = config.seeds[0]
+        runs = [RunSpec(f"lora_notk-s{seed}", "lora_notk", seed)]
+        runs += [RunSpec(f"topk{K}-s{seed}", "lora_notk_mod", seed, {"top_k": K}) for K in range(1, k + 1)]
+        runs += [RunSpec(f"k{kk}-s{seed}", "lora_notk_mod", seed, {"k": kk}) for kk in config.k_values if kk != k]
+        return runs
+    if study == "ablations":
+        seed = config.seeds[0]
+        return [RunSpec(f"lora_notk-s{seed}", "lora_notk", seed), RunSpec(f"mod-s{seed}", "lora_notk_mod", seed),
+                RunSpec(f"no_distill-s{seed}", "lora_notk_mod", seed, {"distill_lambda": 0.0}),
+                RunSpec(f"no_member_norms-s{seed}", "lora_notk_mod", seed, {"member_norms": False})]
+    if study == "sweep":
+        seed = config.seeds[0]
+        runs = [RunSpec(f"lora_notk-s{seed}", "lora_notk", seed, evaluate=False)]
+        for lam in (0.0, 0.1, 1.0):
+            for init in ("uniform", "final"):
+                for body in ((True,) if lam == 0 else (True, False)):
+                    name = f"lam{lam:g}-{init}-{'body' if body else 'normsonly'}-s{seed}"
+                    runs.append(RunSpec(name, "lora_notk_mod", seed, {"distill_lambda": lam, "router_init": init,
+                                                                       "distill_through_body": body}, False))
+        return runs
+    raise ValueError(f"Unknown study {study!r}; choose one of {', '.join(STUDIES)}.")
+
+
+# ---------------------------------------------------------------- one run
+def _device() -> str | None:
+    return "cuda" if torch.cuda.is_available() else None
+
+
+def _train_config(spec: RunSpec, config: ExperimentConfig, run_dir: Path):
+    from .training import TrainConfig
+
+    mod = {"k": config.k, **config.mod, **spec.mod}
+    return TrainConfig.from_dict({
+        "model": config.model, "preset": spec.preset, "data": config.data, "num_epochs": config.num_epochs,
+        "max_steps": config.max_steps, "batch_size": config.batch_size, "micro_batch_size": config.micro_batch_size,
+        "learning_rate": config.learning_rate, "warmup_steps": config.warmup_steps, "cutoff_len": config.cutoff_len,
+        "val_size": config.val_size, "lora_r": config.lora_r, "lora_alpha": config.lora_alpha, "seed": spec.seed,
+        "output_dir": str(run_dir), "report_to": ["none"], "save_steps": 20, "bf16": config.bf16, **mod})
+
+
+def validation_metrics(adapter: Path, train_config) -> dict:
+    """Held-out teacher-forced cross-entropy (nats/token) of the ensemble and of each member
+    on the run's validation split: the cheap primary metric for sweeps."""
+    from .data import load_records, split_validation, tokenize_records
+    from .evaluation import load_for_eval
+
+    records = load_records(train_config.data, train_config.max_records, train_config.seed)
+    _, val = split_validation(records, train_config.val_size, train_config.seed)
+    model, tokenizer, info = load_for_eval(train_config.model, adapter, device=_device())
+    rows = tokenize_records(val, tokenizer, train_config.cutoff_len, train_config.train_on_inputs,
+                            train_config.prompt_style)
+    total, ensemble, members = 0, 0.0, None
+    with torch.no_grad():
+        for row in rows:
+            ids = torch.tensor([row["input_ids"]], device=model.device)
+            labels = torch.tensor([row["labels"]], device=model.device)
+            out = model(input_ids=ids, labels=labels)
+            n = int((labels[:, 1:] != -100).sum())
+            total += n
+            ensemble += float(out.loss if getattr(out, "task_loss", None) is None else out.task_loss) * n
+            ce = getattr(out, "member_ce", None)
+            if ce is not None:
+                members = [m + float(c) * n for m, c in zip(members or [0.0] * len(ce), ce)]
+    result = {"tokens": total, "ensemble_ce": ensemble / total}
+    result["member_ce"] = [m / total for m in members] if members else None
+    result["final_ce"] = result["member_ce"][-1] if members else result["ensemble_ce"]
+    return result
+
+
+def run_one(spec: RunSpec, config: ExperimentConfig, root: Path) -> dict:
+    """Train, validate and evaluate one run, skipping whatever is already done."""
+    from .evaluation import EvalConfig, evaluate, load_for_eval
+    from .training import parameter_counts, read_log, train
+
+    run_dir = root / spec.name
+    adapter = run_dir / "adapter"
+    train_config = _train_config(spec, config, run_dir)
+    timing_path = run_dir / "timing.json"
+    timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
+    if not (adapter / "train_config.json").exists():
+        start = time.perf_counter()
+        resume = any(run_dir.glob("checkpoint-*"))
+        summary = train(train_config, resume=resume)
+        timing["train_s"] = timing.get("train_s", 0.0) + time.perf_counter() - start
+        timing["trainable"], timing["total"] = summary["trainable"], summary["total"]
+        timing_path.write_text(json.dumps(timing, indent=2))
+    val_path = run_dir / "val.json"
+    if not val_path.exists():
+        val_path.write_text(json.dumps(validation_metrics(adapter, train_config), indent=2))
+    result = {"name": spec.name, "preset": spec.preset, "seed": spec.seed, "mod": spec.mod,
+              "val": json.loads(val_path.read_text()), "log": read_log(run_dir), **timing}
+    if "trainable" not in result:
+        model, _, _ = load_for_eval(config.model, adapter)
+        result["trainable"], result["total"] = parameter_counts(model)
+    if spec.evaluate:
+        eval_dir = run_dir / "eval"
+        if not (eval_dir / "summary.json").exists() or not _eval_complete(eval_dir, config):
+            start = time.perf_counter()
+            model, tokenizer, info = load_for_eval(config.model, adapter, device=_device())
+            eval_config = EvalConfig(batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens,
+                                     num_beams=config.num_beams, limit=config.eval_limit, progress=True)
+            evaluate(model, tokenizer, config.datasets, eval_config, eval_dir, data_dir=config.data_dir, info=info,
+                     label=spec.name)
+            timing["eval_s"] = timing.get("eval_s", 0.0) + time.perf_counter() - start
+            timing_path.write_text(json.dumps(timing, indent=2))
+        result["eval_dir"] = str(eval_dir)
+        result["correct"] = _correct_flags(eval_dir)
+    return result
+
+
+def _eval_complete(eval_dir: Path, config: ExperimentConfig) -> bool:
+    summary = json.loads((eval_dir / "summary.json").read_text())
+    return bool(summary)
+
+
+def _correct_flags(eval_dir: Path) -> dict[str, dict[str, bool]]:
+    """``{dataset: {item id: correct}}`` from an eval folder's JSONL rows."""
+    from .evaluation import read_results
+
+    flags = {}
+    for path in sorted(eval_dir.glob("*.jsonl")):
+        if ".member" in path.name:
+            continue
+        flags[path.stem] = {row["id"]: bool(row["correct"]) for row in read_results(path)}
+    return flags
+
+
+# ---------------------------------------------------------------- study + report
+def run_study(study: str, config: ExperimentConfig, smoke: bool = False) -> Path:
+    """Run (or resume) every run of a study and write ``report.md``; returns the study folder."""
+    if smoke:
+        config = ExperimentConfig.from_dict({**dataclasses.asdict(config), **SMOKE})
+    root = Path(config.output_dir or f"runs/experiments/{study}{'-smoke' if smoke else ''}")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "experiment.json").write_text(json.dumps({"study": study, "smoke": smoke,
+                                                       "config": dataclasses.asdict(config)}, indent=2))
+    started = time.perf_counter()
+    results = []
+    specs = plan(study, config)
+    for index, spec in enumerate(specs, 1):
+        print(f"[modetune experiment {study}] run {index}/{len(specs)}: {spec.name}", flush=True)
+        results.append(run_one(spec, config, root))
+    extra = measure_topk_speed(config, root) if study == "topk" else None
+    write_report(study, config, results, root, time.perf_counter() - started, smoke, extra)
+    print(f"[modetune experiment {study}] report: {root / 'report.md'}")
+    return root
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def _accuracy_rows(results: list[dict]) -> tuple[list[str], list[str]]:
+    datasets = sorted({d for r in results for d in r.get("correct", {})})
+    header = ["run", "trainable", "Δ% vs lora_notk", "val CE ens.", "val CE final"] + datasets + ["avg"]
+    base = next((r for r in results if r["preset"] == "lora_notk"), None)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in results:
+        delta = "" if base is None else f"{100 * (r['trainable'] - base['trainable']) / base['trainable']:+.2f}"
+        cells = [r["name"], f"{r['trainable']:,}", delta, f"{r['val']['ensemble_ce']:.3f}", f"{r['val']['final_ce']:.3f}"]
+        accs = []
+        for d in datasets:
+            flags = list(r.get("correct", {}).get(d, {}).values())
+            if flags:
+                acc, lo, hi = accuracy_ci(flags)
+                accs.append(acc)
+                cells.append(f"{_pct(acc)} [{_pct(lo)}, {_pct(hi)}]")
+            else:
+                cells.append("")
+        cells.append(_pct(statistics.mean(accs)) if accs else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines, datasets
+
+
+def _paired_rows(results: list[dict], datasets: list[str]) -> list[str]:
+    """Each run vs the baseline (``lora_notk``, same seed): pooled over datasets, same items."""
+    lines = ["| run | vs | items | Δ acc (pts) [95% CI] | only run / only base | McNemar p |", "|---|---|---|---|---|---|"]
+    bases = {r["seed"]: r for r in results if r["preset"] == "lora_notk" and r.get("correct")}
+    for r in results:
+        base = bases.get(r["seed"])
+        if base is None or r is base or not r.get("correct"):
+            continue
+        a, b = [], []
+        for d in datasets:
+            common = sorted(set(r["correct"].get(d, {})) & set(base["correct"].get(d, {})))
+            a += [r["correct"][d][i] for i in common]
+            b += [base["correct"][d][i] for i in common]
+        if not a:
+            continue
+        diff, lo, hi = paired_difference_ci(a, b)
+        only_base, only_run, p = mcnemar(a, b)
+        verdict = "" if p < 0.05 else " (no significant difference)"
+        lines.append(f"| {r['name']} | {base['name']} | {len(a)} | {100 * diff:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | "
+                     f"{only_run} / {only_base} | {p:.3f}{verdict} |")
+    return lines
+
+
+def _plot(results: list[dict], root: Path, key: str, ylabel: str, filename: str) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = [(r["name"], [(row["step"], row[key]) for row in r["log"] if key in row]) for r in results]
+    series = [(name, points) for name, points in series if points]
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, points in series:
+        ax.plot([p[0] for p in points], [p[1] for p in points], label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(root / filename, dpi=100)
+    plt.close(fig)
+    return filename
+
+
+def write_report(study: str, config: ExperimentConfig, results: list[dict], root: Path, seconds: float,
+                 smoke: bool, extra: dict | None = None) -> Path:
+    lines = [f"# Study: {study}{' (smoke setting)' if smoke else ''}", "",
+             f"Command: `modetune experiment {study}{' --smoke' if smoke else ''}`; settings in `experiment.json`.",
+             f"Model `{config.model}`; training data `{config.data}`; budget: {config.num_epochs:g} epoch(s)"
+             f"{f', at most {config.max_steps} steps' if config.max_steps > 0 else ''}, global batch {config.batch_size},"
+             f" lr {config.learning_rate:g}, cutoff {config.cutoff_len}, LoRA r={config.lora_r}; k={config.k}; "
+             f"MoD overrides {config.mod or 'none'}.",
+             f"Evaluation: `{config.datasets}` (first {config.eval_limit or 'all'} items each), "
+             f"{'greedy' if config.num_beams == 1 else f'beam search ({config.num_beams})'} decoding. "
+             f"Wall-clock of this invocation: {seconds / 60:.1f} min.", ""]
+    table, datasets = _accuracy_rows(results)
+    lines += ["## Runs", "", "Accuracy in % with 95% bootstrap intervals over items; validation cross-entropy "
+              "is teacher-forced, nats per answer token, on the held-out validation split.", "", *table, ""]
+    paired = _paired_rows(results, datasets)
+    if len(paired) > 2:
+        lines += ["## Paired comparisons", "", *paired, ""]
+    seeds = {}
+    for r in results:
+        seeds.setdefault(r["preset"] + json.dumps(r["mod"], sort_keys=True), []).append(r)
+    spread = [(key, rs) for key, rs in seeds.items() if len(rs) > 1 and all(x.get("correct") for x in rs)]
+    if spread:
+        lines += ["## Spread across seeds", "", "| variant | seeds | mean avg acc | sd |", "|---|---|---|---|"]
+        for _, rs in spread:
+            avgs = [statistics.mean(sum(f.values()) / len(f) for f in r["correct"].values()) for r in rs]
+            lines.append(f"| {rs[0]['preset']} {rs[0]['mod'] or ''} | {len(rs)} | {_pct(statistics.mean(avgs))} | "
+                         f"{_pct(statistics.stdev(avgs))} |")
+        lines.append("")
+    if study == "variants":
+        lines += ["## The paper's numbers (LLaMA-7B, math_10k, beam search), for reference", "",
+                  "| variant | " + " | ".join(PAPER_LLAMA7B["lora_notk"]) + " |",
+                  "|---|" + "---|" * len(PAPER_LLAMA7B["lora_notk"])]
+        lines += [f"| {name} | " + " | ".join(str(v) for v in row.values()) + " |" for name, row in PAPER_LLAMA7B.items()]
+        lines.append("")
+    plots = [_plot(results, root, "loss", "training loss", "loss.png")]
+    if study in ("sparsity", "variants", "ablations", "topk", "sweep"):
+        plots.append(_plot(results, root, "sparsity", "routing sparsity (share of weights < 1e-5)", "sparsity.png"))
+    if study == "sparsity":
+        lines += ["## Routing sparsity over training tokens", "", "| run | member | mean weight | sparsity |",
+                  "|---|---|---|---|"]
+        for r in results:
+            last = [row for row in r["log"] if "router_0" in row][-5:]
+            for i in range(config.k):
+                if last:
+                    w = statistics.mean(row[f"router_{i}"] for row in last)
+                    sp = statistics.mean(row[f"sparsity_{i}"] for row in last)
+                    lines.append(f"| {r['name']} | {i} (layer N-{config.k - 1 - i}) | {w:.3f} | {sp:.3f} |")
+        lines.append("")
+    if study == "motivation":
+        lines += _motivation_venn(results, root)
+    if extra:
+        lines += ["## Dense vs Top-K routing: wall-clock", "", extra["markdown"], ""]
+    lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots if p]
+    path = root / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _motivation_venn(results: list[dict], root: Path) -> list[str]:
+    """The motivation figure: items solved with the loss on layer N, N-1, N-2 (3-way Venn)."""
+    from .analysis import solved
+
+    lines = ["## Solved items: loss on layer N, N-1, N-2", ""]
+    runs = [r for r in results if r.get("eval_dir")][:3]
+    labels = ["N" if r["preset"].endswith("_0") else f"N-{r['preset'].rsplit('_', 1)[-1]}" for r in runs]
+    for dataset in sorted({d for r in runs for d in r.get("correct", {})}):
+        paths = [Path(r["eval_dir"]) / f"{dataset}.jsonl" for r in runs]
+        if len(paths) < 2 or not all(p.exists() for p in paths):
+            continue
+        result = solved(paths, labels=labels, dataset=dataset, output_dir=root / "venn")
+        lines += [result["markdown"], ""]
+        if "png" in result.get("files", {}):
+            lines += [f"![{dataset}]({Path(result['files']['png']).relative_to(root)})", ""]
+    return lines
+
+
+def measure_topk_speed(config: ExperimentConfig, root: Path, repeats: int = 3) -> dict:
+    """Wall-clock of dense vs Top-K routing on the same training step and the same generation.
+
+    The acceleration ratio is ``time(dense) / time(Top-K)``. With the one-projection
+    shortcut the ensemble costs one head projection whatever K is, so Top-K saves only the
+    member norms it could skip (it does not skip them: every member is computed); with
+    lambda > 0 the distillation needs every member's logits anyway. Measured, not assumed.
+    """
+    from .models import load_model
+    from .variants import build_variant
+
+    timings = {}
+    for label, top_k in [("dense", None)] + [(f"top{K}", K) for K in range(1, config.k)]:
+        base, tokenizer = load_model(config.model)
+        model = build_variant(base, "lora_notk_mod", MoDConfig(**{"k": config.k, **config.mod, "top_k": top_k}),
+                              lora_r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=0.0)
+        ids = torch.randint(100, base.config.vocab_size, (config.micro_batch_size, 128),
+                            generator=torch.Generator().manual_seed(0))
+        model.train()
+        steps = []
+        for i in range(repeats + 1):
+            start = time.perf_counter()
+            model(input_ids=ids, labels=ids).loss.backward()
+            if i:
+                steps.append(time.perf_counter() - start)
+        model.eval()
+        gens = []
+        with torch.no_grad():
+            for i in range(repeats + 1):
+                start = time.perf_counter()
+                model.generate(ids[:1, :16], max_new_tokens=24, min_new_tokens=24, do_sample=False,
+                               pad_token_id=tokenizer.pad_token_id)
+                if i:
+                    gens.append(time.perf_counter() - start)
+        timings[label] = (statistics.median(steps), statistics.median(gens))
+    dense = timings["dense"]
+    lines = ["| routing | train step (s) | dense / this | generation, 24 tokens (s) | dense / this |",
+             "|---|---|---|---|---|"]
+    for label, (step, gen) in timings.items():
+        lines.append(f"| {label} | {step:.3f} | {dense[0] / step:.2f}x | {gen:.3f} | {dense[1] / gen:.2f}x |")
+    markdown = "\n".join(lines) + ("\n\nAcceleration ratio = wall-clock of dense routing / wall-clock of Top-K "
+                                   "routing on the same work. With the one-projection shortcut every member is "
+                                   "still computed, so Top-K routing is not expected to be faster here.")
+    (root / "topk_speed.json").write_text(json.dumps(timings, indent=2))
+    return {"timings": timings, "markdown": markdown}

@@ -1,0 +1,86 @@
+"""`modetune experiment`: study plans, smoke runs end to end, resume, statistics."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from modetune.cli import main
+from modetune.experiments import STUDIES, ExperimentConfig, plan
+from modetune.stats import accuracy_ci, mcnemar, paired_difference_ci
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+
+def test_mcnemar_exact_values():
+    # 10 discordant pairs split 8 / 2: two-sided binomial p = 2 * P(X <= 2 | n=10, 1/2) = 112/1024
+    a = [True] * 8 + [False] * 2 + [True] * 5
+    b = [False] * 8 + [True] * 2 + [True] * 5
+    only_b, only_a, p = mcnemar(a, b)
+    assert (only_b, only_a) == (2, 8)
+    assert p == pytest.approx(112 / 1024)
+    assert mcnemar([True, False], [True, False])[2] == 1.0
+    with pytest.raises(ValueError):
+        mcnemar([True], [True, False])
+
+
+def test_bootstrap_intervals():
+    flags = [True] * 30 + [False] * 70
+    acc, lo, hi = accuracy_ci(flags, n_boot=4000)
+    assert acc == 0.3 and lo < 0.3 < hi
+    assert 0.15 < hi - lo < 0.22  # about 2 * 1.96 * sqrt(0.3 * 0.7 / 100) = 0.18
+    diff, dlo, dhi = paired_difference_ci(flags, flags)
+    assert diff == dlo == dhi == 0.0
+
+
+def test_plans_cover_the_studies():
+    config = ExperimentConfig()
+    names = {study: [run.name for run in plan(study, config)] for study in STUDIES}
+    variants = plan("variants", config)
+    assert [r.seed for r in variants if r.preset == "lora_notk_mod"] == [42, 43, 44]
+    assert {r.preset for r in variants} == {"lora_notk", "lora_notk_mod", "lora_all", "lora_all_mod", "mod_only"}
+    assert [r.preset for r in plan("motivation", config)] == ["lora_layer_0", "lora_layer_1", "lora_layer_2"]
+    assert {r.mod.get("top_k") for r in plan("topk", config)} >= {1, 2, 3}
+    assert {r.mod.get("k") for r in plan("topk", config)} >= {1, 2, 4, 5}
+    assert len(names["sweep"]) == 1 + 2 + 4 + 4  # baseline; lambda 0 x 2 inits; lambda 0.1 and 1 x 2 x 2
+    assert {"no_distill-s42", "no_member_norms-s42"} <= set(names["ablations"])
+    with pytest.raises(ValueError, match="Unknown study"):
+        plan("everything", config)
+
+
+def test_variants_smoke_runs_end_to_end_and_resumes(tiny_model_dir, tmp_path):
+    out = tmp_path / "variants"
+    argv = ["experiment", "variants", "--smoke", "--model", str(tiny_model_dir), "--output-dir", str(out)]
+    start = time.perf_counter()
+    assert main(argv) == 0
+    first = time.perf_counter() - start
+    report = (out / "report.md").read_text()
+    for name in ("lora_notk-s42", "lora_notk_mod-s42", "lora_all-s42", "lora_all_mod-s42", "mod_only-s42"):
+        assert f"| {name} |" in report
+        assert (out / name / "eval" / "builtin.jsonl").exists()
+        val = json.loads((out / name / "val.json").read_text())
+        assert val["tokens"] > 0 and val["ensemble_ce"] > 0
+    assert "McNemar" in report and "The paper's numbers" in report and (out / "loss.png").exists()
+    mod_val = json.loads((out / "lora_notk_mod-s42" / "val.json").read_text())
+    assert len(mod_val["member_ce"]) == 3
+    # a rerun finds everything done: no training, no generation
+    stamp = (out / "lora_notk-s42" / "adapter" / "adapter_model.safetensors").stat().st_mtime
+    start = time.perf_counter()
+    assert main(argv) == 0
+    assert (out / "lora_notk-s42" / "adapter" / "adapter_model.safetensors").stat().st_mtime == stamp
+    assert time.perf_counter() - start < first
+
+
+def test_motivation_smoke_draws_venn(tiny_model_dir, tmp_path):
+    out = tmp_path / "motivation"
+    assert main(["experiment", "motivation", "--smoke", "--model", str(tiny_model_dir), "--output-dir", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "N ∩ N-1 ∩ N-2" in report and (out / "venn" / "solved-builtin.png").exists()
+
+
+def test_unknown_experiment_field(tmp_path, capsys):
+    (tmp_path / "e.yaml").write_text("seedz: [1]\n")
+    assert main(["experiment", "variants", "--config", str(tmp_path / "e.yaml")]) == 1
+    assert "Unknown experiment field(s): seedz" in capsys.readouterr().err
