@@ -42,3 +42,24 @@ def tiny_model_dir(tmp_path_factory, default_model_dir) -> Path:
     model.save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))
     return path
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread: on a small shared machine, more threads spin against each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(default_model_dir):
+    """The default model's tokenizer, padding on the left (for batched generation)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(default_model_dir))
+    tok.padding_side = "left"
+    return tok

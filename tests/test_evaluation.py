@@ -36,28 +36,12 @@ from modetune.evaluation import (
     validate_records,
 )
 from modetune.prompts import format_prompt
-from tiny import ARCHS, VOCAB, tiny_model
+from tiny import ARCHS, VOCAB, perturb, tiny_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # (conftest.py)
 
 
 # ---------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a small shared machine, more threads spin against each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(default_model_dir):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(default_model_dir))
-    tok.padding_side = "left"
-    return tok
-
-
 def _tiny(tokenizer, seed=0, **overrides):
     """A tiny random Llama over the default tokenizer whose greedy outputs vary with the prompt
     (untied head, wider init: a tied, narrow-init model just repeats the last prompt token)."""
@@ -66,19 +50,9 @@ def _tiny(tokenizer, seed=0, **overrides):
                       eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id, **kwargs)
 
 
-def _perturb(model, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        model.router.weight.normal_(0, 2.0, generator=g)
-        for norm in model.norms:
-            for p in norm.parameters():
-                p.add_(torch.randn(p.shape, generator=g) * 0.5)
-    return model
-
-
 @pytest.fixture(scope="module")
 def mod_model(tokenizer):
-    return _perturb(get_mod_model(_tiny(tokenizer), MoDConfig(k=3)).eval())
+    return perturb(get_mod_model(_tiny(tokenizer), MoDConfig(k=3)).eval(), router_std=2.0)
 
 
 PROMPTS = [
@@ -594,7 +568,7 @@ def test_cli_eval_mod_lora_base_report_and_solved(capsys, tmp_path, tiny_model_d
     data = _write(tmp_path / "data" / "gsm8k" / "test.json", _records(5)).parent.parent
     _write(tmp_path / "data" / "boolq" / "test.json", _records(4, "boolq"))
     base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
-    _perturb(get_mod_model(base, MoDConfig(k=3))).save_pretrained(tmp_path / "mod")
+    perturb(get_mod_model(base, MoDConfig(k=3)), router_std=2.0).save_pretrained(tmp_path / "mod")
     base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
     lora = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM",
                                            init_lora_weights=False))

@@ -21,24 +21,9 @@ from modetune.lm_eval_adapter import (
 from modetune.prompts import format_prompt
 from tiny import tiny_model
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # (conftest.py)
+
 pytest.importorskip("lm_eval")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(default_model_dir):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(default_model_dir))
-    tok.padding_side = "left"
-    return tok
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from modetune import BaseModelMismatchError, MoDConfig, MoDModel, get_mod_model
 from modetune.losses import HeadSpec, fused_mod_loss, naive_mod_loss
 from modetune.routing import route
 from modetune.surgery import UnsupportedModelError, find_parts
-from tiny import ARCHS, VOCAB, tiny_model
+from tiny import ARCHS, VOCAB, perturb, tiny_model
 
 
 def _batch(seed=0, batch=3, length=9):
@@ -22,16 +22,6 @@ def _batch(seed=0, batch=3, length=9):
     labels = ids.masked_fill(mask == 0, -100)
     labels[1, :4] = -100  # a prompt that carries no label
     return ids, mask, labels
-
-
-def _perturb(model: MoDModel, seed=1):
-    """Move the MoD modules away from their (symmetric) initialisation."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        model.router.weight.normal_(0, 0.5, generator=g)
-        for norm in model.norms:
-            for p in norm.parameters():
-                p.add_(torch.randn(p.shape, generator=g) * 0.5)
 
 
 @pytest.mark.parametrize("arch", [*ARCHS, "gemma2"])
@@ -76,7 +66,7 @@ def test_shortcut_equals_explicit_mixing_values_and_grads():
     models = []
     for explicit in (False, True):
         model = MoDModel(tiny_model("llama"), MoDConfig(k=3), explicit_mixing=explicit)
-        _perturb(model)
+        perturb(model)
         models.append(model)
     outs = []
     for model in models:
@@ -98,7 +88,7 @@ def test_topk_routing():
     torch.testing.assert_close(route(logits, top_k=None), logits.softmax(-1))
 
     model = get_mod_model(tiny_model("llama"), MoDConfig(k=3, top_k=1))
-    _perturb(model)
+    perturb(model)
     ids, mask, _ = _batch()
     out = model(ids, attention_mask=mask)
     w = out.router_weights
@@ -137,7 +127,7 @@ def test_chunked_loss_equals_naive(case, arch):
     results = []
     for impl in ("chunked", "naive"):
         model = get_mod_model(_lora(tiny_model(arch)), MoDConfig(k=3, loss_impl=impl, chunk_size=5, **case))
-        _perturb(model)
+        perturb(model)
         model.train()
         out = model(ids, attention_mask=mask, labels=labels)
         out.loss.backward()
@@ -179,7 +169,7 @@ def test_distill_through_body_false_keeps_distill_out_of_body():
     grads = []
     for lam in (0.0, 3.0):
         model = get_mod_model(_lora(tiny_model("llama")), MoDConfig(k=3, distill_lambda=lam, distill_through_body=False))
-        _perturb(model)
+        perturb(model)
         model.train()
         model(ids, attention_mask=mask, labels=labels).loss.backward()
         grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
@@ -194,7 +184,7 @@ def test_gradient_checkpointing_gives_same_grads():
     grads = []
     for checkpointing in (False, True):
         model = get_mod_model(_lora(tiny_model("llama")), MoDConfig(k=3))
-        _perturb(model)
+        perturb(model)
         if checkpointing:
             model.gradient_checkpointing_enable()
         model.train()
@@ -215,7 +205,7 @@ def _greedy_by_hand(model, ids, steps):
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "gemma2"])
 def test_generate_equals_greedy_loop_over_ensemble_logits(arch):
     model = get_mod_model(tiny_model(arch), MoDConfig(k=3))
-    _perturb(model)
+    perturb(model)
     ids = torch.randint(3, VOCAB, (2, 5), generator=torch.Generator().manual_seed(5))
     expected = _greedy_by_hand(model, ids, 8)
     for use_cache in (True, False):
@@ -230,7 +220,7 @@ def test_generate_equals_greedy_loop_over_ensemble_logits(arch):
 
 def test_beam_search_and_sampling_run_on_ensemble():
     model = get_mod_model(_lora(tiny_model("llama")), MoDConfig(k=3))
-    _perturb(model)
+    perturb(model)
     ids = torch.randint(3, VOCAB, (2, 5), generator=torch.Generator().manual_seed(5))
     kwargs = dict(attention_mask=torch.ones_like(ids), max_new_tokens=6, eos_token_id=None, pad_token_id=0)
     beams = model.generate(ids, num_beams=3, do_sample=False, **kwargs)
@@ -244,7 +234,7 @@ def test_beam_search_and_sampling_run_on_ensemble():
 def test_save_load_round_trip_bitwise(tmp_path):
     ids, mask, _ = _batch()
     model = get_mod_model(_lora(tiny_model("llama")), MoDConfig(k=3, router_input="entry", train_final_norm=True))
-    _perturb(model)
+    perturb(model)
     with torch.no_grad():
         model._parts.final_norm.weight.mul_(1.1)
         expected = model(ids, attention_mask=mask).logits
@@ -264,7 +254,7 @@ def test_mod_only_round_trip_and_trainable_count(tmp_path):
     model = get_mod_model(base, MoDConfig(k=3))
     trainable, _ = model.trainable_parameters()
     assert trainable == 3 * 32 + 2 * 32  # router (d x k) + two member norms
-    _perturb(model)
+    perturb(model)
     model.save_pretrained(tmp_path)
     assert not (tmp_path / "adapter_config.json").exists()
     loaded = MoDModel.from_pretrained(tiny_model("llama"), tmp_path, is_trainable=True)

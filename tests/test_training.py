@@ -247,3 +247,6 @@ def test_shipped_configs_parse():
     assert {"default.yaml", "paper_llama7b.yaml", "smollm_math_split.yaml"} <= set(names)
     for path in root.glob("*.yaml"):
         TrainConfig.from_dict(load_yaml_config(path))
+    # `modetune train` with no arguments runs exactly configs/default.yaml
+    assert TrainConfig.from_dict(load_yaml_config(root / "default.yaml")) == TrainConfig()
+    assert "math_data.json" not in "".join(p.read_text() for p in root.glob("*.yaml"))

@@ -29,3 +29,14 @@ def tiny_model(arch: str = "llama", seed: int = 0, **overrides):
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     return model.eval()
+
+
+def perturb(model, seed: int = 1, router_std: float = 0.5, norm_std: float = 0.5):
+    """Move a MoD model's router and member norms away from their (symmetric) initialisation."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model.router.weight.normal_(0, router_std, generator=g)
+        for norm in model.norms:
+            for p in norm.parameters():
+                p.add_(torch.randn(p.shape, generator=g) * norm_std)
+    return model

@@ -977,7 +977,8 @@ def evaluate(model: nn.Module, tokenizer, datasets: str | Sequence[str] | list[t
 
 def _default_label(info: dict) -> str:
     if info.get("adapter"):
-        return Path(info["adapter"]).resolve().name
+        path = Path(info["adapter"]).resolve()
+        return path.parent.name if path.name == "adapter" else path.name  # runs/NAME/adapter -> NAME
     return Path(str(info.get("model") or "model")).name
 
 

@@ -35,6 +35,7 @@ class MoDLossOutput:
     task: Tensor
     distill: Tensor
     member_ce: Tensor | None
+    weights: Tensor | None = None  # the router weights G at the labelled tokens, [n, k] (detached)
 
 
 @dataclass
@@ -78,7 +79,7 @@ def naive_mod_loss(hs: list[Tensor], router_input: Tensor | None, labels: Tensor
         logits = [head.logits(norm(h.detach())) for norm, h in zip(norms, hs)]
     tau = config.temperature
     if config.distill_lambda == 0:  # the "without L_distill" ablation: no KL is computed
-        return MoDLossOutput(task, task.detach(), task.new_zeros(0), member_ce)
+        return MoDLossOutput(task, task.detach(), task.new_zeros(0), member_ce, weights.detach())
     teacher = F.log_softmax(logits[-1] / tau, -1)
     if config.detach_teacher:
         teacher = teacher.detach()
@@ -89,7 +90,7 @@ def naive_mod_loss(hs: list[Tensor], router_input: Tensor | None, labels: Tensor
         kls.append(_kl_rows(*pair).sum() / normaliser)
     distill = torch.stack(kls) if kls else task.new_zeros(0)
     loss = task + config.distill_lambda * distill.sum()
-    return MoDLossOutput(loss, task.detach(), distill.detach(), member_ce)
+    return MoDLossOutput(loss, task.detach(), distill.detach(), member_ce, weights.detach())
 
 
 def _vdot(a: Tensor, b: Tensor) -> Tensor:
@@ -200,6 +201,7 @@ def _run_chunks(hs, router_input, labels, norms, router, head, config, normalise
     grad_r = torch.zeros_like(router_input) if need_grad and router_input is not None else None
     grad_params = [torch.zeros_like(p) for p in params] if need_grad else None
     member_stats = config.distill_lambda > 0 or head.softcap is not None  # member logits are computed
+    all_weights = []
     for start in range(0, n, config.chunk_size):
         sl = slice(start, start + config.chunk_size)
         with torch.enable_grad():
@@ -207,6 +209,7 @@ def _run_chunks(hs, router_input, labels, norms, router, head, config, normalise
             zs = [norm(h) for norm, h in zip(norms, h_in)]
             r_in = None if router_input is None else router_input[sl].detach().requires_grad_(need_grad)
             weights = router(zs[-1] if r_in is None else r_in)
+        all_weights.append(weights.detach())
         with torch.no_grad():
             t, kl, mce, dz_task, dz_distill, d_weights = _chunk_grads(
                 [z.detach() for z in zs], weights.detach(), labels[sl], head, config, scale)
@@ -240,7 +243,7 @@ def _run_chunks(hs, router_input, labels, norms, router, head, config, normalise
         for acc, g in zip(grad_params, got[offset:]):
             if g is not None:
                 acc += g
-    stats = (task * scale, kls * scale, ce * scale if member_stats else None)
+    stats = (task * scale, kls * scale, torch.cat(all_weights), ce * scale if member_stats else None)
     return stats, grad_hs, grad_r, grad_params
 
 
@@ -253,11 +256,11 @@ class _FusedMoDLoss(torch.autograd.Function):
         router_input = tensors[n_hs] if has_r else None
         params = list(tensors[n_hs + int(has_r):])
         need_grad = any(ctx.needs_input_grad[3:])
-        (task, kls, ce), grad_hs, grad_r, grad_params = closure(hs, router_input, params, need_grad)
+        (task, kls, weights, ce), grad_hs, grad_r, grad_params = closure(hs, router_input, params, need_grad)
         loss = task + closure.lam * kls.sum()
         if need_grad:
             ctx.save_for_backward(*grad_hs, *([grad_r] if has_r else []), *grad_params)
-        extras = [task, kls] + ([ce] if ce is not None else [])
+        extras = [task, kls, weights] + ([ce] if ce is not None else [])
         ctx.mark_non_differentiable(*extras)
         return (loss, *extras)
 
@@ -298,4 +301,4 @@ def fused_mod_loss(hs: list[Tensor], router_input: Tensor | None, labels: Tensor
     tensors = [*hs, *([router_input] if has_r else []), *params]
     out = _FusedMoDLoss.apply(closure, len(hs), has_r, *tensors)
     loss, task, kls = out[:3]
-    return MoDLossOutput(loss, task, kls, out[3] if len(out) > 3 else None)
+    return MoDLossOutput(loss, task, kls, out[4] if len(out) > 4 else None, out[3])

@@ -222,7 +222,7 @@ class MoDModel(nn.Module):
         if mod_loss is not None:
             result.task_loss, result.distill_losses, result.member_ce = mod_loss.task, mod_loss.distill, mod_loss.member_ce
             if not return_logits:
-                result.router_weights = self._stash_weights
+                result.router_weights = mod_loss.weights
         return result
 
     def compute_loss(self, labels: Tensor, num_items_in_batch: int | Tensor | None = None) -> MoDLossOutput:
@@ -242,8 +242,6 @@ class MoDModel(nn.Module):
         normaliser = float(num_items_in_batch) if num_items_in_batch is not None else None
         norms = self.member_norms()
         loss_fn = fused_mod_loss if self.mod_config.loss_impl == "chunked" else naive_mod_loss
-        with torch.no_grad():
-            self._stash_weights = self.router(norms[-1](hs[-1]) if entry is None else entry)
         return loss_fn(hs, entry, targets, norms, self.router, self._head_spec(), self.mod_config, normaliser)
 
     # ------------------------------------------------------------------ HF-like surface

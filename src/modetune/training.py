@@ -140,13 +140,19 @@ def add_config_flags(parser: argparse.ArgumentParser, cls=TrainConfig, with_mod:
     hints = {**_field_types(cls), **(_field_types(MoDConfig) if with_mod else {})}
     hints.pop("mod", None)
     hints.pop("extra", None)
-    group = parser.add_argument_group("config fields (override the YAML)")
+    defaults = {**(dataclasses.asdict(MoDConfig()) if with_mod else {}),
+                **{f.name: getattr(cls(), f.name) for f in dataclasses.fields(cls)}}
+    group = parser.add_argument_group("config fields (override the YAML; defaults in brackets)")
     for name, hint in hints.items():
         flag = "--" + name.replace("_", "-")
+        default = defaults.get(name)
+        shown = ",".join(map(str, default)) if isinstance(default, list) else default
         if hint is bool:
-            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
+            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                               help=f"[{shown}]")
         else:
-            group.add_argument(flag, dest=name, type=_parser_for(hint), default=argparse.SUPPRESS, metavar="V")
+            group.add_argument(flag, dest=name, type=_parser_for(hint), default=argparse.SUPPRESS, metavar="V",
+                               help=f"[{shown}]")
 
 
 def load_yaml_config(path: str | Path) -> dict:
@@ -481,7 +487,8 @@ def summarise(output_dir: Path, config: TrainConfig, trainable: int, total: int,
         "task_loss": mean("task_loss"), "distill": [mean(f"distill_{i}") for i in range(max(0, k - 1))],
         "router_weights": [mean(f"router_{i}") for i in range(k)], "sparsity": mean("sparsity"),
         "trainable": trainable, "total": total, "adapter": str(adapter), "seconds": seconds,
-        "eval_command": f"modetune eval --adapter {adapter} --model {config.model} --datasets builtin",
+        "eval_command": f"modetune eval --adapter {adapter} --model {config.model} " + (
+            "--datasets builtin" if config.data.startswith("builtin:") else "--datasets gsm8k,SVAMP --data-dir DATA_DIR"),
     }
     Path(output_dir, "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_training(output_dir, k)
