@@ -80,6 +80,15 @@ def test_motivation_smoke_draws_venn(tiny_model_dir, tmp_path):
     assert "N ∩ N-1 ∩ N-2" in report and (out / "venn" / "solved-builtin.png").exists()
 
 
+def test_only_selects_runs(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "part"
+    assert main(["experiment", "ablations", "--smoke", "--model", str(tiny_model_dir), "--output-dir", str(out),
+                 "--only", "lora_notk-s42,no_distill-s42"]) == 0
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["lora_notk-s42", "no_distill-s42"]
+    assert main(["experiment", "ablations", "--smoke", "--only", "nope"]) == 1
+    assert "No run named nope in study ablations" in capsys.readouterr().err
+
+
 def test_unknown_experiment_field(tmp_path, capsys):
     (tmp_path / "e.yaml").write_text("seedz: [1]\n")
     assert main(["experiment", "variants", "--config", str(tmp_path / "e.yaml")]) == 1

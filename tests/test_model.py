@@ -289,3 +289,18 @@ def test_naive_and_fused_functions_agree_directly():
     torch.testing.assert_close(out_f.loss, out_n.loss, rtol=1e-10, atol=0)
     for a, b in zip(gf, gn):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_evaluation_reports_member_ce_even_without_distillation():
+    """With lambda = 0 training uses the one-projection shortcut; evaluation still reports
+    every member's own cross-entropy (the sweeps' diagnostic), equal to the naive reference."""
+    ids, mask, labels = _batch()
+    outs = []
+    for impl in ("chunked", "naive"):
+        model = get_mod_model(tiny_model("llama"), MoDConfig(k=3, distill_lambda=0.0, loss_impl=impl, chunk_size=5))
+        perturb(model)
+        with torch.no_grad():
+            outs.append(model(ids, attention_mask=mask, labels=labels))
+    assert outs[0].member_ce is not None and outs[0].member_ce.shape == (3,)
+    torch.testing.assert_close(outs[0].member_ce, outs[1].member_ce, rtol=1e-5, atol=0)
+    torch.testing.assert_close(outs[0].loss, outs[1].loss, rtol=1e-5, atol=0)

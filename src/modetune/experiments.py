@@ -67,6 +67,7 @@ class ExperimentConfig:
     max_new_tokens: int | None = None
     num_beams: int = 1
     bf16: bool = False
+    only: list[str] | None = None  # run only these runs of the study (by name), e.g. to run it in parts
     mod: dict = field(default_factory=dict)  # MoD fields for every MoD run (e.g. the sweep's choice)
     output_dir: str | None = None  # default runs/experiments/<study>
 
@@ -247,6 +248,12 @@ def run_study(study: str, config: ExperimentConfig, smoke: bool = False) -> Path
     started = time.perf_counter()
     results = []
     specs = plan(study, config)
+    if config.only:
+        unknown = sorted(set(config.only) - {spec.name for spec in specs})
+        if unknown:
+            raise ValueError(f"No run named {', '.join(unknown)} in study {study}; "
+                             f"its runs: {', '.join(spec.name for spec in specs)}.")
+        specs = [spec for spec in specs if spec.name in config.only]
     for index, spec in enumerate(specs, 1):
         print(f"[modetune experiment {study}] run {index}/{len(specs)}: {spec.name}", flush=True)
         results.append(run_one(spec, config, root))

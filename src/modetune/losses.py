@@ -99,7 +99,7 @@ def _vdot(a: Tensor, b: Tensor) -> Tensor:
 
 
 def _chunk_grads(zs: list[Tensor], weights: Tensor, labels: Tensor, head: HeadSpec, config: MoDConfig,
-                 scale: float):
+                 scale: float, want_members: bool = False):
     """Values and hand-written gradients of one chunk, w.r.t. member states ``z_i`` and weights ``G``.
 
     With ``g = (softmax(l) - onehot(y)) * scale`` (``scale = 1/n``):
@@ -118,7 +118,7 @@ def _chunk_grads(zs: list[Tensor], weights: Tensor, labels: Tensor, head: HeadSp
     W = head.weight
     rows = torch.arange(labels.numel(), device=labels.device)
     distill = lam > 0 and k > 1
-    explicit = distill or cap is not None
+    explicit = distill or cap is not None or want_members  # (want_members: report each member's CE)
     logits: list[Tensor] = []
     if explicit:
         logits = [head.logits(z) for z in zs]  # k x [n, V]
@@ -200,7 +200,8 @@ def _run_chunks(hs, router_input, labels, norms, router, head, config, normalise
     grad_hs = [torch.zeros_like(h) for h in hs] if need_grad else None
     grad_r = torch.zeros_like(router_input) if need_grad and router_input is not None else None
     grad_params = [torch.zeros_like(p) for p in params] if need_grad else None
-    member_stats = config.distill_lambda > 0 or head.softcap is not None  # member logits are computed
+    # member logits are computed (and their CE reported) when the loss needs them, and in evaluation
+    member_stats = config.distill_lambda > 0 or head.softcap is not None or not need_grad
     all_weights = []
     for start in range(0, n, config.chunk_size):
         sl = slice(start, start + config.chunk_size)
@@ -212,7 +213,7 @@ def _run_chunks(hs, router_input, labels, norms, router, head, config, normalise
         all_weights.append(weights.detach())
         with torch.no_grad():
             t, kl, mce, dz_task, dz_distill, d_weights = _chunk_grads(
-                [z.detach() for z in zs], weights.detach(), labels[sl], head, config, scale)
+                [z.detach() for z in zs], weights.detach(), labels[sl], head, config, scale, member_stats)
         task += t
         kls += kl
         if mce is not None:
@@ -297,6 +298,9 @@ def fused_mod_loss(hs: list[Tensor], router_input: Tensor | None, labels: Tensor
                 seen.add(id(p))
                 params.append(p)
     closure = _Closure(labels, norms, router, head, config, normaliser)
+    if not torch.is_grad_enabled():  # evaluation: values only, no gradient work
+        (task, kls, weights, ce), *_ = closure(hs, router_input, params, need_grad=False)
+        return MoDLossOutput(task + config.distill_lambda * kls.sum(), task, kls, ce, weights)
     has_r = router_input is not None
     tensors = [*hs, *([router_input] if has_r else []), *params]
     out = _FusedMoDLoss.apply(closure, len(hs), has_r, *tensors)
