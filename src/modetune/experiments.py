@@ -269,12 +269,14 @@ def _pct(x: float) -> str:
 
 def _accuracy_rows(results: list[dict]) -> tuple[list[str], list[str]]:
     datasets = sorted({d for r in results for d in r.get("correct", {})})
-    header = ["run", "trainable", "Δ% vs lora_notk", "val CE ens.", "val CE final"] + datasets + ["avg"]
+    header = ["run", "trainable", "Δ% vs lora_notk", "train (min)", "val CE ens.", "val CE final"] + datasets + ["avg"]
     base = next((r for r in results if r["preset"] == "lora_notk"), None)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in results:
         delta = "" if base is None else f"{100 * (r['trainable'] - base['trainable']) / base['trainable']:+.2f}"
-        cells = [r["name"], f"{r['trainable']:,}", delta, f"{r['val']['ensemble_ce']:.3f}", f"{r['val']['final_ce']:.3f}"]
+        minutes = f"{r['train_s'] / 60:.1f}" if "train_s" in r else ""
+        cells = [r["name"], f"{r['trainable']:,}", delta, minutes, f"{r['val']['ensemble_ce']:.3f}",
+                 f"{r['val']['final_ce']:.3f}"]
         accs = []
         for d in datasets:
             flags = list(r.get("correct", {}).get(d, {}).values())
@@ -344,7 +346,8 @@ def write_report(study: str, config: ExperimentConfig, results: list[dict], root
              f"MoD overrides {config.mod or 'none'}.",
              f"Evaluation: `{config.datasets}` (first {config.eval_limit or 'all'} items each), "
              f"{'greedy' if config.num_beams == 1 else f'beam search ({config.num_beams})'} decoding. "
-             f"Wall-clock of this invocation: {seconds / 60:.1f} min.", ""]
+             f"Wall-clock of this invocation: {seconds / 60:.1f} min (training time per run in the table).",
+             *([f"Only these runs of the study: {', '.join(config.only)}.", ""] if config.only else [""])]
     table, datasets = _accuracy_rows(results)
     lines += ["## Runs", "", "Accuracy in % with 95% bootstrap intervals over items; validation cross-entropy "
               "is teacher-forced, nats per answer token, on the held-out validation split.", "", *table, ""]
