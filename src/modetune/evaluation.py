@@ -215,16 +215,11 @@ def item_id(record: dict) -> str:
 def validate_records(records: Any, dataset: str, source: str) -> list[dict]:
     """Check LLM-Adapters records: a JSON list of objects with a string ``instruction`` and
     an ``answer`` that the dataset's rule can match. Raises ``ValueError`` naming the record."""
+    from .data import validate_records as check_structure
+
     info = get_dataset(dataset)
-    if not isinstance(records, list):
-        raise ValueError(f"{source}: expected a JSON list of records, got {type(records).__name__}.")
-    if not records:
-        raise ValueError(f"{source}: the file holds no records.")
+    check_structure(records, source, required=("instruction",))  # a non-empty list of objects
     for i, record in enumerate(records):
-        if not isinstance(record, dict):
-            raise ValueError(f"{source}: record {i} is not a JSON object.")
-        if not isinstance(record.get("instruction"), str):
-            raise ValueError(f"{source}: record {i} has no 'instruction' field.")
         if record.get("answer") in (None, ""):
             raise ValueError(f"{source}: record {i} has no 'answer' field.")
         gold = record["answer"]

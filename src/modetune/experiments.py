@@ -181,7 +181,8 @@ def validation_metrics(adapter: Path, train_config) -> dict:
 def run_one(spec: RunSpec, config: ExperimentConfig, root: Path) -> dict:
     """Train, validate and evaluate one run, skipping whatever is already done."""
     from .evaluation import EvalConfig, evaluate, load_for_eval
-    from .training import parameter_counts, read_log, train
+    from .model import parameter_counts
+    from .training import read_log, train
 
     run_dir = root / spec.name
     adapter = run_dir / "adapter"
@@ -205,7 +206,7 @@ def run_one(spec: RunSpec, config: ExperimentConfig, root: Path) -> dict:
         result["trainable"], result["total"] = parameter_counts(model)
     if spec.evaluate:
         eval_dir = run_dir / "eval"
-        if not (eval_dir / "summary.json").exists() or not _eval_complete(eval_dir, config):
+        if not (eval_dir / "summary.json").exists():  # written when the evaluation completes
             start = time.perf_counter()
             model, tokenizer, info = load_for_eval(config.model, adapter, device=_device())
             eval_config = EvalConfig(batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens,
@@ -217,11 +218,6 @@ def run_one(spec: RunSpec, config: ExperimentConfig, root: Path) -> dict:
         result["eval_dir"] = str(eval_dir)
         result["correct"] = _correct_flags(eval_dir)
     return result
-
-
-def _eval_complete(eval_dir: Path, config: ExperimentConfig) -> bool:
-    summary = json.loads((eval_dir / "summary.json").read_text())
-    return bool(summary)
 
 
 def _correct_flags(eval_dir: Path) -> dict[str, dict[str, bool]]:

@@ -64,6 +64,12 @@ def _slice_like(hidden: Tensor, logits_to_keep, target: Tensor) -> Tensor:
     return hidden
 
 
+def parameter_counts(model: nn.Module) -> tuple[int, int]:
+    """``(trainable, total)`` parameters of any module, shared (tied) parameters counted once."""
+    params = {id(p): p for p in model.parameters()}.values()
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
 def base_fingerprint(model: nn.Module) -> str:
     """A short hash of a base model: its config shape, parameter names, shapes and a strided
     sample of every parameter (rounded to bfloat16, so fp32 and bf16 loads agree). LoRA
@@ -264,8 +270,7 @@ class MoDModel(nn.Module):
 
     def trainable_parameters(self) -> tuple[int, int]:
         """``(trainable, total)`` parameter counts, MoD modules included."""
-        params = {id(p): p for p in self.parameters()}.values()
-        return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+        return parameter_counts(self)
 
     def remove_hooks(self) -> nn.Module:
         """Detach MoD from the wrapped model and return it (soft-capping restored)."""

@@ -28,7 +28,7 @@ from transformers import TrainerCallback
 from .config import MoDConfig
 from .data import load_records, split_validation, tokenize_records
 from .errors import UserError
-from .model import MoDModel
+from .model import MoDModel, parameter_counts
 from .variants import build_variant, parse_preset
 
 SPARSITY_EPS = 1e-5
@@ -187,12 +187,6 @@ def build_model(config: TrainConfig):
     model = build_variant(base, config.preset, config.mod, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
                           lora_dropout=config.lora_dropout, lora_targets=config.lora_targets, use_dora=config.use_dora)
     return model, tokenizer
-
-
-def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
-    """``(trainable, total)``, shared parameters counted once."""
-    params = {id(p): p for p in model.parameters()}.values()
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
 def count_parameters(model: str, preset: str, k: int = 3, lora_r: int = 32, lora_targets: list[str] | None = None
