@@ -99,7 +99,7 @@ def _vdot(a: Tensor, b: Tensor) -> Tensor:
 
 
 def _chunk_grads(zs: list[Tensor], weights: Tensor, labels: Tensor, head: HeadSpec, config: MoDConfig,
-                 scale: float, want_members: bool = False):
+                 scale: float, want_members: bool = False, need_grad: bool = True):
     """Values and hand-written gradients of one chunk, w.r.t. member states ``z_i`` and weights ``G``.
 
     With ``g = (softmax(l) - onehot(y)) * scale`` (``scale = 1/n``):
@@ -134,13 +134,15 @@ def _chunk_grads(zs: list[Tensor], weights: Tensor, labels: Tensor, head: HeadSp
     g.exp_()[rows, labels] -= 1.0  # softmax(l) - onehot(y); `scale` is applied after projecting
 
     sech2 = [1.0 - (lg / cap).square() for lg in logits] if cap is not None else None
-    if cap is None:
+    dz_task: list[Tensor | None] = [None] * k  # (with need_grad false: values only, no gradient projections)
+    d_weights = None
+    if need_grad and cap is None:
         gW = (g.to(W.dtype) @ W).mul_(scale)
         g_bias = (g @ head.bias.to(g.dtype)) * scale if head.bias is not None else 0.0
         acc = torch.promote_types(gW.dtype, torch.float32)
         d_weights = torch.stack([(gW.to(acc) * z.to(acc)).sum(-1).to(g.dtype) + g_bias for z in zs], -1)
         dz_task = [weights[:, i : i + 1].to(W.dtype) * gW for i in range(k)]
-    else:
+    elif need_grad:
         d_weights = torch.stack([_vdot(lg, g) for lg in logits], -1) * scale
         dz_task = [((g * sech2[i]).to(W.dtype) @ W).mul_(weights[:, i : i + 1].to(W.dtype) * scale)
                    for i in range(k)]
@@ -176,9 +178,10 @@ def _chunk_grads(zs: list[Tensor], weights: Tensor, labels: Tensor, head: HeadSp
             kl_sums[i] = kl.sum()
             if sech2 is not None:
                 d_student.mul_(sech2[i])
-            dz_distill[i] = (d_student.to(W.dtype) @ W).mul_(coef)
+            if need_grad:
+                dz_distill[i] = (d_student.to(W.dtype) @ W).mul_(coef)
             del log_s, p_s, diff, d_student
-        if teacher is not None:
+        if teacher is not None and need_grad:
             if sech2 is not None:
                 teacher.mul_(sech2[-1])
             dz_distill[-1] = (teacher.to(W.dtype) @ W).mul_(coef)
@@ -213,7 +216,7 @@ def _run_chunks(hs, router_input, labels, norms, router, head, config, normalise
         all_weights.append(weights.detach())
         with torch.no_grad():
             t, kl, mce, dz_task, dz_distill, d_weights = _chunk_grads(
-                [z.detach() for z in zs], weights.detach(), labels[sl], head, config, scale, member_stats)
+                [z.detach() for z in zs], weights.detach(), labels[sl], head, config, scale, member_stats, need_grad)
         task += t
         kls += kl
         if mce is not None:
