@@ -42,7 +42,7 @@ def test_plans_cover_the_studies():
     assert [r.seed for r in variants if r.preset == "lora_notk_mod"] == [42, 43, 44]
     assert {r.preset for r in variants} == {"lora_notk", "lora_notk_mod", "lora_all", "lora_all_mod", "mod_only"}
     assert [r.preset for r in plan("motivation", config)] == ["lora_layer_0", "lora_layer_1", "lora_layer_2"]
-    assert {r.mod.get("top_k") for r in plan("topk", config)} >= {1, 2, 3}
+    assert {r.mod.get("top_k") for r in plan("topk", config)} == {None, 1, 2}  # K = 3 = k is the dense run
     assert {r.mod.get("k") for r in plan("topk", config)} >= {1, 2, 4, 5}
     assert len(names["sweep"]) == 1 + 2 + 4 + 4  # baseline; lambda 0 x 2 inits; lambda 0.1 and 1 x 2 x 2
     assert {"no_distill-s42", "no_member_norms-s42"} <= set(names["ablations"])
@@ -87,6 +87,17 @@ def test_only_selects_runs(tiny_model_dir, tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["lora_notk-s42", "no_distill-s42"]
     assert main(["experiment", "ablations", "--smoke", "--only", "nope"]) == 1
     assert "No run named nope in study ablations" in capsys.readouterr().err
+
+
+def test_studies_share_runs_but_refuse_other_settings(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "shared"
+    common = ["--smoke", "--model", str(tiny_model_dir), "--output-dir", str(out)]
+    assert main(["experiment", "ablations", *common, "--only", "lora_notk_mod-s42"]) == 0
+    stamp = (out / "lora_notk_mod-s42" / "adapter" / "adapter_model.safetensors").stat().st_mtime
+    assert main(["experiment", "sparsity", *common, "--only", "lora_notk_mod-s42"]) == 0  # reused, not retrained
+    assert (out / "lora_notk_mod-s42" / "adapter" / "adapter_model.safetensors").stat().st_mtime == stamp
+    assert main(["experiment", "sparsity", *common, "--only", "lora_notk_mod-s42", "--learning-rate", "0.5"]) == 1
+    assert "was trained with other settings (learning_rate: 0.0003 != 0.5)" in capsys.readouterr().err
 
 
 def test_unknown_experiment_field(tmp_path, capsys):

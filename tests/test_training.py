@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from modetune.cli import main
-from modetune.data import builtin_split, load_json_records, load_records, tokenize_record
+from modetune.data import DataError, builtin_split, load_json_records, load_records, tokenize_record
 from modetune.training import TrainConfig, count_parameters
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
@@ -250,3 +250,28 @@ def test_shipped_configs_parse():
     # `modetune train` with no arguments runs exactly configs/default.yaml
     assert TrainConfig.from_dict(load_yaml_config(root / "default.yaml")) == TrainConfig()
     assert "math_data.json" not in "".join(p.read_text() for p in root.glob("*.yaml"))
+
+
+def test_source_options_split_by_hash_and_sample(tmp_path):
+    from modetune.data import hash_half, parse_source
+    from modetune.evaluation import load_datasets
+
+    questions = [f"Please choose: question number {i}?" for i in range(400)]
+    records = [{"instruction": q, "input": "", "output": "the correct answer is solution1", "answer": "solution1"}
+               for q in questions + questions[:50]]  # 50 duplicated questions must share a half
+    path = tmp_path / "piqa" / "test.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(records))
+    train = load_records(f"{path}?half=train")
+    _, test = load_datasets("piqa?half=test", tmp_path)[0]
+    train_q, test_q = {r["instruction"] for r in train}, {r["instruction"] for r in test}
+    assert not train_q & test_q and train_q | test_q == set(questions)
+    assert 150 < len(train_q) < 250  # a 50/50 split by hash parity
+    assert all(hash_half(r["instruction"]) == "train" for r in train)
+    sample = load_records(f"{path}?half=train&n=20,{path}?n=5")
+    assert len(sample) == 25 and sample == load_records(f"{path}?half=train&n=20,{path}?n=5", seed=7)
+    assert {r["instruction"] for r in sample[:20]} <= train_q
+    with pytest.raises(DataError, match="unknown source option"):
+        parse_source("x.json?halves=train")
+    with pytest.raises(DataError, match="half must be train or test"):
+        parse_source("x.json?half=dev")

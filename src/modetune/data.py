@@ -10,6 +10,12 @@ Sources (``TrainConfig.data``):
   answers ending in "The answer is N." (offline, deterministic by seed); one question in
   ten (by a hash of its text) belongs to the test split, which `modetune eval --datasets
   builtin` reads, so test questions never occur in training.
+
+Several sources join with commas (a training mix), and each may carry options after ``?``:
+``half=train|test`` keeps one half of the file chosen by a hash of the question text (for
+test sets without a training set: train on one half, evaluate on the other, never both),
+and ``n=N`` keeps a seeded sample of N records, e.g.
+``data/piqa/test.json?half=train&n=300,data/boolq/train.json?n=300``.
 """
 
 from __future__ import annotations
@@ -168,13 +174,53 @@ def builtin_arithmetic(n: int, seed: int = 0, split: str = "train") -> list[dict
     return records
 
 
+def hash_half(question: str) -> str:
+    """``"train"`` or ``"test"``: the half of a 50/50 split a question belongs to, by the
+    parity of a SHA-1 of its normalised text (identical questions always share a half)."""
+    return "test" if hashlib.sha1(_normalise(question).encode()).digest()[0] % 2 else "train"
+
+
+def parse_source(spec: str) -> tuple[str, dict[str, str]]:
+    """``"path?half=train&n=300"`` -> ``("path", {"half": "train", "n": "300"})``, checked."""
+    source, _, query = spec.strip().partition("?")
+    options = {}
+    for item in filter(None, query.split("&")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in ("half", "n"):
+            raise DataError(f"{spec}: unknown source option {item!r}; the options are half=train|test and n=N.")
+        options[key] = value
+    if options.get("half", "train") not in ("train", "test"):
+        raise DataError(f"{spec}: half must be train or test, not {options['half']!r}.")
+    if "n" in options and not (options["n"].isdigit() and int(options["n"]) > 0):
+        raise DataError(f"{spec}: n must be a positive whole number, not {options['n']!r}.")
+    return source, options
+
+
+def select_records(records: list[dict], options: dict[str, str]) -> list[dict]:
+    """Apply a source's options: keep one hash half (``half``), then a fixed sample of ``n``
+    records (the same for every run and seed, so runs differ only in what they should)."""
+    if "half" in options:
+        records = [r for r in records if hash_half(r["instruction"] + r.get("input", "")) == options["half"]]
+    if "n" in options and int(options["n"]) < len(records):
+        chosen = sorted(random.Random("sample").sample(range(len(records)), int(options["n"])))
+        records = [records[i] for i in chosen]
+    return records
+
+
 def builtin_split(n_train: int, n_test: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
     """Train and held-out test problems; the test questions never occur in training."""
     return builtin_arithmetic(n_train, seed, "train"), builtin_arithmetic(n_test, 0, "test")
 
 
 def load_records(source: str, limit: int | None = None, seed: int = 0) -> list[dict]:
-    """Records from a file, ``hf:...`` or ``builtin:arithmetic[:N]`` (default N = 2000)."""
+    """Records from a file, ``hf:...`` or ``builtin:arithmetic[:N]`` (default N = 2000), or
+    a comma-separated mix of them, each with optional ``?half=train|test&n=N``."""
+    if "," in source or "?" in source:
+        records = []
+        for spec in filter(str.strip, source.split(",")):
+            path, options = parse_source(spec)
+            records += select_records(load_records(path, None, seed), options)
+        return records[:limit] if limit else records
     if source.startswith("builtin:"):
         kind, _, count = source[len("builtin:"):].partition(":")
         if kind != "arithmetic":

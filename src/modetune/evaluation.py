@@ -65,6 +65,7 @@ import torch
 from torch import nn
 from transformers import StoppingCriteria
 
+from .data import parse_source, select_records
 from .prompts import STYLES, format_prompt
 
 NUMERIC_TOLERANCE = 1e-3
@@ -149,7 +150,9 @@ def get_dataset(name: str) -> DatasetInfo:
 def parse_dataset_list(spec: str | Sequence[str]) -> list[str]:
     """``"gsm8k,svamp"`` -> folder names; ``"all"``, ``"arithmetic"``, ``"commonsense"`` expand.
 
-    An entry may carry an explicit file, ``name=path/to/test.json``; it is kept as given.
+    An entry may carry an explicit file, ``name=path/to/test.json``, and source options
+    (:func:`modetune.data.parse_source`), e.g. ``piqa?half=test`` for the half of PIQA's
+    test set whose other half was trained on; both are kept as given.
     """
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s.strip()]
     if not items:
@@ -157,9 +160,10 @@ def parse_dataset_list(spec: str | Sequence[str]) -> list[str]:
     groups = {"all": list(DATASETS), "arithmetic": list(ARITHMETIC), "commonsense": list(COMMONSENSE)}
     out: list[str] = []
     for item in items:
+        item, query, options = item.partition("?")
         name, sep, path = item.partition("=")
         expanded = groups[name.lower()] if name.lower() in groups else [get_dataset(name).name]
-        out.extend(f"{n}={path}" if sep else n for n in expanded)
+        out.extend((f"{n}={path}" if sep else n) + query + options for n in expanded)
     return list(dict.fromkeys(out))
 
 
@@ -931,8 +935,10 @@ def load_datasets(datasets: str | Sequence[str] | list[tuple[str, list[dict]]], 
         return datasets
     loaded = []
     for spec in parse_dataset_list(datasets):
+        spec, options = parse_source(spec)
         name, _, path = spec.partition("=")
-        loaded.append((get_dataset(name).name, load_records(name, data_dir=data_dir, path=path or None)))
+        records = select_records(load_records(name, data_dir=data_dir, path=path or None), options)
+        loaded.append((get_dataset(name).name, records))
     return loaded
 
 

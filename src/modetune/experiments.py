@@ -110,13 +110,13 @@ def plan(study: str, config: ExperimentConfig) -> list[RunSpec]:
                 for s in config.seeds]
     if study == "topk":
         seed = config.seeds[0]
-        runs = [RunSpec(f"lora_notk-s{seed}", "lora_notk", seed)]
-        runs += [RunSpec(f"topk{K}-s{seed}", "lora_notk_mod", seed, {"top_k": K}) for K in range(1, k + 1)]
+        runs = [RunSpec(f"lora_notk-s{seed}", "lora_notk", seed), RunSpec(f"lora_notk_mod-s{seed}", "lora_notk_mod", seed)]
+        runs += [RunSpec(f"topk{K}-s{seed}", "lora_notk_mod", seed, {"top_k": K}) for K in range(1, k)]  # K = k: dense
         runs += [RunSpec(f"k{kk}-s{seed}", "lora_notk_mod", seed, {"k": kk}) for kk in config.k_values if kk != k]
         return runs
     if study == "ablations":
         seed = config.seeds[0]
-        return [RunSpec(f"lora_notk-s{seed}", "lora_notk", seed), RunSpec(f"mod-s{seed}", "lora_notk_mod", seed),
+        return [RunSpec(f"lora_notk-s{seed}", "lora_notk", seed), RunSpec(f"lora_notk_mod-s{seed}", "lora_notk_mod", seed),
                 RunSpec(f"no_distill-s{seed}", "lora_notk_mod", seed, {"distill_lambda": 0.0}),
                 RunSpec(f"no_member_norms-s{seed}", "lora_notk_mod", seed, {"member_norms": False})]
     if study == "sweep":
@@ -178,6 +178,28 @@ def validation_metrics(adapter: Path, train_config) -> dict:
     return result
 
 
+IGNORED_FIELDS = {"output_dir", "report_to", "save_steps", "save_total_limit", "logging_steps"}
+
+
+def _check_same_run(run_dir: Path, train_config) -> None:
+    """Refuse to reuse a run folder trained with other settings (studies share run folders
+    when they share an ``output_dir``; a changed budget must not silently reuse old runs).
+    MoD fields are ignored for presets without MoD (``lora_notk``, ``lora_all``)."""
+    saved_path = run_dir / "adapter" / "train_config.json"
+    if not saved_path.exists():
+        return
+    saved, wanted = json.loads(saved_path.read_text()), train_config.to_dict()
+    ignored = set(IGNORED_FIELDS)
+    if wanted["preset"] in ("lora_notk", "lora_all"):
+        ignored |= {f.name for f in dataclasses.fields(MoDConfig)}
+    differ = sorted(key for key in set(saved) | set(wanted)
+                    if key not in ignored and saved.get(key) != wanted.get(key))
+    if differ:
+        detail = ", ".join(f"{key}: {saved.get(key)!r} != {wanted.get(key)!r}" for key in differ[:4])
+        raise ValueError(f"{run_dir} was trained with other settings ({detail}); use another --output-dir "
+                         f"or delete that folder.")
+
+
 def run_one(spec: RunSpec, config: ExperimentConfig, root: Path) -> dict:
     """Train, validate and evaluate one run, skipping whatever is already done."""
     from .evaluation import EvalConfig, evaluate, load_for_eval
@@ -189,6 +211,7 @@ def run_one(spec: RunSpec, config: ExperimentConfig, root: Path) -> dict:
     train_config = _train_config(spec, config, run_dir)
     timing_path = run_dir / "timing.json"
     timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
+    _check_same_run(run_dir, train_config)
     if not (adapter / "train_config.json").exists():
         start = time.perf_counter()
         resume = any(run_dir.glob("checkpoint-*"))
