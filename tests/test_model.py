@@ -108,19 +108,20 @@ def _lora(model, k=3):
     return peft_model
 
 
+BODY = dict(distill_through_body=True, router_init="uniform")  # the gradient path the defaults switch off
 LOSS_CASES = [
-    dict(distill_direction="reverse"),
-    dict(distill_direction="forward"),
-    dict(distill_direction="reverse", detach_teacher=False, train_final_norm=True),
-    dict(distill_direction="forward", detach_teacher=False),
-    dict(distill_through_body=False, router_init="final"),
-    dict(router_input="entry", top_k=2),
+    dict(distill_direction="reverse", **BODY),
+    dict(distill_direction="forward", **BODY),
+    dict(distill_direction="reverse", detach_teacher=False, train_final_norm=True, **BODY),
+    dict(distill_direction="forward", detach_teacher=False, **BODY),
+    dict(),  # the defaults: router_init="final", distill_through_body=False
+    dict(router_input="entry", top_k=2, **BODY),
     dict(distill_lambda=0.0),
-    dict(temperature=2.0, distill_lambda=0.5),
+    dict(temperature=2.0, distill_lambda=0.5, **BODY),
 ]
 
 
-@pytest.mark.parametrize("case", LOSS_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("case", LOSS_CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "defaults")
 @pytest.mark.parametrize("arch", ["llama", "gemma2"])
 def test_chunked_loss_equals_naive(case, arch):
     ids, mask, labels = _batch()

@@ -232,11 +232,11 @@ def test_yaml_config_and_flag_override(tmp_path):
 
     (tmp_path / "c.yaml").write_text("preset: lora_all_mod\ndistill_lambda: 0.1\nlora_r: 8\nlora_targets: [q_proj]\n")
     args = build_parser().parse_args(["train", "--config", str(tmp_path / "c.yaml"), "--lora-r", "16",
-                                      "--no-distill-through-body", "--top-k", "none"])
+                                      "--distill-through-body", "--top-k", "none"])
     config = config_from_args(args)
     assert isinstance(config, TrainConfig)
     assert (config.preset, config.lora_r, config.lora_targets) == ("lora_all_mod", 16, ["q_proj"])
-    assert config.mod.distill_lambda == 0.1 and config.mod.distill_through_body is False and config.mod.top_k is None
+    assert config.mod.distill_lambda == 0.1 and config.mod.distill_through_body is True and config.mod.top_k is None
 
 
 def test_shipped_configs_parse():

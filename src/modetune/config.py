@@ -19,17 +19,19 @@ class MoDConfig:
         k: number of late layers in the ensemble (members ``N-k+1 .. N``).
         router_input: ``"final"`` routes on ``N_p(h^(N))``; ``"entry"`` on ``h^(N-k)``,
             the input of the ensemble block (early exit becomes possible).
-        router_init: ``"uniform"`` = zero router weights (uniform mixture at step 0);
-            ``"final"`` = zero weights plus constant prior logits giving the final member
-            ``router_init_final_weight`` at step 0.
+        router_init: ``"final"`` (default) = zero router weights plus constant prior logits
+            giving the final member ``router_init_final_weight`` at step 0; ``"uniform"`` =
+            zero router weights (uniform mixture at step 0; SPEC's first default).
         router_init_final_weight: the final member's weight at step 0 for ``router_init="final"``.
         top_k: keep only the ``top_k`` largest router logits per token (``None``: dense).
         distill_lambda: weight of ``L_distill`` in ``L = L_task + lambda * L_distill``.
         temperature: ``tau`` in ``P_i = softmax(l_i / tau)`` for the distillation.
         distill_direction: ``"reverse"`` = ``KL(P_i || P_N)`` (the poster); ``"forward"`` = ``KL(P_N || P_i)``.
         detach_teacher: no distillation gradient through the final member ``P_N``.
-        distill_through_body: let ``L_distill`` reach the layers below the members (else it
-            trains the member norms only).
+        distill_through_body: let ``L_distill`` reach the layers below the members; ``False``
+            (default) = it trains the member norms only (the body learns from ``L_task``).
+            The two defaults above were settled by the sweep in docs/results/sweep: with
+            ``True`` at lambda = 1 the final member degrades by ~0.3 nats.
         train_final_norm: make the model's own final norm ``N_p`` trainable.
         member_norms: give each non-final member a new trainable norm copied from ``N_p``;
             ``False`` = every member uses the frozen ``N_p`` (the "without N_k" ablation).
@@ -43,14 +45,14 @@ class MoDConfig:
 
     k: int = 3
     router_input: Literal["final", "entry"] = "final"
-    router_init: Literal["uniform", "final"] = "uniform"
+    router_init: Literal["uniform", "final"] = "final"
     router_init_final_weight: float = 0.9
     top_k: int | None = None
     distill_lambda: float = 1.0
     temperature: float = 1.0
     distill_direction: Literal["reverse", "forward"] = "reverse"
     detach_teacher: bool = True
-    distill_through_body: bool = True
+    distill_through_body: bool = False
     train_final_norm: bool = False
     member_norms: bool = True
     chunk_size: int = 256

@@ -355,17 +355,36 @@ def _plot(results: list[dict], root: Path, key: str, ylabel: str, filename: str)
     return filename
 
 
+def command_line(study: str, config: ExperimentConfig, smoke: bool = False) -> str:
+    """The ``modetune experiment`` command that reproduces ``config`` (non-default fields as flags)."""
+    import shlex
+
+    parts = ["modetune", "experiment", study] + (["--smoke"] if smoke else [])
+    default = ExperimentConfig()
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name == "mod" or value == getattr(default, f.name) or (smoke and f.name in SMOKE):
+            continue
+        text = ",".join(map(str, value)) if isinstance(value, list) else "none" if value is None else str(value)
+        parts += ["--" + f.name.replace("_", "-"), text]
+    return shlex.join(parts) + (f"  # plus MoD fields {config.mod}" if config.mod else "")
+
+
 def write_report(study: str, config: ExperimentConfig, results: list[dict], root: Path, seconds: float,
                  smoke: bool, extra: dict | None = None) -> Path:
     lines = [f"# Study: {study}{' (smoke setting)' if smoke else ''}", "",
-             f"Command: `modetune experiment {study}{' --smoke' if smoke else ''}`; settings in `experiment.json`.",
+             f"Command: `{command_line(study, config, smoke)}`; settings in `experiment.json`.",
              f"Model `{config.model}`; training data `{config.data}`; budget: {config.num_epochs:g} epoch(s)"
              f"{f', at most {config.max_steps} steps' if config.max_steps > 0 else ''}, global batch {config.batch_size},"
              f" lr {config.learning_rate:g}, cutoff {config.cutoff_len}, LoRA r={config.lora_r}; k={config.k}; "
              f"MoD overrides {config.mod or 'none'}.",
-             f"Evaluation: `{config.datasets}` (first {config.eval_limit or 'all'} items each), "
-             f"{'greedy' if config.num_beams == 1 else f'beam search ({config.num_beams})'} decoding. "
-             f"Wall-clock of this invocation: {seconds / 60:.1f} min (training time per run in the table).",
+             (f"Evaluation: `{config.datasets}` (first {config.eval_limit or 'all'} items each), "
+              f"{'greedy' if config.num_beams == 1 else f'beam search ({config.num_beams})'} decoding. "
+              if any("correct" in r for r in results) else "No test-set evaluation in this study (validation "
+              "cross-entropy only). ") +
+             f"Wall-clock: {sum(r.get('train_s', 0) for r in results) / 60:.1f} min of training and "
+             f"{sum(r.get('eval_s', 0) for r in results) / 60:.1f} min of evaluation over these runs, as measured "
+             f"when each ran; {seconds / 60:.1f} min in this invocation.",
              *([f"Only these runs of the study: {', '.join(config.only)}.", ""] if config.only else [""])]
     table, datasets = _accuracy_rows(results)
     lines += ["## Runs", "", "Accuracy in % with 95% bootstrap intervals over items; validation cross-entropy "
