@@ -9,7 +9,7 @@ import pytest
 
 from modetune.cli import main
 from modetune.experiments import STUDIES, ExperimentConfig, plan
-from modetune.stats import accuracy_ci, mcnemar, paired_difference_ci
+from modetune.stats import accuracy_ci, mcnemar, paired_difference_ci, paired_over_seeds
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -33,6 +33,41 @@ def test_bootstrap_intervals():
     assert 0.15 < hi - lo < 0.22  # about 2 * 1.96 * sqrt(0.3 * 0.7 / 100) = 0.18
     diff, dlo, dhi = paired_difference_ci(flags, flags)
     assert diff == dlo == dhi == 0.0
+
+
+def test_paired_over_seeds():
+    import random
+
+    rng = random.Random(1)
+    a = [rng.random() < 0.6 for _ in range(300)]
+    b = [rng.random() < 0.5 for _ in range(300)]
+    # one seed: exactly the paired bootstrap and McNemar
+    diff, lo, hi, n_pos, n_neg, p = paired_over_seeds([a], [b])
+    assert (diff, lo, hi) == paired_difference_ci(a, b)
+    assert (n_neg, n_pos, p) == mcnemar(a, b)
+    # three seeds on the same items: per-item means; an item counts once whatever the seeds
+    a3, b3 = [a, a, [not x for x in a]], [b, b, b]
+    diff3, lo3, hi3, pos3, neg3, p3 = paired_over_seeds(a3, b3)
+    means = [sum(x[i] - y[i] for x, y in zip(a3, b3)) / 3 for i in range(300)]
+    assert diff3 == pytest.approx(sum(means) / 300) and lo3 <= diff3 <= hi3
+    assert (pos3, neg3) == (sum(m > 0 for m in means), sum(m < 0 for m in means)) and pos3 + neg3 <= 300
+    with pytest.raises(ValueError):
+        paired_over_seeds([a], [b, b])
+
+
+def test_report_pools_seeds_against_the_same_seed_baseline():
+    from modetune.experiments import _pooled_rows
+
+    def run(preset, seed, flags):
+        return {"name": f"{preset}-s{seed}", "preset": preset, "seed": seed, "mod": {},
+                "correct": {"boolq": {str(i): f for i, f in enumerate(flags)}}}
+
+    base = [True] * 10 + [False] * 10
+    better = [True] * 18 + [False] * 2  # right on 8 more items with every seed
+    results = [run("lora_notk", s, base) for s in (1, 2, 3)] + [run("lora_notk_mod", s, better) for s in (1, 2, 3)]
+    rows = "\n".join(_pooled_rows(results, ["boolq"]))
+    assert "| lora_notk_mod  | 1, 2, 3 | 20 | +40.0 [" in rows and "| 8 / 0 | 0.008 |" in rows  # p = 2 / 2**8
+    assert _pooled_rows(results[:4], ["boolq"]) == []  # one seed of MoD: nothing to pool
 
 
 def test_plans_cover_the_studies():

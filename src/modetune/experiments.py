@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from .config import MoDConfig
-from .stats import accuracy_ci, mcnemar, paired_difference_ci
+from .stats import accuracy_ci, mcnemar, paired_difference_ci, paired_over_seeds
 
 STUDIES = ("variants", "motivation", "sparsity", "topk", "ablations", "sweep")
 PAPER_LLAMA7B = {  # the poster's table (LLaMA-7B, math_10k, beam search), for comparison only
@@ -333,6 +333,35 @@ def _paired_rows(results: list[dict], datasets: list[str]) -> list[str]:
     return lines
 
 
+def _pooled_rows(results: list[dict], datasets: list[str]) -> list[str]:
+    """Variants run with several seeds vs ``lora_notk`` with the same seeds, all datasets
+    pooled: per-item mean difference over seeds, bootstrap over items, exact sign test."""
+    bases = {r["seed"]: r for r in results if r["preset"] == "lora_notk" and r.get("correct")}
+    groups: dict[str, list[dict]] = {}
+    for r in results:
+        if r["preset"] != "lora_notk" and r.get("correct") and r["seed"] in bases:
+            groups.setdefault(r["preset"] + json.dumps(r["mod"], sort_keys=True), []).append(r)
+    lines = []
+    for runs in groups.values():
+        if len(runs) < 2:
+            continue
+        items = [(d, i) for d in datasets for i in sorted(set.intersection(
+            *(set(x["correct"].get(d, {})) for r in runs for x in (r, bases[r["seed"]]))))]
+        a = [[r["correct"][d][i] for d, i in items] for r in runs]
+        b = [[bases[r["seed"]]["correct"][d][i] for d, i in items] for r in runs]
+        diff, lo, hi, n_pos, n_neg, p = paired_over_seeds(a, b)
+        verdict = "" if p < 0.05 else " (no significant difference)"
+        lines.append(f"| {runs[0]['preset']} {runs[0]['mod'] or ''} | {', '.join(str(r['seed']) for r in runs)} | "
+                     f"{len(items)} | {100 * diff:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | {n_pos} / {n_neg} | "
+                     f"{p:.3f}{verdict} |")
+    if not lines:
+        return []
+    return ["## Pooled over seeds", "", "Per item, the difference in accuracy averaged over the seeds; 95% bootstrap "
+            "interval over items (seeds kept together) and an exact sign test over the items where the variants "
+            "differ on average.", "", "| variant vs lora_notk | seeds | items | Δ acc (pts) [95% CI] | items better / "
+            "worse | sign test p |", "|---|---|---|---|---|---|", *lines, ""]
+
+
 def _plot(results: list[dict], root: Path, key: str, ylabel: str, filename: str) -> str | None:
     import matplotlib
 
@@ -392,6 +421,7 @@ def write_report(study: str, config: ExperimentConfig, results: list[dict], root
     paired = _paired_rows(results, datasets)
     if len(paired) > 2:
         lines += ["## Paired comparisons", "", *paired, ""]
+    lines += _pooled_rows(results, datasets)
     seeds = {}
     for r in results:
         seeds.setdefault(r["preset"] + json.dumps(r["mod"], sort_keys=True), []).append(r)

@@ -46,3 +46,34 @@ def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> tuple[int, int, float]:
         return only_b, only_a, 1.0
     tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n
     return only_b, only_a, min(1.0, 2 * tail)
+
+
+def sign_test(n_pos: int, n_neg: int) -> float:
+    """Two-sided exact binomial test of ``min(n_pos, n_neg)`` in ``n_pos + n_neg`` trials at 1/2."""
+    n = n_pos + n_neg
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(min(n_pos, n_neg) + 1)) / 2**n)
+
+
+def paired_over_seeds(a: Sequence[Sequence[bool]], b: Sequence[Sequence[bool]], level: float = 0.95,
+                      n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float, int, int, float]:
+    """Compare two variants run with the same seeds on the same items.
+
+    ``a[s][i]``: whether variant A, seed ``s``, solved item ``i`` (likewise ``b``). Per item,
+    ``d_i = mean_s(a[s][i] - b[s][i])``; returns ``(mean_i d_i, low, high, n_pos, n_neg, p)``
+    with a bootstrap interval over items (seeds stay together, so items are the independent
+    unit) and an exact sign test over the items with ``d_i != 0``. With one seed this is
+    exactly :func:`paired_difference_ci` and :func:`mcnemar`.
+    """
+    if len(a) != len(b) or any(len(x) != len(a[0]) for x in (*a, *b)):
+        raise ValueError("Paired comparison needs the same seeds and items in both variants.")
+    diffs = [sum((1.0 if x[i] else 0.0) - (1.0 if y[i] else 0.0) for x, y in zip(a, b)) / len(a)
+             for i in range(len(a[0]))]
+    n = len(diffs)
+    rng = random.Random(seed)
+    means = sorted(sum(rng.choices(diffs, k=n)) / n for _ in range(n_boot))
+    tail = (1.0 - level) / 2
+    n_pos, n_neg = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+    return (sum(diffs) / n, means[int(tail * (n_boot - 1))], means[int((1 - tail) * (n_boot - 1))], n_pos, n_neg,
+            sign_test(n_pos, n_neg))
