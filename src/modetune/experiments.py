@@ -435,6 +435,7 @@ def write_report(study: str, config: ExperimentConfig, results: list[dict], root
         lines.append("")
     if study == "variants":
         lines += ["## The paper's numbers (LLaMA-7B, math_10k, beam search), for reference", "",
+                  "Arithmetic accuracy from the poster; it gives no per-dataset commonsense numbers.", "",
                   "| variant | " + " | ".join(PAPER_LLAMA7B["lora_notk"]) + " |",
                   "|---|" + "---|" * len(PAPER_LLAMA7B["lora_notk"])]
         lines += [f"| {name} | " + " | ".join(str(v) for v in row.values()) + " |" for name, row in PAPER_LLAMA7B.items()]
