@@ -70,6 +70,15 @@ def test_report_pools_seeds_against_the_same_seed_baseline():
     assert _pooled_rows(results[:4], ["boolq"]) == []  # one seed of MoD: nothing to pool
 
 
+def test_report_flags_answer_collapse(tmp_path):
+    from modetune.experiments import _collapse_rows
+
+    rows = [{"extracted": "true", "gold": "true" if i < 7 else "false", "correct": i < 7} for i in range(10)]
+    (tmp_path / "boolq.jsonl").write_text("".join(json.dumps({"id": str(i), **r}) + "\n" for i, r in enumerate(rows)))
+    lines = _collapse_rows([{"name": "constant", "eval_dir": str(tmp_path)}])
+    assert "| constant | 100.0 |" in lines and "| (gold majority) | 70.0 |" in lines
+
+
 def test_plans_cover_the_studies():
     config = ExperimentConfig()
     names = {study: [run.name for run in plan(study, config)] for study in STUDIES}

@@ -362,6 +362,38 @@ def _pooled_rows(results: list[dict], datasets: list[str]) -> list[str]:
             "worse | sign test p |", "|---|---|---|---|---|---|", *lines, ""]
 
 
+def _collapse_rows(results: list[dict]) -> list[str]:
+    """Per run and multiple-choice dataset, the share of the most frequent extracted answer
+    (and the gold majority share): near 100% means a near-constant predictor whose accuracy
+    is the label prior, not a skill."""
+    from collections import Counter
+
+    from .evaluation import get_dataset, read_results
+
+    table, names = {}, []
+    for r in results:
+        for path in sorted(Path(r.get("eval_dir", "/nonexistent")).glob("*.jsonl")):
+            if ".member" in path.name or get_dataset(path.stem).kind == "numeric":
+                continue
+            rows = read_results(path)
+            top = Counter(str(row["extracted"]) for row in rows).most_common(1)[0][1] / len(rows)
+            gold = Counter(str(row["gold"]) for row in rows).most_common(1)[0][1] / len(rows)
+            table.setdefault(r["name"], {})[path.stem] = (top, gold)
+            names.append(path.stem)
+    if not table:
+        return []
+    names = sorted(set(names))
+    first = next(iter(table.values()))
+    lines = ["## Answer collapse", "", "Share (%) of the most frequent predicted answer per multiple-choice set; "
+             "the last row is the most frequent gold answer's share. Near 100% means a near-constant predictor, "
+             "whose accuracy measures the label prior rather than the task.", "",
+             "| run | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for name, row in table.items():
+        lines.append(f"| {name} | " + " | ".join(_pct(row[n][0]) if n in row else "" for n in names) + " |")
+    lines += ["| (gold majority) | " + " | ".join(_pct(first[n][1]) if n in first else "" for n in names) + " |", ""]
+    return lines
+
+
 def _plot(results: list[dict], root: Path, key: str, ylabel: str, filename: str) -> str | None:
     import matplotlib
 
@@ -422,6 +454,7 @@ def write_report(study: str, config: ExperimentConfig, results: list[dict], root
     if len(paired) > 2:
         lines += ["## Paired comparisons", "", *paired, ""]
     lines += _pooled_rows(results, datasets)
+    lines += _collapse_rows(results)
     seeds = {}
     for r in results:
         seeds.setdefault(r["preset"] + json.dumps(r["mod"], sort_keys=True), []).append(r)
