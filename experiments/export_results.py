@@ -2,7 +2,7 @@
 
     python experiments/export_results.py runs/experiments/commonsense docs/results/commonsense
 
-Copies report.md, experiment.json, topk_speed.json, the plots (also venn/), and per run:
+Copies report.md and report-<study>.md, experiment.json, topk_speed.json, the plots (also venn/), and per run:
 val.json, timing.json, log.jsonl, eval/summary.json, and the per-item correctness flags of
 the evaluation (eval/correct.json: {dataset: {item id: correct}}) so that every paired test
 in the report can be recomputed without the generated texts.
@@ -20,7 +20,7 @@ from modetune.experiments import _correct_flags
 
 def export(root: Path, dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
-    for pattern in ("report.md", "experiment.json", "topk_speed.json", "*.png", "venn/*.png", "venn/*.md"):
+    for pattern in ("report*.md", "experiment.json", "topk_speed.json", "*.png", "venn/*.png", "venn/*.md"):
         for path in root.glob(pattern):
             (dest / path.relative_to(root)).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path, dest / path.relative_to(root))

@@ -106,7 +106,8 @@ def test_variants_smoke_runs_end_to_end_and_resumes(tiny_model_dir, tmp_path):
         assert (out / name / "eval" / "builtin.jsonl").exists()
         val = json.loads((out / name / "val.json").read_text())
         assert val["tokens"] > 0 and val["ensemble_ce"] > 0
-    assert "McNemar" in report and "The paper's numbers" in report and (out / "loss.png").exists()
+    assert "McNemar" in report and "The paper's numbers" in report and (out / "variants-loss.png").exists()
+    assert (out / "report-variants.md").read_text() == report
     assert f"Command: `modetune experiment variants --smoke --model {tiny_model_dir} --output-dir {out}`" in report
     mod_val = json.loads((out / "lora_notk_mod-s42" / "val.json").read_text())
     assert len(mod_val["member_ce"]) == 3

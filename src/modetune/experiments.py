@@ -4,7 +4,8 @@ Each study is a list of runs (a preset plus MoD overrides and a seed). Every run
 (resuming from its checkpoints), measures held-out teacher-forced cross-entropy of the
 ensemble and of each member on the validation split, and evaluates on the test sets
 (resuming from its rows); finished steps are skipped, so a study can run in parts and be
-interrupted at any moment. ``report.md`` collects tables (accuracy with 95% bootstrap
+interrupted at any moment. ``report.md`` (and ``report-<study>.md``, which survives when
+studies share a folder) collects tables (accuracy with 95% bootstrap
 intervals, paired differences with McNemar's test against the study's baseline, same
 items and seeds) and plots.
 
@@ -473,9 +474,10 @@ def write_report(study: str, config: ExperimentConfig, results: list[dict], root
                   "|---|" + "---|" * len(PAPER_LLAMA7B["lora_notk"])]
         lines += [f"| {name} | " + " | ".join(str(v) for v in row.values()) + " |" for name, row in PAPER_LLAMA7B.items()]
         lines.append("")
-    plots = [_plot(results, root, "loss", "training loss", "loss.png")]
+    plots = [_plot(results, root, "loss", "training loss", f"{study}-loss.png")]
     if study in ("sparsity", "variants", "ablations", "topk", "sweep"):
-        plots.append(_plot(results, root, "sparsity", "routing sparsity (share of weights < 1e-5)", "sparsity.png"))
+        plots.append(_plot(results, root, "sparsity", "routing sparsity (share of weights < 1e-5)",
+                           f"{study}-sparsity.png"))
     if study == "sparsity":
         lines += ["## Routing sparsity over training tokens", "", "| run | member | mean weight | sparsity |",
                   "|---|---|---|---|"]
@@ -494,6 +496,7 @@ def write_report(study: str, config: ExperimentConfig, results: list[dict], root
     lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots if p]
     path = root / "report.md"
     path.write_text("\n".join(lines) + "\n")
+    (root / f"report-{study}.md").write_text(path.read_text())  # kept when another study reuses the folder
     return path
 
 
