@@ -4,7 +4,8 @@
 # Every command resumes where it stopped, so the script can be interrupted and rerun; the
 # runs of one study folder are shared by the studies that name them (same settings, checked).
 # Budget: SmolLM2-135M-Instruct (embedded), 24 optimizer steps of 16 records per run, greedy.
-# On 2 cores each run is 6-8 min of training plus evaluation; runs/ holds everything.
+# On 2 cores each run is 6-8 min of training plus about 3 min of evaluation; runs/ holds
+# everything. (The committed runs ran two at a time, one thread each, with --only NAME.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" TOKENIZERS_PARALLELISM=false
@@ -17,10 +18,9 @@ $export runs/experiments/sweep docs/results/sweep
 # 2. Commonsense (the main testbed at this scale): 64 records from each of the 7 sets
 #    (PIQA/SIQA/WinoGrande: the hash half of their test sets), first 100 test items of each.
 C=configs/experiments/commonsense.yaml
-for study in variants ablations motivation sparsity; do
+for study in variants ablations motivation sparsity topk; do   # topk: K = 1, 2 (3 = dense), k = 1..5, wall-clock
   modetune experiment "$study" --config "$C"
 done
-modetune experiment topk --config "$C" --k-values 3   # Top-K 1, 2 vs dense; plus the wall-clock table
 $export runs/experiments/commonsense docs/results/commonsense
 
 # 3. Arithmetic, the key pair only: the sweep's lora_notk-s42 and lam1-final-normsonly-s42
