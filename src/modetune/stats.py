@@ -10,10 +10,14 @@ from collections.abc import Sequence
 def accuracy_ci(correct: Sequence[bool], level: float = 0.95, n_boot: int = 2000, seed: int = 0
                 ) -> tuple[float, float, float]:
     """``(accuracy, low, high)``: a percentile bootstrap interval over items."""
-    n = len(correct)
-    if n == 0:
+    if not correct:
         return float("nan"), float("nan"), float("nan")
-    values = [1.0 if c else 0.0 for c in correct]
+    return _bootstrap_mean([1.0 if c else 0.0 for c in correct], level, n_boot, seed)
+
+
+def _bootstrap_mean(values: Sequence[float], level: float, n_boot: int, seed: int) -> tuple[float, float, float]:
+    """``(mean, low, high)``: a percentile bootstrap interval of the mean, resampling ``values``."""
+    n = len(values)
     rng = random.Random(seed)
     means = sorted(sum(rng.choices(values, k=n)) / n for _ in range(n_boot))
     tail = (1.0 - level) / 2
@@ -25,12 +29,7 @@ def paired_difference_ci(a: Sequence[bool], b: Sequence[bool], level: float = 0.
     """``(acc_a - acc_b, low, high)``: a paired bootstrap over items (same items, resampled together)."""
     if len(a) != len(b):
         raise ValueError("Paired comparison needs the same items in both runs.")
-    n = len(a)
-    diffs = [(1.0 if x else 0.0) - (1.0 if y else 0.0) for x, y in zip(a, b)]
-    rng = random.Random(seed)
-    means = sorted(sum(rng.choices(diffs, k=n)) / n for _ in range(n_boot))
-    tail = (1.0 - level) / 2
-    return sum(diffs) / n, means[int(tail * (n_boot - 1))], means[int((1 - tail) * (n_boot - 1))]
+    return _bootstrap_mean([(1.0 if x else 0.0) - (1.0 if y else 0.0) for x, y in zip(a, b)], level, n_boot, seed)
 
 
 def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> tuple[int, int, float]:
@@ -41,11 +40,7 @@ def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> tuple[int, int, float]:
         raise ValueError("McNemar's test needs the same items in both runs.")
     only_a = sum(1 for x, y in zip(a, b) if x and not y)
     only_b = sum(1 for x, y in zip(a, b) if y and not x)
-    n = only_a + only_b
-    if n == 0:
-        return only_b, only_a, 1.0
-    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n
-    return only_b, only_a, min(1.0, 2 * tail)
+    return only_b, only_a, sign_test(only_a, only_b)
 
 
 def sign_test(n_pos: int, n_neg: int) -> float:
@@ -70,10 +65,5 @@ def paired_over_seeds(a: Sequence[Sequence[bool]], b: Sequence[Sequence[bool]], 
         raise ValueError("Paired comparison needs the same seeds and items in both variants.")
     diffs = [sum((1.0 if x[i] else 0.0) - (1.0 if y[i] else 0.0) for x, y in zip(a, b)) / len(a)
              for i in range(len(a[0]))]
-    n = len(diffs)
-    rng = random.Random(seed)
-    means = sorted(sum(rng.choices(diffs, k=n)) / n for _ in range(n_boot))
-    tail = (1.0 - level) / 2
     n_pos, n_neg = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
-    return (sum(diffs) / n, means[int(tail * (n_boot - 1))], means[int((1 - tail) * (n_boot - 1))], n_pos, n_neg,
-            sign_test(n_pos, n_neg))
+    return (*_bootstrap_mean(diffs, level, n_boot, seed), n_pos, n_neg, sign_test(n_pos, n_neg))
