@@ -235,6 +235,12 @@ def test_yaml_config_and_flag_override(tmp_path):
                                       "--distill-through-body", "--top-k", "none"])
     config = config_from_args(args)
     assert isinstance(config, TrainConfig)
+    literal = config_from_args(build_parser().parse_args(["train", "--router-init", "uniform", "--distill-direction",
+                                                         "forward", "--router-input", "entry", "--loss-impl", "naive"]))
+    assert (literal.mod.router_init, literal.mod.distill_direction, literal.mod.router_input,
+            literal.mod.loss_impl) == ("uniform", "forward", "entry", "naive")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--router-init", "sideways"])
     assert (config.preset, config.lora_r, config.lora_targets) == ("lora_all_mod", 16, ["q_proj"])
     assert config.mod.distill_lambda == 0.1 and config.mod.distill_through_body is True and config.mod.top_k is None
 

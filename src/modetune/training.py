@@ -121,6 +121,13 @@ def _parser_for(hint):
     if typing.get_origin(base) is list:
         item_type = (typing.get_args(base) or (str,))[0]
         convert = lambda text: [item_type(item) for item in text.split(",") if item]
+    elif typing.get_origin(base) is typing.Literal:
+        choices = typing.get_args(base)
+
+        def convert(text: str) -> str:
+            if text not in choices:
+                raise argparse.ArgumentTypeError(f"choose one of {', '.join(map(str, choices))} (got {text!r})")
+            return text
     elif base is bool:
         convert = lambda text: text.lower() in ("1", "true", "yes", "on")
     else:
