@@ -186,12 +186,14 @@ def _check_same_run(run_dir: Path, train_config) -> None:
     """Refuse to reuse a run folder trained with other settings (studies share run folders
     when they share an ``output_dir``; a changed budget must not silently reuse old runs).
     MoD fields are ignored for presets without MoD (``lora_notk``, ``lora_all``)."""
+    from .variants import parse_preset
+
     saved_path = run_dir / "adapter" / "train_config.json"
     if not saved_path.exists():
         return
     saved, wanted = json.loads(saved_path.read_text()), train_config.to_dict()
     ignored = set(IGNORED_FIELDS)
-    if wanted["preset"] in ("lora_notk", "lora_all"):
+    if not parse_preset(wanted["preset"]).mod:
         ignored |= {f.name for f in dataclasses.fields(MoDConfig)}
     differ = sorted(key for key in set(saved) | set(wanted)
                     if key not in ignored and saved.get(key) != wanted.get(key))
