@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from modetune import MoDConfig, get_mod_model
-from modetune.data import load_records, tokenize_records
+from modetune.data import load_training_records, tokenize_records
 from modetune.models import DEFAULT_MODEL, load_model
 from modetune.variants import build_variant
 
@@ -40,7 +40,7 @@ def test_short_training_lowers_loss_on_real_records(shared_data):
     torch.manual_seed(0)
     model, tokenizer = load_model("default")
     model = build_variant(model, "lora_notk_mod", MoDConfig(k=3), lora_r=8, lora_alpha=16, lora_dropout=0.0)
-    records = load_records(str(shared_data / "math-split" / "train.json"), limit=4)
+    records = load_training_records(str(shared_data / "math-split" / "train.json"), limit=4)
     rows = tokenize_records(records, tokenizer, cutoff_len=128, train_on_inputs=False)
     width = max(len(r["input_ids"]) for r in rows)
     pad = lambda seq, value: seq + [value] * (width - len(seq))

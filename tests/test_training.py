@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from modetune.cli import main
-from modetune.data import DataError, builtin_split, load_json_records, load_records, tokenize_record
+from modetune.data import builtin_split, load_json_records, load_training_records, tokenize_record
+from modetune.errors import DataError
 from modetune.training import TrainConfig, count_parameters
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
@@ -158,7 +159,7 @@ def test_builtin_split_never_overlaps():
     assert len(train) == 2000 and len(test) == 200
     assert not {r["instruction"] for r in train} & {r["instruction"] for r in test}
     assert evaluation.load_records("builtin") == test  # what `modetune eval --datasets builtin` reads
-    other_seed = load_records("builtin:arithmetic:2000", seed=42)
+    other_seed = load_training_records("builtin:arithmetic:2000", seed=42)
     assert not {r["instruction"] for r in other_seed} & {r["instruction"] for r in test}
     for record in train[:50]:
         assert record["output"].endswith(f"The answer is {record['answer']}.")
@@ -183,7 +184,7 @@ def test_real_math_split_records_load(shared_data):
     records = load_json_records(shared_data / "math-split" / "train.json")
     assert len(records) == 1573
     with pytest.warns(UserWarning, match="skipped 3 record"):
-        usable = load_records(str(shared_data / "math-split" / "train.json"))
+        usable = load_training_records(str(shared_data / "math-split" / "train.json"))
     assert len(usable) == 1573 - 3 and all(r["output"].strip() for r in usable)
 
 
@@ -268,14 +269,14 @@ def test_source_options_split_by_hash_and_sample(tmp_path):
     path = tmp_path / "piqa" / "test.json"
     path.parent.mkdir()
     path.write_text(json.dumps(records))
-    train = load_records(f"{path}?half=train")
+    train = load_training_records(f"{path}?half=train")
     _, test = load_datasets("piqa?half=test", tmp_path)[0]
     train_q, test_q = {r["instruction"] for r in train}, {r["instruction"] for r in test}
     assert not train_q & test_q and train_q | test_q == set(questions)
     assert 150 < len(train_q) < 250  # a 50/50 split by hash parity
     assert all(hash_half(r["instruction"]) == "train" for r in train)
-    sample = load_records(f"{path}?half=train&n=20,{path}?n=5")
-    assert len(sample) == 25 and sample == load_records(f"{path}?half=train&n=20,{path}?n=5", seed=7)
+    sample = load_training_records(f"{path}?half=train&n=20,{path}?n=5")
+    assert len(sample) == 25 and sample == load_training_records(f"{path}?half=train&n=20,{path}?n=5", seed=7)
     assert {r["instruction"] for r in sample[:20]} <= train_q
     with pytest.raises(DataError, match="unknown source option"):
         parse_source("x.json?halves=train")

@@ -219,7 +219,7 @@ def item_id(record: dict) -> str:
 def validate_records(records: Any, dataset: str, source: str) -> list[dict]:
     """Check LLM-Adapters records: a JSON list of objects with a string ``instruction`` and
     an ``answer`` that the dataset's rule can match. Raises ``ValueError`` naming the record."""
-    from .data import validate_records as check_structure
+    from .data import check_fields as check_structure
 
     info = get_dataset(dataset)
     check_structure(records, source, required=("instruction",))  # a non-empty list of objects

@@ -153,10 +153,10 @@ def _train_config(spec: RunSpec, config: ExperimentConfig, run_dir: Path):
 def validation_metrics(adapter: Path, train_config) -> dict:
     """Held-out teacher-forced cross-entropy (nats/token) of the ensemble and of each member
     on the run's validation split: the cheap primary metric for sweeps."""
-    from .data import load_records, split_validation, tokenize_records
+    from .data import load_training_records, split_validation, tokenize_records
     from .evaluation import load_for_eval
 
-    records = load_records(train_config.data, train_config.max_records, train_config.seed)
+    records = load_training_records(train_config.data, train_config.max_records, train_config.seed)
     _, val = split_validation(records, train_config.val_size, train_config.seed)
     model, tokenizer, info = load_for_eval(train_config.model, adapter, device=_device())
     rows = tokenize_records(val, tokenizer, train_config.cutoff_len, train_config.train_on_inputs,

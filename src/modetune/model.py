@@ -25,16 +25,13 @@ from torch import Tensor, nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .config import MoDConfig
+from .errors import BaseModelMismatchError
 from .losses import HeadSpec, MoDLossOutput, fused_mod_loss, naive_mod_loss
 from .routing import Router
 from .surgery import find_parts, unwrap
 
 WEIGHTS_NAME = "mod_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
-
-
-class BaseModelMismatchError(ValueError):
-    """A saved MoD adapter was loaded onto a base model other than the one it was trained on."""
 
 
 @dataclass
@@ -320,15 +317,22 @@ class MoDModel(nn.Module):
 
             base_model = PeftModel.from_pretrained(base_model, str(directory), is_trainable=is_trainable)
         model = cls(base_model, config)
-        state = load_file(str(directory / WEIGHTS_NAME), device=str(model._parts.head.weight.device))
-        for name, tensor in state.items():
-            target = model._named_mod_tensor(name)
-            with torch.no_grad():
-                target.copy_(tensor)
+        model.load_mod_weights(directory)
         if not is_trainable:
             for param in model.parameters():
                 param.requires_grad_(False)
         return model
+
+    def load_mod_weights(self, directory: str | Path) -> None:
+        """Copy ``directory/mod_model.safetensors`` (member norms, router, trained final norm) into this model.
+
+        The one loader of MoD weights: :meth:`from_pretrained` and checkpoint resumption both call it.
+        """
+        state = load_file(str(Path(directory) / WEIGHTS_NAME), device=str(self._parts.head.weight.device))
+        for name, tensor in state.items():
+            target = self._named_mod_tensor(name)
+            with torch.no_grad():
+                target.copy_(tensor)
 
     def _named_mod_tensor(self, name: str) -> Tensor:
         group, _, rest = name.partition(".")

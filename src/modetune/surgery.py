@@ -12,9 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-
-class UnsupportedModelError(ValueError):
-    """The model lacks a part MoD needs; the message names it in one sentence."""
+from .errors import UnsupportedModelError
 
 
 @dataclass

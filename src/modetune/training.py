@@ -26,18 +26,14 @@ import torch
 from transformers import TrainerCallback
 
 from .config import MoDConfig
-from .data import load_records, split_validation, tokenize_records
-from .errors import UserError
+from .data import load_training_records, split_validation, tokenize_records
+from .errors import NonFiniteLossError
 from .model import MoDModel, parameter_counts
 from .variants import build_variant, parse_preset
 
 SPARSITY_EPS = 1e-5
 TRAIN_CONFIG_NAME = "train_config.json"
 FAULT_ENV = "MODETUNE_FAULT_AT_STEP"  # testing hook: "kill:N" (SIGKILL itself) or "nan:N" (poison the loss)
-
-
-class NonFiniteLossError(UserError):
-    """The loss became NaN or infinite; training stopped and the last good checkpoint is kept."""
 
 
 @dataclass
@@ -434,7 +430,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         if resume_from is None:
             raise FileNotFoundError(f"--resume: no checkpoint found in {output_dir}.")
     set_seed(config.seed)
-    records = load_records(config.data, config.max_records, config.seed)
+    records = load_training_records(config.data, config.max_records, config.seed)
     train_records, val_records = split_validation(records, config.val_size, config.seed)
     model, tokenizer = build_model(config)
     tokenizer.padding_side = "right"

@@ -1,0 +1,154 @@
+"""Training records: LLM-Adapters records, Hugging Face datasets, and a built-in offline source.
+
+A record is ``{"instruction", "input", "output", "answer"}`` (LLM-Adapters format): the
+prompt is the Alpaca template over ``instruction``/``input``, the target is ``output``.
+Sources (``TrainConfig.data``):
+- a ``.json`` file (a list of records) or ``.jsonl`` file (one record per line);
+- ``hf:gsm8k`` (``openai/gsm8k``, main) and ``hf:NAME[:CONFIG]`` for datasets whose rows
+  already have ``instruction``/``output`` fields (needs network the first time);
+- ``builtin:arithmetic``: procedurally generated arithmetic word problems with worked
+  answers ending in "The answer is N." (offline, deterministic by seed); one question in
+  ten (by a hash of its text) belongs to the test split, which `modetune eval --datasets
+  builtin` reads, so test questions never occur in training.
+
+Several sources join with commas (a training mix), and each may carry options after ``?``:
+``half=train|test`` keeps one half of the file chosen by a hash of the question text (for
+test sets without a training set: train on one half, evaluate on the other, never both),
+and ``n=N`` keeps a seeded sample of N records, e.g.
+``data/piqa/test.json?half=train&n=300,data/boolq/train.json?n=300``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import warnings
+from pathlib import Path
+
+from ..errors import DataError
+
+REQUIRED_FIELDS = ("instruction", "output")
+
+
+def normalise_text(text: str) -> str:
+    """Lower-case ``text`` and keep only ``[a-z0-9]``: the key for de-duplication and hash splits."""
+    return re.sub(r"[^a-z0-9]", "", text.lower())
+
+
+def check_fields(records: list, source: str, required: tuple[str, ...] = REQUIRED_FIELDS) -> list[dict]:
+    """Check every record is an object with string ``required`` fields; fill a missing ``input``."""
+    if not isinstance(records, list):
+        raise DataError(f"{source}: expected a JSON list of records, got {type(records).__name__}.")
+    if not records:
+        raise DataError(f"{source}: the dataset is empty.")
+    out = []
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise DataError(f"{source}: record {index} is not an object.")
+        missing = [name for name in required if not isinstance(record.get(name), str)]
+        if missing:
+            raise DataError(f"{source}: record {index} lacks the field(s) {', '.join(missing)}.")
+        out.append({**record, "input": record.get("input") or ""})
+    return out
+
+
+def load_json_records(path: str | Path, required: tuple[str, ...] = REQUIRED_FIELDS) -> list[dict]:
+    """Read a ``.json`` list or ``.jsonl`` file of records, with one-line errors."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"Data file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"Cannot read data file {path}: {error}") from error
+    try:
+        if path.suffix == ".jsonl":
+            records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            records = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise DataError(f"Malformed JSON in {path}: {error.msg} at line {error.lineno}, column {error.colno}.") from error
+    return check_fields(records, str(path), required)
+
+
+def gsm8k_record(row: dict) -> dict:
+    """GSM8K's ``answer`` ("... #### 42") as an LLM-Adapters record ending "The answer is 42."."""
+    rationale, _, final = row["answer"].rpartition("####")
+    final = final.strip().replace(",", "")
+    rationale = re.sub(r"<<[^>]*>>", "", rationale).strip()
+    return {"instruction": row["question"], "input": "", "output": f"{rationale}\nThe answer is {final}.", "answer": final}
+
+
+def load_hf_records(spec: str, split: str = "train") -> list[dict]:
+    """``hf:gsm8k`` or ``hf:NAME[:CONFIG]`` through the ``datasets`` library (network needed once)."""
+    from datasets import load_dataset
+
+    name, _, config = spec.partition(":")
+    if name == "gsm8k":
+        rows = load_dataset("openai/gsm8k", config or "main", split=split)
+        return [gsm8k_record(row) for row in rows]
+    rows = load_dataset(name, config or None, split=split)
+    return check_fields([dict(row) for row in rows], f"hf:{spec}")
+
+
+def hash_half(question: str) -> str:
+    """``"train"`` or ``"test"``: the half of a 50/50 split a question belongs to, by the
+    parity of a SHA-1 of its normalised text (identical questions always share a half)."""
+    return "test" if hashlib.sha1(normalise_text(question).encode()).digest()[0] % 2 else "train"
+
+
+def parse_source(spec: str) -> tuple[str, dict[str, str]]:
+    """``"path?half=train&n=300"`` -> ``("path", {"half": "train", "n": "300"})``, checked."""
+    source, _, query = spec.strip().partition("?")
+    options = {}
+    for item in filter(None, query.split("&")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in ("half", "n"):
+            raise DataError(f"{spec}: unknown source option {item!r}; the options are half=train|test and n=N.")
+        options[key] = value
+    if options.get("half", "train") not in ("train", "test"):
+        raise DataError(f"{spec}: half must be train or test, not {options['half']!r}.")
+    if "n" in options and not (options["n"].isdigit() and int(options["n"]) > 0):
+        raise DataError(f"{spec}: n must be a positive whole number, not {options['n']!r}.")
+    return source, options
+
+
+def select_records(records: list[dict], options: dict[str, str]) -> list[dict]:
+    """Apply a source's options: keep one hash half (``half``), then a fixed sample of ``n``
+    records (the same for every run and seed, so runs differ only in what they should)."""
+    if "half" in options:
+        records = [r for r in records if hash_half(r["instruction"] + r.get("input", "")) == options["half"]]
+    if "n" in options and int(options["n"]) < len(records):
+        chosen = sorted(random.Random("sample").sample(range(len(records)), int(options["n"])))
+        records = [records[i] for i in chosen]
+    return records
+
+
+def load_training_records(source: str, limit: int | None = None, seed: int = 0) -> list[dict]:
+    """Records from a file, ``hf:...`` or ``builtin:arithmetic[:N]`` (default N = 2000), or
+    a comma-separated mix of them, each with optional ``?half=train|test&n=N``."""
+    if "," in source or "?" in source:
+        records = []
+        for spec in filter(str.strip, source.split(",")):
+            path, options = parse_source(spec)
+            records += select_records(load_training_records(path, None, seed), options)
+        return records[:limit] if limit else records
+    if source.startswith("builtin:"):
+        from .builtin import builtin_arithmetic
+
+        kind, _, count = source[len("builtin:"):].partition(":")
+        if kind != "arithmetic":
+            raise DataError(f"Unknown built-in dataset {kind!r}; the built-in source is builtin:arithmetic.")
+        records = builtin_arithmetic(int(count or 2000), seed, "train")
+    elif source.startswith("hf:"):
+        records = load_hf_records(source[3:])
+    else:
+        records = load_json_records(source)
+    kept = [record for record in records if record["output"].strip()]
+    if len(kept) < len(records):
+        warnings.warn(f"{source}: skipped {len(records) - len(kept)} record(s) with an empty output.", stacklevel=2)
+    if not kept:
+        raise DataError(f"{source}: every record has an empty output; nothing to train on.")
+    return kept[:limit] if limit else kept

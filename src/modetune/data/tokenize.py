@@ -1,0 +1,57 @@
+"""Tokenisation of training records: prompt tokens masked, validation split."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from ..errors import DataError
+from ..prompts import format_prompt
+
+
+@dataclass
+class Tokenized:
+    input_ids: list[int]
+    labels: list[int]
+
+
+def tokenize_record(record: dict, tokenizer, cutoff_len: int, train_on_inputs: bool, style: str = "alpaca",
+                    add_eos: bool = True) -> Tokenized:
+    """Prompt + output (+ EOS), truncated to ``cutoff_len``; prompt tokens get label -100
+    unless ``train_on_inputs`` (LLM-Adapters' choice for the paper's runs)."""
+    prompt = format_prompt(record["instruction"], record.get("input", ""), style)
+    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
+    full_ids = tokenizer(prompt + record["output"], add_special_tokens=True)["input_ids"]
+    if add_eos and tokenizer.eos_token_id is not None:
+        full_ids = full_ids + [tokenizer.eos_token_id]
+    full_ids = full_ids[:cutoff_len]
+    labels = list(full_ids)
+    if not train_on_inputs:
+        n_prompt = min(len(prompt_ids), len(full_ids))
+        labels[:n_prompt] = [-100] * n_prompt
+    return Tokenized(full_ids, labels)
+
+
+def tokenize_records(records: list[dict], tokenizer, cutoff_len: int, train_on_inputs: bool,
+                     style: str = "alpaca") -> list[dict]:
+    """Tokenise every record; drop records with no label left after truncation."""
+    rows = []
+    for record in records:
+        tok = tokenize_record(record, tokenizer, cutoff_len, train_on_inputs, style)
+        if any(label != -100 for label in tok.labels[1:]):
+            rows.append({"input_ids": tok.input_ids, "attention_mask": [1] * len(tok.input_ids), "labels": tok.labels})
+    if not rows:
+        raise DataError(f"The dataset is empty after truncation to cutoff_len={cutoff_len}: no record keeps a target token.")
+    return rows
+
+
+def split_validation(records: list[dict], val_size: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """A seeded random validation split of ``val_size`` records (0: none)."""
+    if val_size <= 0:
+        return records, []
+    if val_size >= len(records):
+        raise DataError(f"val_size={val_size} leaves no training records (the dataset has {len(records)}).")
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    val = set(order[:val_size])
+    return [r for i, r in enumerate(records) if i not in val], [r for i, r in enumerate(records) if i in val]
