@@ -8,16 +8,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """``../shared/data``; tests that need it skip cleanly on a machine without it."""
-    path = SHARED / "data"
-    if not path.is_dir():
-        pytest.skip("../shared/data is absent (real data is only beside the project checkout)")
-    return path
+    """The datasets shipped in the package (``llm-adapters/``, ``math-split/``): every clone has them."""
+    from modetune.data.packaged import DATA_ROOT
+
+    return DATA_ROOT
 
 
 @pytest.fixture(scope="session")

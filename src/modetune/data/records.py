@@ -4,6 +4,9 @@ A record is ``{"instruction", "input", "output", "answer"}`` (LLM-Adapters forma
 prompt is the Alpaca template over ``instruction``/``input``, the target is ``output``.
 Sources (``TrainConfig.data``):
 - a ``.json`` file (a list of records) or ``.jsonl`` file (one record per line);
+- ``packaged:PATH``: a file shipped in the package (:mod:`modetune.data.packaged`), e.g.
+  ``packaged:math-split/train.json`` (the clean arithmetic split) or
+  ``packaged:llm-adapters/boolq/train.json``;
 - ``hf:gsm8k`` (``openai/gsm8k``, main) and ``hf:NAME[:CONFIG]`` for datasets whose rows
   already have ``instruction``/``output`` fields (needs network the first time);
 - ``builtin:arithmetic``: procedurally generated arithmetic word problems with worked
@@ -144,6 +147,10 @@ def load_training_records(source: str, limit: int | None = None, seed: int = 0) 
         records = builtin_arithmetic(int(count or 2000), seed, "train")
     elif source.startswith("hf:"):
         records = load_hf_records(source[3:])
+    elif source.startswith("packaged:"):
+        from .packaged import packaged_path
+
+        records = load_json_records(packaged_path(source))
     else:
         records = load_json_records(source)
     kept = [record for record in records if record["output"].strip()]

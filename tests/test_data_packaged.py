@@ -1,0 +1,86 @@
+"""The datasets shipped in the package: complete, intact, and the arithmetic split rebuilt by its command."""
+
+import filecmp
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from modetune.data import load_training_records
+from modetune.data.packaged import DATA_ROOT, LLM_ADAPTERS, MATH_SPLIT, check_manifest, manifest, packaged_path
+from modetune.data.split import ARITHMETIC_SETS, is_test_question, split_arithmetic, split_arithmetic_files
+from modetune.errors import DataError
+
+ROOT = Path(__file__).resolve().parents[1]
+EVAL_SETS = {"AddSub": 395, "AQuA": 254, "gsm8k": 1319, "mawps": 238, "MultiArith": 600, "SingleEq": 508, "SVAMP": 1000,
+             "ARC-Challenge": 1172, "ARC-Easy": 2376, "boolq": 3270, "piqa": 1838, "social_i_qa": 1954,
+             "winogrande": 1267, "openbookqa": 500}
+TRAIN_SETS = {"ARC-Challenge": 1119, "ARC-Easy": 2251, "boolq": 9427, "openbookqa": 4957}
+SPLIT = {"train.json": 1573, "AddSub": 198, "AQuA": 126, "gsm8k": 661, "mawps": 117, "MultiArith": 291, "SingleEq": 246,
+         "SVAMP": 516}
+
+
+def test_every_dataset_ships_with_its_count_licence_and_hash():
+    found = manifest()
+    for name, n in EVAL_SETS.items():
+        assert found[f"llm-adapters/{name}/test.json"]["records"] == n
+    for name, n in TRAIN_SETS.items():
+        assert found[f"llm-adapters/{name}/train.json"]["records"] == n
+    for name, n in SPLIT.items():
+        assert found[f"math-split/{name}" if name.endswith(".json") else f"math-split/{name}/test.json"]["records"] == n
+    assert len(found) == len(EVAL_SETS) + len(TRAIN_SETS) + len(SPLIT)
+    assert "math_data.json" not in " ".join(found)  # all test items: never shipped as a training file
+    assert check_manifest() == []
+    assert "Apache License" in (LLM_ADAPTERS / "LICENSE").read_text()
+    provenance = (DATA_ROOT / "PROVENANCE.md").read_text()
+    assert all(v["sha256"] in provenance for v in found.values())
+
+
+def test_split_halves_are_disjoint_from_training_questions():
+    train_keys = {r["instruction"] for r in json.loads((MATH_SPLIT / "train.json").read_text())}
+    assert not any(is_test_question(q) for q in train_keys)
+    for name in ARITHMETIC_SETS:
+        half = json.loads((MATH_SPLIT / name / "test.json").read_text())
+        assert all(is_test_question(r["instruction"]) for r in half)
+        upstream = json.loads((LLM_ADAPTERS / name / "test.json").read_text())
+        assert half == [r for r in upstream if is_test_question(r["instruction"])]  # upstream order kept
+
+
+def test_split_rule_on_a_small_example():
+    odd = next(f"q{i}" for i in range(100) if is_test_question(f"q{i}"))
+    even = [f"Q{i} !" for i in range(100) if not is_test_question(f"q{i}")][:2]
+    math_data = [{"instruction": even[0], "output": "a"}, {"instruction": odd, "output": "b"},
+                 {"instruction": even[0].lower(), "output": "dup"}, {"instruction": even[1], "output": "c"}]
+    train, halves = split_arithmetic(math_data, {"X": [{"instruction": even[0]}, {"instruction": odd}]})
+    assert [r["output"] for r in train] == ["a", "c"]  # test item dropped, duplicate by normalised text dropped
+    assert halves == {"X": [{"instruction": odd}]}
+
+
+def test_split_command_reproduces_the_shipped_files(tmp_path):
+    # The one test that may read ../shared: LLM-Adapters' math_data.json is deliberately not shipped.
+    math_data = ROOT.parent / "shared" / "data" / "llm-adapters" / "math_data.json"
+    if not math_data.is_file():
+        pytest.skip("LLM-Adapters' math_data.json is not beside this checkout (it is not shipped: all test items)")
+    counts = split_arithmetic_files(math_data, LLM_ADAPTERS, tmp_path)
+    assert counts == {"train": 1573, **{k: v for k, v in SPLIT.items() if k != "train.json"}}
+    for path in tmp_path.rglob("*.json"):
+        assert filecmp.cmp(path, MATH_SPLIT / path.relative_to(tmp_path), shallow=False), path
+
+
+def test_packaged_source_loads_and_bad_names_are_one_line():
+    records = load_training_records("packaged:math-split/train.json", limit=5)
+    assert len(records) == 5 and records[0]["output"].strip()
+    assert packaged_path("llm-adapters/boolq/train.json").is_file()
+    with pytest.raises(DataError, match="no such packaged file"):
+        packaged_path("packaged:math-split/nope.json")
+    with pytest.raises(DataError, match="no such packaged file"):
+        packaged_path("packaged:../../errors.py")
+
+
+def test_nothing_in_the_project_points_outside_the_repository():
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, check=True,
+                           capture_output=True, text=True).stdout.split()
+    offenders = [name for name in files if name != "tests/test_data_packaged.py" and (ROOT / name).is_file()
+                 and "../shared" in (ROOT / name).read_text(errors="ignore")]
+    assert offenders == []
