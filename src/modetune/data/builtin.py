@@ -11,7 +11,7 @@ import hashlib
 import random
 
 from ..errors import DataError
-from .records import normalise_text
+from .text import normalise_text
 
 NAMES = ["Ava", "Ben", "Chloe", "Dev", "Elena", "Farid", "Grace", "Hiro", "Isla", "Jonas", "Kemi", "Liam", "Maya",
          "Nora", "Omar", "Priya", "Quinn", "Rosa", "Sam", "Tariq"]

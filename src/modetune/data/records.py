@@ -31,13 +31,9 @@ import warnings
 from pathlib import Path
 
 from ..errors import DataError
+from .text import normalise_text
 
 REQUIRED_FIELDS = ("instruction", "output")
-
-
-def normalise_text(text: str) -> str:
-    """Lower-case ``text`` and keep only ``[a-z0-9]``: the key for de-duplication and hash splits."""
-    return re.sub(r"[^a-z0-9]", "", text.lower())
 
 
 def check_fields(records: list, source: str, required: tuple[str, ...] = REQUIRED_FIELDS) -> list[dict]:

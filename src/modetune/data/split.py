@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 
 from ..errors import DataError
-from .records import normalise_text
+from .text import normalise_text
 
 ARITHMETIC_SETS = ("AddSub", "AQuA", "gsm8k", "mawps", "MultiArith", "SingleEq", "SVAMP")
 
