@@ -40,3 +40,31 @@ def perturb(model, seed: int = 1, router_std: float = 0.5, norm_std: float = 0.5
             for p in norm.parameters():
                 p.add_(torch.randn(p.shape, generator=g) * norm_std)
     return model
+
+
+def batch(seed: int = 0, batch: int = 3, length: int = 9):
+    """Random ``(input_ids, attention_mask, labels)``: row 0 left-padded, row 1 with an unlabelled prompt."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, VOCAB, (batch, length), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # left padding in row 0
+    labels = ids.masked_fill(mask == 0, -100)
+    if batch > 1:
+        labels[1, :4] = -100  # a prompt that carries no label
+    return ids, mask, labels
+
+
+def lora(model, k: int = 3):
+    """Wrap a tiny model with LoRA below the last ``k`` layers, B non-zero (so its gradient path is exercised)."""
+    from peft import LoraConfig, get_peft_model
+
+    n = model.config.num_hidden_layers
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj"],
+                        layers_to_transform=list(range(n - k)), lora_dropout=0.0)
+    peft_model = get_peft_model(model, config)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # LoRA B starts at zero; give it a value so its gradient path is exercised
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1, generator=g)
+    return peft_model

@@ -114,14 +114,26 @@ def _chunk_grads(zs: list[Tensor], weights: Tensor, labels: Tensor, head: HeadSp
     one-projection path), task ``dz`` list, distillation ``dz`` list, ``dG``. Every
     ``[n, V]`` tensor is its own allocation, reused in place where possible.
     """
-    k, lam, tau, cap = len(zs), config.distill_lambda, config.temperature, head.softcap
-    W = head.weight
+    k = len(zs)
+    distill = config.distill_lambda > 0 and k > 1
+    explicit = distill or head.softcap is not None or want_members  # (want_members: report each member's CE)
+    logits = [head.logits(z) for z in zs] if explicit else []  # k x [n, V]
+    task_sum, dz_task, d_weights, sech2 = _task_grads(zs, logits, weights, labels, head, scale, need_grad)
+    kl_sums, member_ce, dz_distill = _distill_grads(k, logits, labels, head.weight, config, scale, sech2, need_grad)
+    return task_sum, kl_sums, member_ce, dz_task, dz_distill, d_weights
+
+
+def _task_grads(zs: list[Tensor], logits: list[Tensor], weights: Tensor, labels: Tensor, head: HeadSpec,
+                scale: float, need_grad: bool):
+    """``L_task``'s CE sum over the chunk, ``dz_i`` and ``dG`` (formulas: :func:`_chunk_grads`).
+
+    ``logits`` are the members' explicit logits, or ``[]`` for the one-projection shortcut
+    ``sum_i G_i phi(z_i) = phi(sum_i G_i z_i)``. Also returns the soft-capping factors
+    ``1 - (l_i/c)^2`` (``None`` without soft-capping), which the distillation gradients reuse.
+    """
+    k, cap, W = len(zs), head.softcap, head.weight
     rows = torch.arange(labels.numel(), device=labels.device)
-    distill = lam > 0 and k > 1
-    explicit = distill or cap is not None or want_members  # (want_members: report each member's CE)
-    logits: list[Tensor] = []
-    if explicit:
-        logits = [head.logits(z) for z in zs]  # k x [n, V]
+    if logits:
         ensemble = logits[0] * weights[:, :1]
         for i in range(1, k):
             ensemble.addcmul_(logits[i], weights[:, i : i + 1])
@@ -146,12 +158,20 @@ def _chunk_grads(zs: list[Tensor], weights: Tensor, labels: Tensor, head: HeadSp
         d_weights = torch.stack([_vdot(lg, g) for lg in logits], -1) * scale
         dz_task = [((g * sech2[i]).to(W.dtype) @ W).mul_(weights[:, i : i + 1].to(W.dtype) * scale)
                    for i in range(k)]
-    del g
+    return task_sum, dz_task, d_weights, sech2
 
-    kl_sums = torch.zeros(k - 1 if lam > 0 else 0, device=labels.device)
+
+def _distill_grads(k: int, logits: list[Tensor], labels: Tensor, W: Tensor, config: MoDConfig, scale: float,
+                   sech2: list[Tensor] | None, need_grad: bool):
+    """``L_distill``'s per-member KL sums, each member's CE sum and the distillation ``dz_i``
+    (formulas: :func:`_chunk_grads`); with no explicit ``logits`` there is nothing to compute."""
+    lam, tau = config.distill_lambda, config.temperature
+    rows = torch.arange(labels.numel(), device=labels.device)
+    distill = lam > 0 and k > 1
+    kl_sums = torch.zeros(k - 1 if lam > 0 else 0, device=labels.device, dtype=torch.promote_types(W.dtype, torch.float32))
     member_ce = None
     dz_distill: list[Tensor | None] = [None] * k
-    if explicit:
+    if logits:
         log_t = F.log_softmax(logits[-1] / tau if tau != 1.0 else logits[-1], -1)
         ces = [None] * (k - 1) + [-log_t[rows, labels].sum()]
         need_p_t = distill and (config.distill_direction == "forward" or not config.detach_teacher)
@@ -189,7 +209,7 @@ def _chunk_grads(zs: list[Tensor], weights: Tensor, labels: Tensor, head: HeadSp
             member_ce = torch.stack(ces)
         else:  # the members' own cross-entropy is at temperature 1
             member_ce = torch.stack([-F.log_softmax(lg, -1)[rows, labels].sum() for lg in logits])
-    return task_sum, kl_sums, member_ce, dz_task, dz_distill, d_weights
+    return kl_sums, member_ce, dz_distill
 
 
 def _run_chunks(hs, router_input, labels, norms, router, head, config, normaliser, params, need_grad):
@@ -274,6 +294,8 @@ class _FusedMoDLoss(torch.autograd.Function):
 
 
 class _Closure:
+    """The non-tensor arguments of :func:`_run_chunks`, bound once so the autograd Function only sees tensors."""
+
     def __init__(self, labels, norms, router, head, config, normaliser):
         self.args = (labels, norms, router, head, config, normaliser)
         self.lam = config.distill_lambda

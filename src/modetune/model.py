@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .config import MoDConfig
-from .errors import BaseModelMismatchError
+from .errors import BaseModelMismatchError, ConfigError, DataError
 from .losses import HeadSpec, MoDLossOutput, fused_mod_loss, naive_mod_loss
 from .routing import Router
 from .surgery import find_parts, unwrap
@@ -105,7 +105,7 @@ class MoDModel(nn.Module):
         super().__init__()
         parts = find_parts(model)
         if config.k >= parts.num_layers:
-            raise ValueError(f"k={config.k} must be smaller than the model's number of layers ({parts.num_layers}).")
+            raise ConfigError(f"k={config.k} must be smaller than the model's number of layers ({parts.num_layers}).")
         self.base_model = model
         self.mod_config = config
         on_meta = parts.head.weight.device.type == "meta"  # parameter counting from a config alone
@@ -177,11 +177,13 @@ class MoDModel(nn.Module):
         return zs, weights
 
     def _mix_states(self, module, args):
+        """Head pre-hook: the head input becomes ``sum_i G_i z_i`` (then one projection gives ``sum_i G_i l_i``)."""
         zs, weights = self._members_at_head(args[0])
         mixed = sum(weights[..., i : i + 1].to(z.dtype) * z for i, z in enumerate(zs))
         return (mixed,)
 
     def _mix_logits(self, module, args, output):
+        """Head hook, explicit form: ``sum_i G_i cap(phi(z_i))``, the final member's logits from the head's own output."""
         zs, weights = self._members_at_head(args[0])
         head = self._head_spec()
         final = output.float() if self.softcap is None else torch.tanh(output.float() / self.softcap) * self.softcap
@@ -233,7 +235,7 @@ class MoDModel(nn.Module):
         shift = labels[:, 1:].reshape(-1)
         rows = (shift != -100).nonzero().squeeze(-1)
         if rows.numel() == 0:
-            raise ValueError("No token carries a label (all labels are -100): nothing to train on.")
+            raise DataError("No token carries a label (all labels are -100): nothing to train on.")
         d = self._parts.hidden_size
 
         def gather(states: Tensor) -> Tensor:
@@ -339,7 +341,7 @@ class MoDModel(nn.Module):
         module = {"norms": self.norms, "router": self.router, "final_norm": self._parts.final_norm}.get(group)
         tensors = dict(module.state_dict(keep_vars=True)) if module is not None else {}
         if rest not in tensors:
-            raise ValueError(f"Unexpected tensor {name!r} in {WEIGHTS_NAME}: it does not match this MoD config.")
+            raise DataError(f"Unexpected tensor {name!r} in {WEIGHTS_NAME}: it does not match this MoD config.")
         return tensors[rest]
 
 

@@ -8,6 +8,8 @@ inside the prompt, for exact comparability with checkpoints trained by their cod
 
 from __future__ import annotations
 
+from .errors import ConfigError
+
 HEADER_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
     "Write a response that appropriately completes the request."
@@ -30,4 +32,4 @@ def format_prompt(instruction: str, input: str = "", style: str = "alpaca") -> s
         if input:
             body += f"{pad}### Input:\n{pad}{input}\n{pad}\n"
         return body + f"{pad}{RESPONSE_MARKER}\n{pad}"
-    raise ValueError(f"Unknown prompt style {style!r}; choose one of {', '.join(STYLES)}.")
+    raise ConfigError(f"Unknown prompt style {style!r}; choose one of {', '.join(STYLES)}.")

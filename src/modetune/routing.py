@@ -53,6 +53,7 @@ class Router(nn.Module):
             self.weight.requires_grad_(False)
 
     def forward(self, x: Tensor) -> Tensor:
+        """``G = softmax(TopK(x W_g^T + prior))`` over the last dim, ``[..., d] -> [..., k]`` in float32."""
         if self.fixed is not None:
             weights = torch.zeros(*x.shape[:-1], self.weight.shape[0], device=x.device)
             return weights.index_fill_(-1, torch.tensor([self.fixed], device=x.device), 1.0)

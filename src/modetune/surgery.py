@@ -17,6 +17,8 @@ from .errors import UnsupportedModelError
 
 @dataclass
 class ModelParts:
+    """What MoD hooks into: the decoder, its layers, the final norm ``N_p``, the LM head and sizes."""
+
     decoder: nn.Module
     layers: nn.ModuleList
     final_norm: nn.Module

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from .config import MoDConfig
+from .errors import ConfigError
 from .model import get_mod_model
 from .surgery import find_parts
 
@@ -54,7 +55,7 @@ def parse_preset(name: str) -> Variant:
         "mod_only": Variant(name, "none", True),
     }
     if name not in table:
-        raise ValueError(f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)} (lora_layer_j with j = 0, 1, ...).")
+        raise ConfigError(f"Unknown preset {name!r}; choose one of {', '.join(PRESETS)} (lora_layer_j with j = 0, 1, ...).")
     return table[name]
 
 
@@ -66,7 +67,7 @@ def default_lora_targets(model: nn.Module) -> list[str]:
     names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     if set(LLAMA_STYLE) <= names:
         return LLAMA_STYLE
-    raise ValueError(f"No default LoRA targets for model type {model_type!r}; pass lora_targets explicitly.")
+    raise ConfigError(f"No default LoRA targets for model type {model_type!r}; pass lora_targets explicitly.")
 
 
 def build_variant(model: nn.Module, preset: str, mod_config: MoDConfig | None = None, lora_r: int = 32,
@@ -87,7 +88,7 @@ def build_variant(model: nn.Module, preset: str, mod_config: MoDConfig | None = 
                                   "distill_lambda": 0.0, "top_k": None})
     n = find_parts(model).num_layers
     if mod_config.k >= n:
-        raise ValueError(f"k={mod_config.k} must be smaller than the model's number of layers ({n}).")
+        raise ConfigError(f"k={mod_config.k} must be smaller than the model's number of layers ({n}).")
     if variant.lora_layers != "none":
         from peft import LoraConfig, get_peft_model
 
