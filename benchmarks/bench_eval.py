@@ -1,6 +1,6 @@
 """Evaluation throughput: batched greedy generation against batch size 1, same items, same outputs.
 
-Runs ``modetune.evaluation.evaluate`` (the real pipeline: sorting, generation, scoring, JSONL
+Runs ``modetune.eval.runner.evaluate`` (the real pipeline: sorting, generation, scoring, JSONL
 writing) twice on the first ``--n`` items of a dataset with the default model: once with
 ``--batch-size`` (default 16) and once with batch size 1, and compares items/s and the
 responses. Target: batch 16 reaches >= 4x the items/s of batch 1 with identical outputs.
@@ -28,7 +28,8 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "math-split" / "gsm8k" / "test.
 
 
 def run(model, tokenizer, records, batch_size: int, max_new_tokens: int, out: Path) -> tuple[float, list[dict]]:
-    from modetune.evaluation import EvalConfig, evaluate, read_results
+    from modetune.eval.results import read_results
+    from modetune.eval.runner import EvalConfig, evaluate
 
     config = EvalConfig(batch_size=batch_size, max_new_tokens=max_new_tokens, progress=False)
     start = time.perf_counter()
@@ -52,10 +53,11 @@ def main() -> int:
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
-    from modetune.evaluation import load_for_eval, load_records
+    from modetune.eval.runner import load_for_eval
+    from modetune.eval.sources import load_test_items
 
     model, tokenizer, _ = load_for_eval(args.model)
-    records = load_records("gsm8k", path=args.data)[: args.n]
+    records = load_test_items("gsm8k", path=args.data)[: args.n]
     with tempfile.TemporaryDirectory() as tmp:
         t_batch, rows_batch = run(model, tokenizer, records, args.batch_size, args.max_new_tokens, Path(tmp, "b"))
         t_one, rows_one = run(model, tokenizer, records, 1, args.max_new_tokens, Path(tmp, "one"))

@@ -9,8 +9,8 @@ import torch
 
 from modetune import MoDConfig, get_mod_model
 from modetune.cli import main
-from modetune.evaluation import forced_member, generate_responses, load_records, score_response
-from modetune.lm_eval_adapter import (
+from modetune.eval.generation import generate_responses
+from modetune.eval.lm_eval import (
     answer_choices,
     choice_loglikelihoods,
     loglikelihood_accuracy,
@@ -18,6 +18,9 @@ from modetune.lm_eval_adapter import (
     run_lm_eval,
     task_config,
 )
+from modetune.eval.members import forced_member
+from modetune.eval.protocol import score_response
+from modetune.eval.sources import load_test_items
 from modetune.prompts import format_prompt
 from tiny import tiny_model
 
@@ -139,10 +142,10 @@ def test_cli_lm_eval_on_a_local_task(tmp_path, capsys, tiny_model_dir, boolq_fil
 @pytest.mark.slow
 def test_default_model_lm_eval_equals_our_scorers(shared_data, default_model_dir, tmp_path):
     """The embedded model on 8 real BoolQ items: lm-eval's accuracies equal ours, both paths."""
-    from modetune.evaluation import load_for_eval
+    from modetune.eval.runner import load_for_eval
 
     model, tok, _ = load_for_eval(str(default_model_dir))
-    records = load_records("boolq", data_dir=shared_data / "llm-adapters")[:8]
+    records = load_test_items("boolq", data_dir=shared_data / "llm-adapters")[:8]
     path = tmp_path / "boolq.json"
     path.write_text(json.dumps(records))
     results = run_lm_eval(model, tok, [task_config("boolq", "mc", path), task_config("boolq", "gen", path,

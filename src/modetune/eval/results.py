@@ -1,10 +1,13 @@
-"""Summaries of evaluation runs: the paper's accuracy table, and which items each run solved.
+"""Evaluation results: the run folder's files, summaries, the paper's accuracy table, and
+which items each run solved.
 
+- :func:`read_results` reads one ``<dataset>[.member<i>].jsonl`` file (one row per item);
+  :func:`results_path` names it.
 - :func:`summarize_run` reads a run folder (``run.json`` + ``<dataset>[.member<i>].jsonl``)
   and recomputes every accuracy from the per-item rows.
 - :func:`report` puts several runs side by side, one row per run and routing (ensemble,
   each member), one column per dataset in the paper's order, with an average per group
-  (arithmetic, commonsense), as markdown and JSON.
+  (arithmetic, commonsense), as markdown and JSON (:func:`write_accuracy_report` saves it).
 - :func:`solved` compares the items solved by 2+ runs on one dataset (per-run counts, every
   intersection, the 3-way Venn regions of the paper's motivation figure) and draws the
   Venn diagram (2 or 3 runs) as a PNG.
@@ -17,22 +20,41 @@ from collections.abc import Sequence
 from itertools import combinations
 from pathlib import Path
 
-from .evaluation import (
-    ARITHMETIC,
-    BUILTIN,
-    COMMONSENSE,
-    DATASETS,
-    RESULTS_SUFFIX,
-    RUN_FILE,
-    get_dataset,
-    read_results,
-)
+from ..errors import ConfigError, DataError
+from ..plotting import pyplot
+from .datasets import ALL_DATASETS, ARITHMETIC, BUILTIN, COMMONSENSE, get_dataset
 
-ALL_DATASETS = {**DATASETS, BUILTIN.name: BUILTIN}  # the paper's 15, then the built-in offline set
+RESULTS_SUFFIX = ".jsonl"
+RUN_FILE = "run.json"
 GROUPS = {"arithmetic": ARITHMETIC, "commonsense": COMMONSENSE, "built-in": (BUILTIN.name,)}
 
 
 # ---------------------------------------------------------------------------- one run
+def results_path(output_dir: str | Path, dataset: str, member: int | None) -> Path:
+    """``<out>/<dataset>.jsonl`` for the model as loaded, ``<out>/<dataset>.member<i>.jsonl`` for member ``i``."""
+    suffix = "" if member is None else f".member{member}"
+    return Path(output_dir) / f"{dataset}{suffix}{RESULTS_SUFFIX}"
+
+
+def read_results(path: str | Path) -> list[dict]:
+    """Rows of a results JSONL file; a partial last line (an interrupted write) is ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Results file {path} not found.")
+    rows = []
+    lines = path.read_text(encoding="utf-8").split("\n")
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number == len(lines):  # no newline after it: cut off mid-write
+                break
+            raise DataError(f"{path}: line {number} is not valid JSON.") from None
+    return rows
+
+
 def _split_name(path: Path) -> tuple[str, str | None]:
     """``gsm8k.member1.jsonl`` -> ``("gsm8k", "member1")``; ``gsm8k.jsonl`` -> ``("gsm8k", None)``."""
     stem = path.name[: -len(RESULTS_SUFFIX)]
@@ -61,7 +83,7 @@ def summarize_run(run_dir: str | Path) -> dict:
         name, member = _split_name(path)
         try:
             dataset = get_dataset(name).name
-        except ValueError:
+        except ConfigError:  # not a dataset's results file
             continue
         rows = read_results(path)
         if not rows:
@@ -93,11 +115,11 @@ def write_summary(summary: dict, run_dir: str | Path) -> None:
 def report(run_dirs: Sequence[str | Path]) -> dict:
     """The paper-shaped table of several run folders: see :func:`report_from_summaries`."""
     if not run_dirs:
-        raise ValueError("No run folder given.")
+        raise ConfigError("No run folder given.")
     return report_from_summaries([summarize_run(d) for d in run_dirs])
 
 
-def write_report(table: dict, prefix: str | Path) -> tuple[Path, Path]:
+def write_accuracy_report(table: dict, prefix: str | Path) -> tuple[Path, Path]:
     """Write a :func:`report` table as ``PREFIX.md`` and ``PREFIX.json``."""
     prefix = Path(prefix)
     prefix.parent.mkdir(parents=True, exist_ok=True)
@@ -167,7 +189,7 @@ def _load_solved(path: Path, dataset: str | None, variant: str | None) -> tuple[
     """``(dataset, label, {item id: correct})`` from a results file, or a run folder + dataset."""
     if path.is_dir():
         if dataset is None:
-            raise ValueError(f"{path} is a run folder: give --dataset (or pass result files).")
+            raise ConfigError(f"{path} is a run folder: give --dataset (or pass result files).")
         member = None if variant in (None, "ensemble", "model") else variant
         name = get_dataset(dataset).name
         file = path / f"{name}{'' if member is None else '.' + member}{RESULTS_SUFFIX}"
@@ -180,7 +202,7 @@ def _load_solved(path: Path, dataset: str | None, variant: str | None) -> tuple[
         label = (json.loads(info_path.read_text()).get("label") if info_path.is_file() else None) or path.stem
     rows = read_results(file)
     if not rows:
-        raise ValueError(f"{file} holds no results.")
+        raise DataError(f"{file} holds no results.")
     if member:
         label = f"{label} [{member}]"
     return rows[0].get("dataset", name), label, {row["id"]: bool(row["correct"]) for row in rows}
@@ -199,19 +221,19 @@ def solved(results: Sequence[str | Path], labels: Sequence[str] | None = None, d
     ``output_dir``, writes ``solved-<dataset>.md``, ``.json`` and (2-3 runs) ``.png``.
     """
     if len(results) < 2:
-        raise ValueError("solved needs at least two results to compare.")
+        raise ConfigError("solved needs at least two results to compare.")
     loaded = [_load_solved(Path(r), dataset, variant) for r in results]
     datasets = {d for d, _, _ in loaded}
     if len(datasets) > 1:
-        raise ValueError(f"The results are on different datasets ({', '.join(sorted(datasets))}).")
+        raise DataError(f"The results are on different datasets ({', '.join(sorted(datasets))}).")
     names = list(labels) if labels else [label for _, label, _ in loaded]
     if len(names) != len(loaded):
-        raise ValueError(f"Got {len(names)} labels for {len(loaded)} results.")
+        raise ConfigError(f"Got {len(names)} labels for {len(loaded)} results.")
     if len(set(names)) != len(names):
         names = [f"{name} ({i + 1})" for i, name in enumerate(names)]
     common = set.intersection(*(set(items) for _, _, items in loaded))
     if not common:
-        raise ValueError("The results share no item: they are not on the same test set.")
+        raise DataError("The results share no item: they are not on the same test set.")
     sets = {name: {i for i in common if items[i]} for name, (_, _, items) in zip(names, loaded)}
     intersections = []
     for size in range(2, len(names) + 1):
@@ -274,10 +296,7 @@ def draw_venn(sets: dict[str, set], path: str | Path, title: str = "") -> None:
     Unweighted circles (every region drawn, labelled with its count), so empty regions and
     empty sets still give a readable figure.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()  # the Agg backend is set before matplotlib_venn imports pyplot
     from matplotlib_venn import venn2, venn3
     from matplotlib_venn.layout import venn2 as layout2
     from matplotlib_venn.layout import venn3 as layout3

@@ -8,7 +8,7 @@ member's, with ``member``).
 Task names:
 - ``modetune_<dataset>_gen``: a generation task over one of the paper's datasets (the
   LLM-Adapters file from ``data_dir``, else the Hugging Face hub), prompted with our Alpaca
-  prompt and scored by :func:`modetune.evaluation.score_response`: the same protocol as
+  prompt and scored by :func:`modetune.eval.protocol.score_response`: the same protocol as
   ``modetune eval`` (greedy, stopping at EOS only).
 - ``modetune_<dataset>_mc``: a log-likelihood (multiple-choice) task: the answer keywords
   listed in the item ("Answer format: answer1/answer2/...") are scored as continuations of
@@ -30,8 +30,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .evaluation import dataset_file, forced_member, get_dataset, load_records, score_response
-from .prompts import format_prompt
+from ..errors import ConfigError
+from ..prompts import format_prompt
+from .datasets import get_dataset
+from .members import forced_member
+from .protocol import score_response
+from .runner import load_for_eval, quiet_transformers
+from .sources import dataset_file, load_test_items
 
 TASK_RE = re.compile(r"modetune_(?P<dataset>.+)_(?P<kind>gen|mc)")
 ANSWER_FORMAT_RE = re.compile(r"Answer format:\s*(\S+)")
@@ -42,11 +47,11 @@ def answer_choices(dataset: str, record: dict) -> list[str]:
 
     Keyword datasets: the item's own ``Answer format: a/b/c`` list when present (so a
     3-option item is not scored against ``answer4``), else the dataset's keywords. AQuA:
-    ``A``..``E``. Numeric datasets have no candidates (``ValueError``).
+    ``A``..``E``. Numeric datasets have no candidates (:class:`~modetune.errors.ConfigError`).
     """
     info = get_dataset(dataset)
     if info.kind == "numeric":
-        raise ValueError(f"{info.name} is a numeric dataset: it has no answer choices for log-likelihood scoring.")
+        raise ConfigError(f"{info.name} is a numeric dataset: it has no answer choices for log-likelihood scoring.")
     match = ANSWER_FORMAT_RE.search(record.get("instruction", ""))
     if info.kind == "keyword" and match:
         listed = [c for c in match.group(1).split("/") if c in info.keywords]
@@ -117,9 +122,9 @@ def task_config(dataset: str, kind: str, data_file: str | Path, prompt_style: st
     """
     info = get_dataset(dataset)
     if kind not in ("gen", "mc"):
-        raise ValueError(f"Task kind must be 'gen' or 'mc', got {kind!r}.")
+        raise ConfigError(f"Task kind must be 'gen' or 'mc', got {kind!r}.")
     if kind == "mc" and info.kind == "numeric":
-        raise ValueError(f"{info.name} is numeric: only modetune_{info.name}_gen exists.")
+        raise ConfigError(f"{info.name} is numeric: only modetune_{info.name}_gen exists.")
     config: dict[str, Any] = {
         "task": name or f"modetune_{info.name}_{kind}",
         "dataset_path": "json",
@@ -149,7 +154,7 @@ def resolve_tasks(tasks: str | Sequence[str], data_dir: str | Path | None = None
     (data from ``data_dir``, else the hub, written to ``workdir`` as JSON); others stay names."""
     names = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
     if not names:
-        raise ValueError("No lm-eval task given.")
+        raise ConfigError("No lm-eval task given.")
     out: list[str | dict] = []
     for name in names:
         match = TASK_RE.fullmatch(name)
@@ -157,7 +162,7 @@ def resolve_tasks(tasks: str | Sequence[str], data_dir: str | Path | None = None
             out.append(name)
             continue
         info = get_dataset(match.group("dataset"))
-        records = load_records(info.name, data_dir=data_dir)
+        records = load_test_items(info.name, data_dir=data_dir)
         if data_dir is not None:
             path = dataset_file(info.name, data_dir)
         else:
@@ -205,14 +210,12 @@ def run_lm_eval_cli(model: str = "default", adapter: str | None = None, tasks: s
     """Load a model (and adapter) and run lm-eval: the CLI's ``lm-eval``. Writes the results
     (without per-sample logs) to ``output`` as JSON when given; returns them with a
     ``"table"`` entry (lm-eval's markdown table)."""
-    from .evaluation import _quiet_transformers, load_for_eval
-
     if data_dir is not None and not Path(data_dir).is_dir():
         raise FileNotFoundError(f"Data folder {data_dir} does not exist.")
     workdir = Path(output).parent / ".lm-eval-data" if output else None
     specs = resolve_tasks(tasks, data_dir=data_dir, prompt_style=prompt_style, max_gen_toks=max_gen_toks,
                           workdir=workdir)  # bad task names/data fail before the model loads
-    _quiet_transformers()
+    quiet_transformers()
     loaded, tokenizer, info = load_for_eval(model, adapter, dtype=dtype, device=device)
     results = run_lm_eval(loaded, tokenizer, specs, batch_size=batch_size,
                           limit=int(limit) if limit is not None and limit >= 1 else limit,

@@ -1,0 +1,324 @@
+"""Evaluation runs: options (:class:`EvalConfig`), model and adapter loading, and the run folder.
+
+:func:`run_eval` is the command line's ``eval``: it loads and checks every dataset, then the
+model (:func:`load_for_eval`), then calls :func:`evaluate`, which writes ``run.json``, one
+``<dataset>[.member<i>].jsonl`` per dataset and routing (:func:`evaluate_dataset`, appended
+after every batch so an interrupted run resumes where it stopped) and the summary
+(:mod:`modetune.eval.results`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..data import parse_source, select_records
+from ..errors import BaseModelMismatchError, ConfigError, first_line
+from ..prompts import STYLES, format_prompt
+from .datasets import get_dataset, parse_dataset_list
+from .generation import generate_responses
+from .members import describe_member, forced_member, member_index, parse_members, variant_name
+from .protocol import item_id, score_response
+from .results import RUN_FILE, read_results, report_from_summaries, results_path, summarize_run, write_summary
+from .sources import load_test_items
+
+
+# ---------------------------------------------------------------------------- options
+@dataclass
+class EvalConfig:
+    """Options of an evaluation run (defaults in brackets).
+
+    Attributes:
+        batch_size: prompts per ``generate`` call [16]; outputs do not depend on it.
+        max_new_tokens: generation budget; ``None`` = the reference's 256 (arithmetic) or
+            32 (commonsense) [None].
+        num_beams: 1 = greedy [1]; 4 = the reference protocol's beam search.
+        prompt_style: ``"alpaca"`` or ``"llm-adapters"`` (byte-exact reference string) [alpaca].
+        limit: evaluate only the first ``limit`` items of each dataset [None = all].
+        members: which routings to evaluate: ``None`` = the model as loaded (the ensemble for
+            MoD); a list of member indices and/or ``None`` entries (``None`` = ensemble) [None].
+        stop_at_answer: stop once the answer is settled (:mod:`modetune.eval.protocol`) [True].
+        sort_by_length: batch prompts of similar length together (longest first) [True].
+        progress: show a progress bar with items/s [True].
+        prefix_cache: greedy only: compute the prompt template's shared header once per
+            batch instead of once per item (same math) [True].
+    """
+
+    batch_size: int = 16
+    max_new_tokens: int | None = None
+    num_beams: int = 1
+    prompt_style: str = "alpaca"
+    limit: int | None = None
+    members: list[int | None] | None = None
+    stop_at_answer: bool = True
+    sort_by_length: bool = True
+    progress: bool = True
+    prefix_cache: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}.")
+        if self.num_beams < 1:
+            raise ConfigError(f"num_beams must be >= 1, got {self.num_beams}.")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}.")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"limit must be >= 1, got {self.limit}.")
+        if self.prompt_style not in STYLES:
+            raise ConfigError(f"Unknown prompt style {self.prompt_style!r}; choose one of {', '.join(STYLES)}.")
+
+    @property
+    def decoding(self) -> str:
+        """``"greedy"`` or ``"beam<n>"``: the label stored with every result."""
+        return "greedy" if self.num_beams == 1 else f"beam{self.num_beams}"
+
+    def settings(self) -> dict:
+        """The options that change outputs (a resumed run must match them)."""
+        return {"num_beams": self.num_beams, "max_new_tokens": self.max_new_tokens, "prompt_style": self.prompt_style,
+                "stop_at_answer": self.stop_at_answer, "decoding": self.decoding}
+
+
+# ---------------------------------------------------------------------------- models
+def load_for_eval(model: str = "default", adapter: str | Path | None = None, dtype: str = "float32",
+                  device: str | None = None, trust_remote_code: bool = False) -> tuple[nn.Module, Any, dict]:
+    """Load ``(model, tokenizer, info)`` for evaluation.
+
+    ``adapter``: a MoD folder (``mod_config.json``; loaded with :meth:`MoDModel.from_pretrained`,
+    which raises :class:`~modetune.errors.BaseModelMismatchError` on another base), a LoRA-only
+    folder (``adapter_config.json``; peft), or ``None`` for the base model alone. The
+    tokenizer pads on the left. ``info``: ``model``, ``adapter``, ``kind`` (base/lora/mod).
+    """
+    from ..models import load_model
+
+    adapter_path = Path(adapter) if adapter is not None else None
+    if adapter_path is not None and not adapter_path.is_dir():
+        raise FileNotFoundError(f"Adapter folder {adapter_path} does not exist.")
+    base, tokenizer = load_model(model, dtype=dtype, trust_remote_code=trust_remote_code, device=device)
+    kind = "base"
+    if adapter_path is not None:
+        from ..config import CONFIG_NAME
+        from ..model import ADAPTER_CONFIG, MoDModel
+
+        if (adapter_path / CONFIG_NAME).exists():
+            base, kind = MoDModel.from_pretrained(base, adapter_path), "mod"
+        elif (adapter_path / ADAPTER_CONFIG).exists():
+            from peft import PeftModel
+
+            try:
+                base = PeftModel.from_pretrained(base, str(adapter_path))
+            except (RuntimeError, ValueError, KeyError) as error:
+                raise BaseModelMismatchError(f"The LoRA adapter in {adapter_path} does not fit base model "
+                                             f"{model!r}: {first_line(error)}") from error
+            kind = "lora"
+        else:
+            raise ConfigError(f"{adapter_path} holds neither {CONFIG_NAME} (a MoD adapter) nor {ADAPTER_CONFIG} "
+                              "(a LoRA adapter).")
+    base.eval()
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    info = {"model": model, "adapter": None if adapter_path is None else str(adapter_path), "kind": kind}
+    return base, tokenizer, info
+
+
+def quiet_transformers() -> None:
+    """No weight-loading progress bars or advisory warnings from transformers (command line)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+# ---------------------------------------------------------------------------- one dataset (resumable)
+def _resume_rows(path: Path, ids: list[str]) -> dict[int, dict]:
+    """Rows already written to ``path`` (for resuming), checked against the current items."""
+    if not path.exists():
+        return {}
+    text = path.read_text(encoding="utf-8")
+    if text and not text.endswith("\n"):  # drop a half-written last row before appending
+        text = text[: text.rfind("\n") + 1]
+        path.write_text(text, encoding="utf-8")
+    done = {}
+    for row in read_results(path):
+        index = row.get("index")
+        if not isinstance(index, int) or index >= len(ids) or row.get("id") != ids[index]:
+            raise ConfigError(f"{path} holds results for other items (item {index}); use another output folder.")
+        done[index] = row
+    return done
+
+
+def _check_run_file(output_dir: Path, run: dict) -> None:
+    path = output_dir / RUN_FILE
+    if path.exists():
+        previous = json.loads(path.read_text())
+        for key in ("settings", "model", "adapter"):
+            if previous.get(key) != run.get(key):
+                raise ConfigError(f"{output_dir} holds a run with other {key} ({previous.get(key)} vs "
+                                  f"{run.get(key)}); use another output folder.")
+        run["label"] = previous.get("label", run["label"])
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(run, indent=2) + "\n")
+
+
+def _write_sorted(path: Path, rows: dict[int, dict]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        for index in sorted(rows):
+            handle.write(json.dumps(rows[index], ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="item", disable=not enabled, dynamic_ncols=True)
+
+
+def evaluate_dataset(model: nn.Module, tokenizer, dataset: str, records: list[dict], config: EvalConfig,
+                     output_dir: str | Path) -> dict[str, dict]:
+    """Evaluate ``records`` of ``dataset`` for every routing in ``config.members``.
+
+    One pass over the data: items are sorted by prompt length and batched once, and each
+    batch is generated for every routing in turn (member texts diverge, so each routing
+    needs its own generation). Rows are appended to ``<dataset>[.member<i>].jsonl`` after every batch, so
+    an interrupted run resumes where it stopped; at the end each file is rewritten in item
+    order. Returns ``{variant: {n, correct, accuracy, items_per_s, ...}}``.
+    """
+    info = get_dataset(dataset)
+    output_dir = Path(output_dir)
+    members = config.members if config.members is not None else [None]
+    for member in members:
+        if member is not None:
+            member_index(model, member)
+    max_new = config.max_new_tokens or info.default_max_new_tokens
+    ids = [item_id(r) for r in records]  # all items: a file may hold rows beyond this run's limit
+    records = records[: config.limit] if config.limit else records
+    prompts = [format_prompt(r["instruction"], r.get("input") or "", config.prompt_style) for r in records]
+    paths = {m: results_path(output_dir, info.name, m) for m in members}
+    done = {m: _resume_rows(paths[m], ids) for m in members}
+    todo = [i for i in range(len(records)) if any(i not in done[m] for m in members)]
+    if config.sort_by_length:
+        lengths = [len(tokenizer(p)["input_ids"]) for p in prompts]
+        todo.sort(key=lambda i: (-lengths[i], i))
+    pending = sum(1 for i in todo for m in members if i not in done[m])
+    generated, started = 0, time.perf_counter()
+    with _progress(pending, info.name, config.progress) as bar:
+        for start in range(0, len(todo), config.batch_size):
+            batch = todo[start:start + config.batch_size]
+            for member in members:
+                items = [i for i in batch if i not in done[member]]
+                if not items:
+                    continue
+                with forced_member(model, member):
+                    responses = generate_responses(model, tokenizer, [prompts[i] for i in items], info.name, max_new,
+                                                   config.num_beams, config.stop_at_answer, config.prefix_cache)
+                rows = []
+                for i, response in zip(items, responses):
+                    extracted, correct = score_response(info.name, response, records[i]["answer"])
+                    rows.append({"index": i, "id": ids[i], "dataset": info.name, "variant": variant_name(model, member),
+                                 "decoding": config.decoding, "prompt": prompts[i], "response": response,
+                                 "extracted": extracted, "gold": records[i]["answer"], "correct": correct})
+                with paths[member].open("a", encoding="utf-8") as handle:
+                    for row in rows:
+                        handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+                    handle.flush()
+                done[member].update({row["index"]: row for row in rows})
+                generated += len(rows)
+                bar.update(len(rows))
+    seconds = time.perf_counter() - started
+    summary = {}
+    for member in members:
+        _write_sorted(paths[member], done[member])
+        rows = [row for index, row in done[member].items() if index < len(records)]
+        correct = sum(bool(row["correct"]) for row in rows)
+        summary[variant_name(model, member)] = {
+            "dataset": info.name, "n": len(rows), "correct": correct, "accuracy": correct / len(rows) if rows else 0.0,
+            "file": paths[member].name, "decoding": config.decoding,
+            "generated": generated, "seconds": round(seconds, 3),
+            "items_per_s": round(generated / seconds, 3) if generated and seconds > 0 else None,
+        }
+    return summary
+
+
+# ---------------------------------------------------------------------------- a run
+def load_datasets(datasets: str | Sequence[str] | list[tuple[str, list[dict]]], data_dir: str | Path | None = None
+                  ) -> list[tuple[str, list[dict]]]:
+    """``[(name, records)]`` for dataset names/``name=path`` specs, every one loaded and
+    validated (so bad input fails before any model is loaded). Already loaded pairs pass."""
+    if isinstance(datasets, list) and datasets and isinstance(datasets[0], tuple):
+        return datasets
+    loaded = []
+    for spec in parse_dataset_list(datasets):
+        spec, options = parse_source(spec)
+        name, _, path = spec.partition("=")
+        records = select_records(load_test_items(name, data_dir=data_dir, path=path or None), options)
+        loaded.append((get_dataset(name).name, records))
+    return loaded
+
+
+def evaluate(model: nn.Module, tokenizer, datasets: str | Sequence[str] | list[tuple[str, list[dict]]],
+             config: EvalConfig,
+             output_dir: str | Path, data_dir: str | Path | None = None, info: dict | None = None,
+             label: str | None = None) -> dict:
+    """Evaluate a loaded model on several datasets; write results, ``run.json`` and the summary.
+
+    ``datasets``: names (``"gsm8k,svamp"``, ``"all"``), ``name=path.json`` entries, or the
+    output of :func:`load_datasets`. Every dataset is loaded and validated before any
+    generation starts. Returns the summary
+    (:func:`modetune.eval.results.summarize_run`).
+    """
+    from .. import __version__
+
+    output_dir = Path(output_dir)
+    loaded = load_datasets(datasets, data_dir)
+    info = dict(info or {})
+    members = config.members if config.members is not None else [None]
+    run = {"label": label or _default_label(info), "model": info.get("model"), "adapter": info.get("adapter"),
+           "kind": info.get("kind"), "settings": config.settings(),
+           "members": {variant_name(model, m): (describe_member(model, member_index(model, m)) if m is not None
+                                                else variant_name(model, None)) for m in members},
+           "modetune_version": __version__}
+    _check_run_file(output_dir, run)
+    timings = {}
+    for name, records in loaded:
+        timings[name] = evaluate_dataset(model, tokenizer, name, records, config, output_dir)
+    summary = summarize_run(output_dir)
+    summary["timings"] = timings
+    write_summary(summary, output_dir)
+    summary["markdown"] = report_from_summaries([summary])["markdown"]
+    return summary
+
+
+def _default_label(info: dict) -> str:
+    if info.get("adapter"):
+        path = Path(info["adapter"]).resolve()
+        return path.parent.name if path.name == "adapter" else path.name  # runs/NAME/adapter -> NAME
+    return Path(str(info.get("model") or "model")).name
+
+
+def run_eval(model: str = "default", adapter: str | None = None, datasets: str = "all", output: str | None = None,
+             data_dir: str | None = None, member: int | None = None, members: str | None = None,
+             label: str | None = None, dtype: str = "float32", device: str | None = None, **options) -> dict:
+    """Load a model (and adapter), evaluate it, and return the summary: the CLI's ``eval``.
+
+    ``options`` are :class:`EvalConfig` fields. The output folder defaults to
+    ``ADAPTER/eval-<decoding>`` or ``eval/<model>-<decoding>``.
+    """
+    config = EvalConfig(**options)
+    data = load_datasets(datasets, data_dir)  # bad names, files, records fail before the model loads
+    quiet_transformers()
+    loaded, tokenizer, info = load_for_eval(model, adapter, dtype=dtype, device=device)
+    config = dataclasses.replace(config, members=parse_members(member, members, loaded))
+    if output is None:
+        base = Path(adapter) if adapter else Path("eval") / Path(model).name
+        output = str(base / f"eval-{config.decoding}") if adapter else f"{base}-{config.decoding}"
+    return evaluate(loaded, tokenizer, data, config, output, info=info, label=label)
+

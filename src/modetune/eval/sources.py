@@ -1,0 +1,189 @@
+"""Test items: LLM-Adapters test files (``<Name>/test.json``), the built-in test split, and the
+Hugging Face hub (rows converted to LLM-Adapters records with LLM-Adapters' wording).
+
+Test items are ``{instruction, input, output, answer}`` records; only ``answer`` is scored.
+(Training records are :mod:`modetune.data`'s business: :func:`modetune.data.load_training_records`.)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..data import builtin_arithmetic, check_fields, gsm8k_record
+from ..errors import ConfigError, DataError, first_line
+from .datasets import BUILTIN, BUILTIN_TEST_SIZE, get_dataset
+from .protocol import gold_number
+
+
+def validate_test_items(records: Any, dataset: str, source: str) -> list[dict]:
+    """Check LLM-Adapters test items: a JSON list of objects with a string ``instruction`` and
+    an ``answer`` that the dataset's rule can match. Raises :class:`~modetune.errors.DataError`
+    (a ``ValueError``) naming the record."""
+    info = get_dataset(dataset)
+    check_fields(records, source, required=("instruction",))  # a non-empty list of objects
+    for i, record in enumerate(records):
+        if record.get("answer") in (None, ""):
+            raise DataError(f"{source}: record {i} has no 'answer' field.")
+        gold = record["answer"]
+        if info.kind == "numeric":
+            try:
+                gold_number(gold)
+            except ValueError as error:
+                raise DataError(f"{source}: record {i}: {error}.") from None
+        elif str(gold).strip() not in info.keywords:
+            raise DataError(f"{source}: record {i}: answer {gold!r} is not one of {'/'.join(info.keywords)}.")
+    return records
+
+
+def _find_folder(data_dir: Path, name: str) -> Path | None:
+    exact = data_dir / name
+    if exact.is_dir():
+        return exact
+    if data_dir.is_dir():
+        for child in sorted(data_dir.iterdir()):
+            if child.is_dir() and child.name.lower() == name.lower():
+                return child
+    return None
+
+
+def dataset_file(dataset: str, data_dir: str | Path, split: str = "test") -> Path:
+    """``data_dir/<Name>/<split>.json`` (folder matched case-insensitively); ``FileNotFoundError``
+    naming the expected path when it is missing."""
+    info = get_dataset(dataset)
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise FileNotFoundError(f"Data folder {data_dir} does not exist.")
+    folder = _find_folder(data_dir, info.name)
+    if folder is None or not (folder / f"{split}.json").is_file():
+        raise FileNotFoundError(f"Dataset {info.name}: {data_dir / info.name / f'{split}.json'} not found.")
+    return folder / f"{split}.json"
+
+
+def load_test_items(dataset: str, data_dir: str | Path | None = None, path: str | Path | None = None,
+                    split: str = "test") -> list[dict]:
+    """The test items of ``dataset`` (LLM-Adapters format), validated.
+
+    Sources, first match wins: ``path`` (a JSON file); ``data_dir/<Name>/<split>.json`` (the
+    folder name matched case-insensitively); otherwise the Hugging Face hub
+    (:func:`load_hf_records`).
+    """
+    info = get_dataset(dataset)
+    if info is BUILTIN and path is None:
+        return builtin_arithmetic(BUILTIN_TEST_SIZE, 0, "test")
+    if path is None and data_dir is not None:
+        path = dataset_file(info.name, data_dir, split)
+    if path is None:
+        return validate_test_items(load_hf_records(info.name, split), info.name, f"hf:{info.name}")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Dataset {info.name}: {path} not found.")
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: not valid JSON ({error.msg} at line {error.lineno}).") from None
+    return validate_test_items(records, info.name, str(path))
+
+
+# ---------------------------------------------------------------------------- Hugging Face sources
+def _choices_instruction(question: str, options: Sequence[str], stem: str = "Answer") -> str:
+    listed = " ".join(f"{stem}{i}: {text}" for i, text in enumerate(options, 1))
+    formats = "/".join(f"{stem.lower()}{i}" for i in range(1, len(options) + 1))
+    return f"Please choose the correct answer to the question: {question}\n\n{listed}\n\nAnswer format: {formats}"
+
+
+def _from_svamp(row: dict) -> dict:
+    return {"instruction": f"{row['Body'].strip()} {row['Question'].strip()}", "answer": str(float(row["Answer"]))}
+
+
+def _from_multiarith(row: dict) -> dict:
+    return {"instruction": row["question"].strip(), "answer": str(float(row["final_ans"]))}
+
+
+def _from_aqua(row: dict) -> dict:
+    options = " ".join(f"({opt.split(')', 1)[0].strip()}) {opt.split(')', 1)[1].strip()}" for opt in row["options"])
+    return {"instruction": f"{row['question'].strip()} Answer Choices: {options}", "answer": row["correct"].strip()}
+
+
+def _from_boolq(row: dict) -> dict:
+    question = row["question"].strip().rstrip("?")
+    return {"instruction": f"Please answer the following question with true or false, question: {question}?"
+                           "\n\nAnswer format: true/false",
+            "answer": "true" if row["answer"] else "false"}
+
+
+def _from_piqa(row: dict) -> dict:
+    return {"instruction": f"Please choose the correct solution to the question: {row['goal']}\n\n"
+                           f"Solution1: {row['sol1']}\n\nSolution2: {row['sol2']}\n\nAnswer format: solution1/solution2",
+            "answer": f"solution{int(row['label']) + 1}"}
+
+
+def _from_siqa(row: dict) -> dict:
+    question = f"{row['context']} {row['question']}"
+    return {"instruction": _choices_instruction(question, [row["answerA"], row["answerB"], row["answerC"]]),
+            "answer": f"answer{int(row['label'])}"}
+
+
+def _from_hellaswag(row: dict) -> dict:
+    endings = " ".join(f"Ending{i}: {text}" for i, text in enumerate(row["endings"], 1))
+    formats = "/".join(f"ending{i}" for i in range(1, len(row["endings"]) + 1))
+    context = f"{row['activity_label']}: {row['ctx']}" if row.get("activity_label") else row["ctx"]
+    return {"instruction": f"Please choose the correct ending to complete the given sentence: {context}\n\n"
+                           f"{endings}\n\nAnswer format: {formats}",
+            "answer": f"ending{int(row['label']) + 1}"}
+
+
+def _from_winogrande(row: dict) -> dict:
+    return {"instruction": "Please choose the correct answer to fill in the blank to complete the given sentence: "
+                           f"{row['sentence']}\n\nOption1: {row['option1']} Option2: {row['option2']} "
+                           "Answer format: option1/option2",
+            "answer": f"option{row['answer']}"}
+
+
+def _from_arc(row: dict) -> dict:
+    labels = list(row["choices"]["label"])
+    question = row.get("question") or row["question_stem"]
+    return {"instruction": _choices_instruction(question, row["choices"]["text"]),
+            "answer": f"answer{labels.index(row['answerKey']) + 1}"}
+
+
+# dataset -> (hub id, config, split used as "test", converter to an LLM-Adapters record)
+HF_SOURCES: dict[str, tuple[str, str | None, str, Callable[[dict], dict]]] = {
+    "gsm8k": ("openai/gsm8k", "main", "test", gsm8k_record),  # shared with training (modetune.data)
+    "SVAMP": ("ChilleD/SVAMP", None, "test", _from_svamp),
+    "MultiArith": ("ChilleD/MultiArith", None, "test", _from_multiarith),
+    "AQuA": ("deepmind/aqua_rat", "raw", "test", _from_aqua),
+    "boolq": ("google/boolq", None, "validation", _from_boolq),
+    "piqa": ("baber/piqa", None, "validation", _from_piqa),  # parquet copy (ybisk/piqa is a script)
+    "social_i_qa": ("lighteval/siqa", None, "validation", _from_siqa),  # parquet copy
+    "hellaswag": ("Rowan/hellaswag", None, "validation", _from_hellaswag),
+    "winogrande": ("allenai/winogrande", "winogrande_xl", "validation", _from_winogrande),
+    "ARC-Easy": ("allenai/ai2_arc", "ARC-Easy", "test", _from_arc),
+    "ARC-Challenge": ("allenai/ai2_arc", "ARC-Challenge", "test", _from_arc),
+    "openbookqa": ("allenai/openbookqa", "main", "test", _from_arc),
+}
+
+
+def load_hf_records(dataset: str, split: str = "test") -> list[dict]:
+    """Download ``dataset`` from the Hugging Face hub and convert it to LLM-Adapters records
+    with the same instruction wording as LLM-Adapters' files (:data:`HF_SOURCES`).
+
+    ``split="test"`` means the split the paper evaluates on (validation for the commonsense
+    sets whose test labels are hidden). AddSub, SingleEq and mawps have no hub source: use
+    LLM-Adapters' files with ``data_dir``.
+    """
+    info = get_dataset(dataset)
+    if info.name not in HF_SOURCES:
+        raise ConfigError(f"No Hugging Face source is known for {info.name}; pass --data-dir with LLM-Adapters' "
+                          f"dataset/{info.name}/test.json.")
+    hub_id, config, hub_split, convert = HF_SOURCES[info.name]
+    import datasets
+
+    try:
+        rows = datasets.load_dataset(hub_id, config, split=hub_split if split == "test" else split)
+    except Exception as error:  # network, missing dataset, offline mode: one clear line
+        raise FileNotFoundError(f"Cannot load {hub_id} from the Hugging Face hub: {first_line(error)}") from error
+    return [{"input": "", "output": "", **convert(dict(row))} for row in rows]
+
