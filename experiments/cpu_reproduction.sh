@@ -18,7 +18,8 @@ $export runs/experiments/sweep docs/results/sweep
 # 2. Commonsense (the main testbed at this scale): 64 records from each of the 7 sets
 #    (PIQA/SIQA/WinoGrande: the hash half of their test sets), first 100 test items of each.
 C=configs/experiments/commonsense.yaml
-for study in variants ablations motivation sparsity topk; do   # topk: K = 1, 2 (3 = dense), k = 1..5, wall-clock
+python benchmarks/bench_topk.py --config "$C"   # dense vs Top-K wall-clock, for the topk study's report
+for study in variants ablations motivation sparsity topk; do   # topk: K = 1, 2 (3 = dense), k = 1..5
   modetune experiment "$study" --config "$C"
 done
 $export runs/experiments/commonsense docs/results/commonsense

@@ -15,7 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from modetune.experiments import _correct_flags
+from modetune.studies.run import correct_flags
 
 
 def export(root: Path, dest: Path) -> None:
@@ -31,7 +31,7 @@ def export(root: Path, dest: Path) -> None:
             if (run / name).exists():
                 shutil.copy2(run / name, out / name.replace("/", "-"))
         if (run / "eval").is_dir():
-            (out / "eval-correct.json").write_text(json.dumps(_correct_flags(run / "eval"), sort_keys=True) + "\n")
+            (out / "eval-correct.json").write_text(json.dumps(correct_flags(run / "eval"), sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":

@@ -15,50 +15,46 @@ CONFIG_NAME = "mod_config.json"
 class MoDConfig:
     """Configuration of a MoD ensemble over the last ``k`` decoder layers.
 
-    Attributes:
-        k: number of late layers in the ensemble (members ``N-k+1 .. N``).
-        router_input: ``"final"`` routes on ``N_p(h^(N))``; ``"entry"`` on ``h^(N-k)``,
-            the input of the ensemble block (early exit becomes possible).
-        router_init: ``"final"`` (default) = zero router weights plus constant prior logits
-            giving the final member ``router_init_final_weight`` at step 0; ``"uniform"`` =
-            zero router weights (uniform mixture at step 0; SPEC's first default).
-        router_init_final_weight: the final member's weight at step 0 for ``router_init="final"``.
-        top_k: keep only the ``top_k`` largest router logits per token (``None``: dense).
-        distill_lambda: weight of ``L_distill`` in ``L = L_task + lambda * L_distill``.
-        temperature: ``tau`` in ``P_i = softmax(l_i / tau)`` for the distillation.
-        distill_direction: ``"reverse"`` = ``KL(P_i || P_N)`` (the poster); ``"forward"`` = ``KL(P_N || P_i)``.
-        detach_teacher: no distillation gradient through the final member ``P_N``.
-        distill_through_body: let ``L_distill`` reach the layers below the members; ``False``
-            (default) = it trains the member norms only (the body learns from ``L_task``).
-            The two defaults above were settled by the sweep in docs/results/sweep: with
-            ``True`` at lambda = 1 the final member degrades by ~0.3 nats.
-        train_final_norm: make the model's own final norm ``N_p`` trainable.
-        member_norms: give each non-final member a new trainable norm copied from ``N_p``;
-            ``False`` = every member uses the frozen ``N_p`` (the "without N_k" ablation).
-        chunk_size: tokens per chunk of the fused head + loss (memory/speed trade-off).
-        loss_impl: ``"chunked"`` (fused, low memory) or ``"naive"`` (materialises every
-            member's logits; the reference, for tests and benchmarks).
-        loss_layer: ``None`` for the ensemble; ``j`` puts the whole task loss on the logit
-            lens of layer ``N-j`` instead (the ``lora_layer_j`` motivation runs; needs ``k > j``
-            and routes all weight to that member).
+    Each field's meaning is its ``help`` metadata (shown by ``modetune train --help``).
     """
 
-    k: int = 3
-    router_input: Literal["final", "entry"] = "final"
-    router_init: Literal["uniform", "final"] = "final"
-    router_init_final_weight: float = 0.9
-    top_k: int | None = None
-    distill_lambda: float = 1.0
-    temperature: float = 1.0
-    distill_direction: Literal["reverse", "forward"] = "reverse"
-    detach_teacher: bool = True
-    distill_through_body: bool = False
-    train_final_norm: bool = False
-    member_norms: bool = True
-    chunk_size: int = 256
-    loss_impl: Literal["chunked", "naive"] = "chunked"
-    loss_layer: int | None = None
-    extra: dict = field(default_factory=dict)
+    k: int = field(default=3, metadata={"help": "number of late layers in the ensemble (members N-k+1 .. N)"})
+    router_input: Literal["final", "entry"] = field(default="final", metadata={
+        "help": "'final' routes on N_p(h^(N)); 'entry' on h^(N-k), the input of the ensemble block "
+                "(early exit becomes possible)"})
+    router_init: Literal["uniform", "final"] = field(default="final", metadata={
+        "help": "'final': zero router weights plus constant prior logits giving the final member "
+                "router_init_final_weight at step 0; 'uniform': zero router weights (uniform mixture at step 0; "
+                "SPEC's first default)"})
+    router_init_final_weight: float = field(default=0.9, metadata={
+        "help": "the final member's weight at step 0 for router_init=final"})
+    top_k: int | None = field(default=None, metadata={
+        "help": "keep only the top_k largest router logits per token (none: dense)"})
+    distill_lambda: float = field(default=1.0, metadata={
+        "help": "weight of L_distill in L = L_task + lambda * L_distill"})
+    temperature: float = field(default=1.0, metadata={
+        "help": "tau in P_i = softmax(l_i / tau) for the distillation"})
+    distill_direction: Literal["reverse", "forward"] = field(default="reverse", metadata={
+        "help": "'reverse' = KL(P_i || P_N) (the poster); 'forward' = KL(P_N || P_i)"})
+    detach_teacher: bool = field(default=True, metadata={
+        "help": "no distillation gradient through the final member P_N"})
+    distill_through_body: bool = field(default=False, metadata={
+        "help": "let L_distill reach the layers below the members; off = it trains the member norms only (the "
+                "body learns from L_task). This default and detach_teacher's were settled by the sweep in "
+                "docs/results/sweep: on, at lambda = 1, the final member degrades by ~0.3 nats"})
+    train_final_norm: bool = field(default=False, metadata={"help": "make the model's own final norm N_p trainable"})
+    member_norms: bool = field(default=True, metadata={
+        "help": "give each non-final member a new trainable norm copied from N_p; off = every member uses the "
+                "frozen N_p (the 'without N_k' ablation)"})
+    chunk_size: int = field(default=256, metadata={
+        "help": "tokens per chunk of the fused head + loss (memory/speed trade-off)"})
+    loss_impl: Literal["chunked", "naive"] = field(default="chunked", metadata={
+        "help": "'chunked' (fused, low memory) or 'naive' (materialises every member's logits; the reference, "
+                "for tests and benchmarks)"})
+    loss_layer: int | None = field(default=None, metadata={
+        "help": "none for the ensemble; j puts the whole task loss on the logit lens of layer N-j instead (the "
+                "lora_layer_j motivation runs; needs k > j and routes all weight to that member)"})
+    extra: dict = field(default_factory=dict, metadata={"help": "free-form settings kept with the config (YAML only)"})
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> ValueError:

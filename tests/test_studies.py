@@ -1,62 +1,21 @@
-"""`modetune experiment`: study plans, smoke runs end to end, resume, statistics."""
+"""`modetune experiment` (modetune.studies): study plans, smoke runs end to end, resume, reports."""
 
 from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 
 from modetune.cli import main
-from modetune.experiments import STUDIES, ExperimentConfig, plan
-from modetune.stats import accuracy_ci, mcnemar, paired_difference_ci, paired_over_seeds
+from modetune.studies.plan import STUDIES, ExperimentConfig, plan
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 
-def test_mcnemar_exact_values():
-    # 10 discordant pairs split 8 / 2: two-sided binomial p = 2 * P(X <= 2 | n=10, 1/2) = 112/1024
-    a = [True] * 8 + [False] * 2 + [True] * 5
-    b = [False] * 8 + [True] * 2 + [True] * 5
-    only_b, only_a, p = mcnemar(a, b)
-    assert (only_b, only_a) == (2, 8)
-    assert p == pytest.approx(112 / 1024)
-    assert mcnemar([True, False], [True, False])[2] == 1.0
-    with pytest.raises(ValueError):
-        mcnemar([True], [True, False])
-
-
-def test_bootstrap_intervals():
-    flags = [True] * 30 + [False] * 70
-    acc, lo, hi = accuracy_ci(flags, n_boot=4000)
-    assert acc == 0.3 and lo < 0.3 < hi
-    assert 0.15 < hi - lo < 0.22  # about 2 * 1.96 * sqrt(0.3 * 0.7 / 100) = 0.18
-    diff, dlo, dhi = paired_difference_ci(flags, flags)
-    assert diff == dlo == dhi == 0.0
-
-
-def test_paired_over_seeds():
-    import random
-
-    rng = random.Random(1)
-    a = [rng.random() < 0.6 for _ in range(300)]
-    b = [rng.random() < 0.5 for _ in range(300)]
-    # one seed: exactly the paired bootstrap and McNemar
-    diff, lo, hi, n_pos, n_neg, p = paired_over_seeds([a], [b])
-    assert (diff, lo, hi) == paired_difference_ci(a, b)
-    assert (n_neg, n_pos, p) == mcnemar(a, b)
-    # three seeds on the same items: per-item means; an item counts once whatever the seeds
-    a3, b3 = [a, a, [not x for x in a]], [b, b, b]
-    diff3, lo3, hi3, pos3, neg3, p3 = paired_over_seeds(a3, b3)
-    means = [sum(x[i] - y[i] for x, y in zip(a3, b3)) / 3 for i in range(300)]
-    assert diff3 == pytest.approx(sum(means) / 300) and lo3 <= diff3 <= hi3
-    assert (pos3, neg3) == (sum(m > 0 for m in means), sum(m < 0 for m in means)) and pos3 + neg3 <= 300
-    with pytest.raises(ValueError):
-        paired_over_seeds([a], [b, b])
-
-
 def test_report_pools_seeds_against_the_same_seed_baseline():
-    from modetune.experiments import _pooled_rows
+    from modetune.studies.report import _pooled_rows
 
     def run(preset, seed, flags):
         return {"name": f"{preset}-s{seed}", "preset": preset, "seed": seed, "mod": {},
@@ -71,7 +30,7 @@ def test_report_pools_seeds_against_the_same_seed_baseline():
 
 
 def test_report_flags_answer_collapse(tmp_path):
-    from modetune.experiments import _collapse_rows
+    from modetune.studies.report import _collapse_rows
 
     rows = [{"extracted": "true", "gold": "true" if i < 7 else "false", "correct": i < 7} for i in range(10)]
     (tmp_path / "boolq.jsonl").write_text("".join(json.dumps({"id": str(i), **r}) + "\n" for i, r in enumerate(rows)))
@@ -146,7 +105,63 @@ def test_studies_share_runs_but_refuse_other_settings(tiny_model_dir, tmp_path, 
     assert "was trained with other settings (learning_rate: 0.0003 != 0.5)" in capsys.readouterr().err
 
 
-def test_unknown_experiment_field(tmp_path, capsys):
-    (tmp_path / "e.yaml").write_text("seedz: [1]\n")
-    assert main(["experiment", "variants", "--config", str(tmp_path / "e.yaml")]) == 1
-    assert "Unknown experiment field(s): seedz" in capsys.readouterr().err
+# ---------------------------------------------------------------- ExperimentConfig is built on TrainConfig
+def test_experiment_config_is_built_on_train_config():
+    import dataclasses
+
+    from modetune.errors import ConfigError
+    from modetune.studies.plan import RUN_FIELDS, RunSpec, run_train_config
+    from modetune.train.config import TrainConfig
+
+    study_fields = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    assert study_fields & {f.name for f in dataclasses.fields(TrainConfig)} == {"output_dir"}  # the study folder
+    config = ExperimentConfig()
+    assert config.train == TrainConfig(data="../shared/data/math-split/train.json", warmup_steps=10, val_size=64)
+    assert ExperimentConfig.from_dict(config.to_dict()) == config
+    assert not set(RUN_FIELDS) & set(config.to_dict()) - {"output_dir"}
+    with pytest.raises(ConfigError, match="Unknown experiment field"):
+        ExperimentConfig.from_dict({"preset": "lora_all"})
+    # older YAML groups MoD fields under `mod:`; flat keys work too
+    grouped = ExperimentConfig.from_dict({"mod": {"distill_lambda": 0.1}, "k": 4, "learning_rate": 1e-3})
+    assert (grouped.train.mod.distill_lambda, grouped.train.mod.k, grouped.train.learning_rate) == (0.1, 4, 1e-3)
+    assert grouped.mod_overrides() == {"distill_lambda": 0.1}
+    # each run's TrainConfig is exactly what the study copied field by field before
+    spec = RunSpec("topk1-s43", "lora_notk_mod", 43, {"top_k": 1})
+    old = TrainConfig.from_dict({
+        "model": "m", "preset": spec.preset, "data": "d.json", "num_epochs": 2.0, "max_steps": 7, "batch_size": 8,
+        "micro_batch_size": 2, "learning_rate": 1e-3, "warmup_steps": 10, "cutoff_len": 128, "val_size": 64,
+        "lora_r": 8, "lora_alpha": 16, "seed": 43, "output_dir": "root/topk1-s43", "report_to": ["none"],
+        "save_steps": 20, "bf16": False, "k": 4, "distill_lambda": 0.1, "top_k": 1})
+    study = ExperimentConfig.from_dict({"model": "m", "data": "d.json", "num_epochs": 2.0, "max_steps": 7,
+                                        "batch_size": 8, "micro_batch_size": 2, "learning_rate": 1e-3,
+                                        "cutoff_len": 128, "lora_r": 8, "lora_alpha": 16, "k": 4,
+                                        "mod": {"distill_lambda": 0.1}})
+    assert run_train_config(spec, study, Path("root/topk1-s43")) == old
+
+
+def test_shipped_experiment_config_and_command_line_round_trip(tmp_path):
+    import shlex
+
+    from modetune.cli import build_parser
+    from modetune.cli.flags import config_from_args, load_yaml_config
+    from modetune.studies.report import command_line
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "experiments"
+    config = ExperimentConfig.from_dict(load_yaml_config(root / "commonsense.yaml"))
+    assert config.train.data.startswith("../shared/data/llm-adapters/ARC-Challenge/train.json?n=64")
+    assert (config.eval_limit, config.output_dir, config.train.val_size) == (100, "runs/experiments/commonsense", 64)
+    config = ExperimentConfig.from_dict({**config.to_dict(), "bf16": True, "member_norms": False, "only": ["a-s42"]})
+    argv = shlex.split(command_line("variants", config))[1:]
+    assert "--bf16" in argv and "--no-member-norms" in argv
+    assert config_from_args(build_parser().parse_args(argv), ExperimentConfig) == config
+
+
+def test_topk_report_shows_the_benchmarks_timings(tmp_path):
+    from modetune.studies.report import TOPK_SPEED_NAME, _topk_speed_rows
+
+    assert _topk_speed_rows(tmp_path) == []  # not measured: no section
+    results = Path(__file__).resolve().parents[1] / "docs" / "results" / "commonsense"
+    (tmp_path / TOPK_SPEED_NAME).write_text((results / TOPK_SPEED_NAME).read_text())
+    section = "\n".join(_topk_speed_rows(tmp_path))
+    assert section.startswith("## Dense vs Top-K routing: wall-clock")
+    assert section in (results / "report-topk.md").read_text()  # the committed report, byte for byte

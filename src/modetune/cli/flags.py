@@ -1,0 +1,158 @@
+"""The generic layer between config dataclasses and the command line: one flag per field, YAML files.
+
+A config is a dataclass whose fields carry their help text, ``field(default=..., metadata={"help": ...})``.
+Every field becomes a ``--field-name`` flag whose ``--help`` line shows the type (or the choices),
+the sentence and the default. A field holding another config dataclass is flattened: its fields
+become flags too (``TrainConfig.mod`` gives ``--k``, ``--distill-lambda``, ...), except the names its
+metadata lists under ``"hide"``. Fields of type ``dict`` are YAML-only. Flags left out stay unset, so
+``config_from_args`` applies YAML first, then exactly the flags given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ConfigError, first_line
+from ..train.config import TrainConfig
+
+TYPE_NAMES = {int: "INT", float: "FLOAT", str: "TEXT"}
+
+
+@dataclass(frozen=True)
+class ConfigFlag:
+    """One settable field of a config: its name, type hint, default and help sentence."""
+
+    name: str
+    hint: typing.Any
+    default: typing.Any
+    help: str
+
+
+def config_flags(config) -> list[ConfigFlag]:
+    """The settable fields of a config instance (nested configs flattened; defaults from the instance)."""
+    hints = typing.get_type_hints(type(config))
+    flags = []
+    for f in dataclasses.fields(config):
+        value, hint = getattr(config, f.name), hints[f.name]
+        if dataclasses.is_dataclass(value):
+            hidden = set(f.metadata.get("hide", ()))
+            flags += [flag for flag in config_flags(value) if flag.name not in hidden]
+        elif hint is not dict and typing.get_origin(hint) is not dict:
+            flags.append(ConfigFlag(f.name, hint, value, f.metadata.get("help", "")))
+    return flags
+
+
+def _split_optional(hint) -> tuple[typing.Any, bool]:
+    """``(base type, whether None is allowed)`` of a type hint such as ``int | None``."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    optional = type(None) in typing.get_args(hint)
+    base = args[0] if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else hint
+    return base, optional
+
+
+def _parser_for(hint):
+    """An argparse ``type`` for a field's type hint (``None``/``none`` allowed for optionals)."""
+    base, optional = _split_optional(hint)
+    if typing.get_origin(base) is list:
+        item_type = (typing.get_args(base) or (str,))[0]
+        convert = lambda text: [item_type(item) for item in text.split(",") if item]
+    elif typing.get_origin(base) is typing.Literal:
+        choices = typing.get_args(base)
+
+        def convert(text: str) -> str:
+            if text not in choices:
+                raise argparse.ArgumentTypeError(f"choose one of {', '.join(map(str, choices))} (got {text!r})")
+            return text
+    elif base is bool:
+        convert = lambda text: text.lower() in ("1", "true", "yes", "on")
+    else:
+        convert = base
+
+    def parse(text: str):
+        if optional and text.lower() in ("none", "null", ""):
+            return None
+        return convert(text)
+
+    parse.__name__ = getattr(base, "__name__", "value")
+    return parse
+
+
+def _metavar(hint) -> str:
+    """The type (or the choices) of a field as ``--help`` shows it: ``INT``, ``{final,entry}``, ``INT,...``."""
+    base, optional = _split_optional(hint)
+    if typing.get_origin(base) is list:
+        item = (typing.get_args(base) or (str,))[0]
+        shown = f"{TYPE_NAMES.get(item, 'TEXT')},..."
+    elif typing.get_origin(base) is typing.Literal:
+        shown = "{" + ",".join(map(str, typing.get_args(base))) + "}"
+    else:
+        shown = TYPE_NAMES.get(base, getattr(base, "__name__", "VALUE").upper())
+    return shown + ("|none" if optional else "")
+
+
+def _shown(default) -> str:
+    if default is None:
+        return "none"
+    return ",".join(map(str, default)) if isinstance(default, list) else str(default)
+
+
+def add_config_flags(parser: argparse.ArgumentParser, config=TrainConfig) -> None:
+    """One ``--field-name`` flag per settable field of ``config`` (a config class or an instance,
+    whose values are then the defaults shown); unset flags stay unset."""
+    config = config() if isinstance(config, type) else config
+    group = parser.add_argument_group("config fields (override the YAML file)")
+    for flag in config_flags(config):
+        option = "--" + flag.name.replace("_", "-")
+        text = f"{flag.help} (default: {_shown(flag.default)})".replace("%", "%%")
+        if flag.hint is bool:
+            group.add_argument(option, dest=flag.name, action=argparse.BooleanOptionalAction,
+                               default=argparse.SUPPRESS, help=text)
+        else:
+            group.add_argument(option, dest=flag.name, type=_parser_for(flag.hint), default=argparse.SUPPRESS,
+                               metavar=_metavar(flag.hint), help=text)
+
+
+def load_yaml_config(path: str | Path) -> dict:
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"Config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"Malformed YAML in {path}: {first_line(error)}") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of config fields.")
+    return data
+
+
+def config_from_args(args: argparse.Namespace, cls=TrainConfig):
+    """YAML (``--config``) first, then every config flag given on the command line: a ``cls``."""
+    data = load_yaml_config(args.config) if getattr(args, "config", None) else {}
+    names = {flag.name for flag in config_flags(cls())}
+    data.update({key: value for key, value in vars(args).items() if key in names})
+    return cls.from_dict(data)
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """``--help`` with each option's type as its metavar and its default after the help sentence.
+
+    Config flags write their default themselves; so do on/off switches (``store_true``), whose
+    help says what the switch changes.
+    """
+
+    def _get_default_metavar_for_optional(self, action: argparse.Action) -> str:
+        return TYPE_NAMES.get(action.type, "TEXT")
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("(default:" in text or not action.option_strings or action.default is argparse.SUPPRESS
+                or action.nargs == 0):
+            return text
+        return f"{text} (default: {_shown(action.default).replace('%', '%%')})"

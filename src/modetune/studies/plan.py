@@ -1,0 +1,143 @@
+"""What a study runs: `ExperimentConfig` (built on `TrainConfig`) and each study's list of runs.
+
+Each study is a list of runs (a preset plus MoD overrides and a seed). Studies (SPEC.md,
+"Measurements the paper reports"): ``variants``, ``motivation``, ``sparsity``, ``topk``,
+``ablations``, and ``sweep`` (settle the MoD defaults on the validation split before the main study).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import MoDConfig
+from ..errors import ConfigError
+from ..train.config import TrainConfig
+
+STUDIES = ("variants", "motivation", "sparsity", "topk", "ablations", "sweep")
+# TrainConfig fields that the study sets for each run itself (not settable for a study)
+RUN_FIELDS = ("preset", "seed", "output_dir", "report_to", "save_steps")
+# where a study's training differs from TrainConfig's defaults
+STUDY_TRAINING = dict(data="../shared/data/math-split/train.json", warmup_steps=10, val_size=64)
+
+
+def _study_training() -> TrainConfig:
+    return TrainConfig(**STUDY_TRAINING)
+
+
+@dataclass
+class ExperimentConfig:
+    """The budget and data of a study; every field is a YAML key and a CLI flag.
+
+    ``train`` holds the training settings shared by every run: its fields (and its MoD fields)
+    are YAML keys and flags at the top level (``--learning-rate``, ``--k``, ``--distill-lambda``),
+    except those each run sets itself (:data:`RUN_FIELDS`). A YAML file may also group MoD fields
+    under ``mod:``.
+    """
+
+    train: TrainConfig = field(default_factory=_study_training, metadata={
+        "help": "training settings of every run", "hide": RUN_FIELDS})
+    seeds: list[int] = field(default_factory=lambda: [42], metadata={"help": "seeds of the runs (comma-separated)"})
+    key_seeds: list[int] = field(default_factory=lambda: [42, 43, 44], metadata={
+        "help": "seeds of the key pair lora_notk vs lora_notk_mod in the variants study"})
+    k_values: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5], metadata={
+        "help": "the topk study's ensemble sizes k"})
+    datasets: str = field(default="gsm8k,SVAMP,MultiArith,AddSub,SingleEq,AQuA", metadata={
+        "help": "test sets each run is evaluated on (as for modetune eval --datasets)"})
+    data_dir: str | None = field(default="../shared/data/math-split", metadata={
+        "help": "folder holding <Name>/test.json (none: the built-in set or the Hugging Face hub)"})
+    eval_limit: int | None = field(default=200, metadata={"help": "first N items of each test set (none: all)"})
+    eval_batch_size: int = field(default=16, metadata={"help": "prompts per generate call in the evaluation"})
+    max_new_tokens: int | None = field(default=None, metadata={
+        "help": "generation budget (none: 256 arithmetic, 32 commonsense)"})
+    num_beams: int = field(default=1, metadata={"help": "1 = greedy; the reference protocol uses 4"})
+    only: list[str] | None = field(default=None, metadata={
+        "help": "run only these runs of the study (by name, comma-separated), e.g. to run it in parts"})
+    output_dir: str | None = field(default=None, metadata={
+        "help": "study folder holding every run and report.md (none: runs/experiments/<study>)"})
+
+    def to_dict(self) -> dict:
+        """Every field by its YAML/flag name (training fields first); ``from_dict`` reads it back."""
+        train = {key: value for key, value in self.train.to_dict().items() if key not in RUN_FIELDS}
+        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "train"}
+        return {**train, **own}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ExperimentConfig:
+        data = dict(data)
+        mod = data.pop("mod", None) or {}
+        if not isinstance(mod, dict):
+            raise ConfigError(f"mod must be a mapping of MoD fields, got {mod!r}.")
+        own = {f.name for f in dataclasses.fields(cls)} - {"train"}
+        train_fields = set(TrainConfig().to_dict()) - set(RUN_FIELDS)
+        mod_fields = {f.name for f in dataclasses.fields(MoDConfig)}
+        unknown = sorted(set(data) - own - train_fields) + sorted(f"mod.{key}" for key in set(mod) - mod_fields)
+        if unknown:
+            raise ConfigError(f"Unknown experiment field(s): {', '.join(unknown)}.")
+        train = TrainConfig.from_dict({**STUDY_TRAINING, **mod, **{k: v for k, v in data.items() if k in train_fields}})
+        return cls(train=train, **{key: value for key, value in data.items() if key in own})
+
+    def mod_overrides(self) -> dict:
+        """The MoD fields (other than ``k``) that differ from MoDConfig's defaults."""
+        default = MoDConfig().to_dict()
+        return {key: value for key, value in self.train.mod.to_dict().items()
+                if key != "k" and value != default[key]}
+
+
+SMOKE = dict(data="builtin:arithmetic:40", max_steps=2, batch_size=2, micro_batch_size=2, warmup_steps=0,
+             val_size=4, lora_r=4, lora_alpha=8, seeds=[42], key_seeds=[42], datasets="builtin", data_dir=None,
+             eval_limit=4, eval_batch_size=4, max_new_tokens=16, k_values=[1, 2])
+
+
+@dataclass
+class RunSpec:
+    name: str
+    preset: str
+    seed: int
+    mod: dict = field(default_factory=dict)
+    evaluate: bool = True
+
+
+def plan(study: str, config: ExperimentConfig) -> list[RunSpec]:
+    """The runs of a study, baseline first."""
+    k = config.train.mod.k
+    if study == "variants":
+        runs = []
+        for preset in ("lora_notk", "lora_notk_mod", "lora_all", "lora_all_mod", "mod_only"):
+            seeds = config.key_seeds if preset in ("lora_notk", "lora_notk_mod") else config.seeds[:1]
+            runs += [RunSpec(f"{preset}-s{seed}", preset, seed) for seed in seeds]
+        return runs
+    if study == "motivation":
+        return [RunSpec(f"lora_layer_{j}-s{s}", f"lora_layer_{j}", s) for j in range(3) for s in config.seeds]
+    if study == "sparsity":
+        return [RunSpec(f"{p}-s{s}", p, s, evaluate=False) for p in ("lora_notk_mod", "lora_all_mod")
+                for s in config.seeds]
+    if study == "topk":
+        seed = config.seeds[0]
+        runs = [RunSpec(f"lora_notk-s{seed}", "lora_notk", seed), RunSpec(f"lora_notk_mod-s{seed}", "lora_notk_mod", seed)]
+        runs += [RunSpec(f"topk{K}-s{seed}", "lora_notk_mod", seed, {"top_k": K}) for K in range(1, k)]  # K = k: dense
+        runs += [RunSpec(f"k{kk}-s{seed}", "lora_notk_mod", seed, {"k": kk}) for kk in config.k_values if kk != k]
+        return runs
+    if study == "ablations":
+        seed = config.seeds[0]
+        return [RunSpec(f"lora_notk-s{seed}", "lora_notk", seed), RunSpec(f"lora_notk_mod-s{seed}", "lora_notk_mod", seed),
+                RunSpec(f"no_distill-s{seed}", "lora_notk_mod", seed, {"distill_lambda": 0.0}),
+                RunSpec(f"no_member_norms-s{seed}", "lora_notk_mod", seed, {"member_norms": False})]
+    if study == "sweep":
+        seed = config.seeds[0]
+        runs = [RunSpec(f"lora_notk-s{seed}", "lora_notk", seed, evaluate=False)]
+        for lam in (0.0, 0.1, 1.0):
+            for init in ("uniform", "final"):
+                for body in ((True,) if lam == 0 else (True, False)):
+                    name = f"lam{lam:g}-{init}-{'body' if body else 'normsonly'}-s{seed}"
+                    runs.append(RunSpec(name, "lora_notk_mod", seed, {"distill_lambda": lam, "router_init": init,
+                                                                       "distill_through_body": body}, False))
+        return runs
+    raise ConfigError(f"Unknown study {study!r}; choose one of {', '.join(STUDIES)}.")
+
+
+def run_train_config(spec: RunSpec, config: ExperimentConfig, run_dir: Path) -> TrainConfig:
+    """The TrainConfig of one run: the study's training settings, the run's preset, seed and MoD overrides."""
+    return dataclasses.replace(config.train, preset=spec.preset, seed=spec.seed, output_dir=str(run_dir),
+                               report_to=["none"], save_steps=20, mod=dataclasses.replace(config.train.mod, **spec.mod))

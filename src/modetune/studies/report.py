@@ -1,0 +1,301 @@
+"""A study's ``report.md``: accuracy with 95% bootstrap intervals, paired differences with McNemar's
+test against the study's baseline (same items and seeds), pooled-over-seeds tests, answer collapse,
+per-study sections and plots. ``report-<study>.md`` is the same text, kept when studies share a folder.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from ..plotting import pyplot
+from ..stats import accuracy_ci, mcnemar, paired_difference_ci, paired_over_seeds
+from .plan import SMOKE, ExperimentConfig
+
+TOPK_SPEED_NAME = "topk_speed.json"  # written by benchmarks/bench_topk.py into the topk study's folder
+
+PAPER_LLAMA7B = {  # the poster's table (LLaMA-7B, math_10k, beam search), for comparison only
+    "lora_notk": {"AddSub": 38.7, "AQuA": 13.4, "gsm8k": 37.3, "mawps": 56.3, "MultiArith": 78.2, "SingleEq": 59.8,
+                  "SVAMP": 42.3, "avg": 46.6},
+    "lora_all": {"AddSub": 41.3, "AQuA": 15.4, "gsm8k": 38.5, "mawps": 58.0, "MultiArith": 81.0, "SingleEq": 62.9,
+                 "SVAMP": 44.2, "avg": 48.8},
+    "lora_all_mod": {"AddSub": 42.0, "AQuA": 15.8, "gsm8k": 39.1, "mawps": 58.5, "MultiArith": 81.3,
+                     "SingleEq": 62.9, "SVAMP": 44.9, "avg": 49.2},
+    "lora_notk_mod": {"AddSub": 41.5, "AQuA": 16.1, "gsm8k": 38.2, "mawps": 58.4, "MultiArith": 80.7,
+                      "SingleEq": 62.3, "SVAMP": 43.8, "avg": 48.7},
+}
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def _accuracy_rows(results: list[dict]) -> tuple[list[str], list[str]]:
+    datasets = sorted({d for r in results for d in r.get("correct", {})})
+    header = ["run", "trainable", "Δ% vs lora_notk", "train (min)", "val CE ens.", "val CE final"] + datasets + ["avg"]
+    base = next((r for r in results if r["preset"] == "lora_notk"), None)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in results:
+        delta = "" if base is None else f"{100 * (r['trainable'] - base['trainable']) / base['trainable']:+.2f}"
+        minutes = f"{r['train_s'] / 60:.1f}" if "train_s" in r else ""
+        cells = [r["name"], f"{r['trainable']:,}", delta, minutes, f"{r['val']['ensemble_ce']:.3f}",
+                 f"{r['val']['final_ce']:.3f}"]
+        accs = []
+        for d in datasets:
+            flags = list(r.get("correct", {}).get(d, {}).values())
+            if flags:
+                acc, lo, hi = accuracy_ci(flags)
+                accs.append(acc)
+                cells.append(f"{_pct(acc)} [{_pct(lo)}, {_pct(hi)}]")
+            else:
+                cells.append("")
+        cells.append(_pct(statistics.mean(accs)) if accs else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines, datasets
+
+
+def _paired_rows(results: list[dict], datasets: list[str]) -> list[str]:
+    """Each run vs the baseline (``lora_notk``, same seed): pooled over datasets, same items."""
+    lines = ["| run | vs | items | Δ acc (pts) [95% CI] | only run / only base | McNemar p |", "|---|---|---|---|---|---|"]
+    bases = {r["seed"]: r for r in results if r["preset"] == "lora_notk" and r.get("correct")}
+    for r in results:
+        base = bases.get(r["seed"])
+        if base is None or r is base or not r.get("correct"):
+            continue
+        a, b = [], []
+        for d in datasets:
+            common = sorted(set(r["correct"].get(d, {})) & set(base["correct"].get(d, {})))
+            a += [r["correct"][d][i] for i in common]
+            b += [base["correct"][d][i] for i in common]
+        if not a:
+            continue
+        diff, lo, hi = paired_difference_ci(a, b)
+        only_base, only_run, p = mcnemar(a, b)
+        verdict = "" if p < 0.05 else " (no significant difference)"
+        lines.append(f"| {r['name']} | {base['name']} | {len(a)} | {100 * diff:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | "
+                     f"{only_run} / {only_base} | {p:.3f}{verdict} |")
+    return lines
+
+
+def _pooled_rows(results: list[dict], datasets: list[str]) -> list[str]:
+    """Variants run with several seeds vs ``lora_notk`` with the same seeds, all datasets
+    pooled: per-item mean difference over seeds, bootstrap over items, exact sign test."""
+    bases = {r["seed"]: r for r in results if r["preset"] == "lora_notk" and r.get("correct")}
+    groups: dict[str, list[dict]] = {}
+    for r in results:
+        if r["preset"] != "lora_notk" and r.get("correct") and r["seed"] in bases:
+            groups.setdefault(r["preset"] + json.dumps(r["mod"], sort_keys=True), []).append(r)
+    lines = []
+    for runs in groups.values():
+        if len(runs) < 2:
+            continue
+        items = [(d, i) for d in datasets for i in sorted(set.intersection(
+            *(set(x["correct"].get(d, {})) for r in runs for x in (r, bases[r["seed"]]))))]
+        a = [[r["correct"][d][i] for d, i in items] for r in runs]
+        b = [[bases[r["seed"]]["correct"][d][i] for d, i in items] for r in runs]
+        diff, lo, hi, n_pos, n_neg, p = paired_over_seeds(a, b)
+        verdict = "" if p < 0.05 else " (no significant difference)"
+        lines.append(f"| {runs[0]['preset']} {runs[0]['mod'] or ''} | {', '.join(str(r['seed']) for r in runs)} | "
+                     f"{len(items)} | {100 * diff:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | {n_pos} / {n_neg} | "
+                     f"{p:.3f}{verdict} |")
+    if not lines:
+        return []
+    return ["## Pooled over seeds", "", "Per item, the difference in accuracy averaged over the seeds; 95% bootstrap "
+            "interval over items (seeds kept together) and an exact sign test over the items where the variants "
+            "differ on average.", "", "| variant vs lora_notk | seeds | items | Δ acc (pts) [95% CI] | items better / "
+            "worse | sign test p |", "|---|---|---|---|---|---|", *lines, ""]
+
+
+def _collapse_rows(results: list[dict]) -> list[str]:
+    """Per run and multiple-choice dataset, the share of the most frequent extracted answer
+    (and the gold majority share): near 100% means a near-constant predictor whose accuracy
+    is the label prior, not a skill."""
+    from collections import Counter
+
+    from ..evaluation import get_dataset, read_results
+
+    table, names = {}, []
+    for r in results:
+        for path in sorted(Path(r.get("eval_dir", "/nonexistent")).glob("*.jsonl")):
+            if ".member" in path.name or get_dataset(path.stem).kind == "numeric":
+                continue
+            rows = read_results(path)
+            top = Counter(str(row["extracted"]) for row in rows).most_common(1)[0][1] / len(rows)
+            gold = Counter(str(row["gold"]) for row in rows).most_common(1)[0][1] / len(rows)
+            table.setdefault(r["name"], {})[path.stem] = (top, gold)
+            names.append(path.stem)
+    if not table:
+        return []
+    names = sorted(set(names))
+    first = next(iter(table.values()))
+    lines = ["## Answer collapse", "", "Share (%) of the most frequent predicted answer per multiple-choice set; "
+             "the last row is the most frequent gold answer's share. Near 100% means a near-constant predictor, "
+             "whose accuracy measures the label prior rather than the task.", "",
+             "| run | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for name, row in table.items():
+        lines.append(f"| {name} | " + " | ".join(_pct(row[n][0]) if n in row else "" for n in names) + " |")
+    lines += ["| (gold majority) | " + " | ".join(_pct(first[n][1]) if n in first else "" for n in names) + " |", ""]
+    return lines
+
+
+def _plot(results: list[dict], root: Path, key: str, ylabel: str, filename: str) -> str | None:
+    plt = pyplot()
+    series = [(r["name"], [(row["step"], row[key]) for row in r["log"] if key in row]) for r in results]
+    series = [(name, points) for name, points in series if points]
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, points in series:
+        ax.plot([p[0] for p in points], [p[1] for p in points], label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(root / filename, dpi=100)
+    plt.close(fig)
+    return filename
+
+def command_line(study: str, config: ExperimentConfig, smoke: bool = False) -> str:
+    """The ``modetune experiment`` command that reproduces ``config`` (non-default fields as flags)."""
+    import shlex
+
+    parts = ["modetune", "experiment", study] + (["--smoke"] if smoke else [])
+    default, extra = ExperimentConfig().to_dict(), {}
+    for name, value in config.to_dict().items():
+        if value == default.get(name) or (smoke and name in SMOKE):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, dict):
+            extra[name] = value
+        elif isinstance(value, bool):
+            parts.append(flag if value else "--no-" + flag[2:])
+        else:
+            text = ",".join(map(str, value)) if isinstance(value, list) else "none" if value is None else str(value)
+            parts += [flag, text]
+    return shlex.join(parts) + (f"  # plus {extra}" if extra else "")
+
+
+def write_study_report(study: str, config: ExperimentConfig, results: list[dict], root: Path, seconds: float,
+                       smoke: bool) -> Path:
+    """Write ``report.md`` (and ``report-<study>.md``) of a study into its folder ``root``."""
+    lines = _header_lines(study, config, results, seconds, smoke)
+    table, datasets = _accuracy_rows(results)
+    lines += ["## Runs", "", "Accuracy in % with 95% bootstrap intervals over items; validation cross-entropy "
+              "is teacher-forced, nats per answer token, on the held-out validation split.", "", *table, ""]
+    paired = _paired_rows(results, datasets)
+    if len(paired) > 2:
+        lines += ["## Paired comparisons", "", *paired, ""]
+    lines += _pooled_rows(results, datasets)
+    lines += _collapse_rows(results)
+    lines += _spread_rows(results)
+    if study == "variants":
+        lines += _paper_rows()
+    plots = [_plot(results, root, "loss", "training loss", f"{study}-loss.png")]
+    if study in ("sparsity", "variants", "ablations", "topk", "sweep"):
+        plots.append(_plot(results, root, "sparsity", "routing sparsity (share of weights < 1e-5)",
+                           f"{study}-sparsity.png"))
+    if study == "sparsity":
+        lines += _sparsity_rows(results, config.train.mod.k)
+    if study == "motivation":
+        lines += _motivation_venn(results, root)
+    if study == "topk":
+        lines += _topk_speed_rows(root)
+    lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots if p]
+    path = root / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    (root / f"report-{study}.md").write_text(path.read_text())  # kept when another study reuses the folder
+    return path
+
+
+def _header_lines(study: str, config: ExperimentConfig, results: list[dict], seconds: float, smoke: bool) -> list[str]:
+    train = config.train
+    return [f"# Study: {study}{' (smoke setting)' if smoke else ''}", "",
+            f"Command: `{command_line(study, config, smoke)}`; settings in `experiment.json`.",
+            f"Model `{train.model}`; training data `{train.data}`; budget: {train.num_epochs:g} epoch(s)"
+            f"{f', at most {train.max_steps} steps' if train.max_steps > 0 else ''}, global batch {train.batch_size},"
+            f" lr {train.learning_rate:g}, cutoff {train.cutoff_len}, LoRA r={train.lora_r}; k={train.mod.k}; "
+            f"MoD overrides {config.mod_overrides() or 'none'}.",
+            (f"Evaluation: `{config.datasets}` (first {config.eval_limit or 'all'} items each), "
+             f"{'greedy' if config.num_beams == 1 else f'beam search ({config.num_beams})'} decoding. "
+             if any("correct" in r for r in results) else "No test-set evaluation in this study (validation "
+             "cross-entropy only). ") +
+            f"Wall-clock: {sum(r.get('train_s', 0) for r in results) / 60:.1f} min of training and "
+            f"{sum(r.get('eval_s', 0) for r in results) / 60:.1f} min of evaluation over these runs, as measured "
+            f"when each ran; {seconds / 60:.1f} min in this invocation.",
+            *([f"Only these runs of the study: {', '.join(config.only)}.", ""] if config.only else [""])]
+
+
+def _spread_rows(results: list[dict]) -> list[str]:
+    seeds = {}
+    for r in results:
+        seeds.setdefault(r["preset"] + json.dumps(r["mod"], sort_keys=True), []).append(r)
+    spread = [(key, rs) for key, rs in seeds.items() if len(rs) > 1 and all(x.get("correct") for x in rs)]
+    if not spread:
+        return []
+    lines = ["## Spread across seeds", "", "| variant | seeds | mean avg acc | sd |", "|---|---|---|---|"]
+    for _, rs in spread:
+        avgs = [statistics.mean(sum(f.values()) / len(f) for f in r["correct"].values()) for r in rs]
+        lines.append(f"| {rs[0]['preset']} {rs[0]['mod'] or ''} | {len(rs)} | {_pct(statistics.mean(avgs))} | "
+                     f"{_pct(statistics.stdev(avgs))} |")
+    return lines + [""]
+
+
+def _paper_rows() -> list[str]:
+    lines = ["## The paper's numbers (LLaMA-7B, math_10k, beam search), for reference", "",
+             "Arithmetic accuracy from the poster; it gives no per-dataset commonsense numbers.", "",
+             "| variant | " + " | ".join(PAPER_LLAMA7B["lora_notk"]) + " |",
+             "|---|" + "---|" * len(PAPER_LLAMA7B["lora_notk"])]
+    lines += [f"| {name} | " + " | ".join(str(v) for v in row.values()) + " |" for name, row in PAPER_LLAMA7B.items()]
+    return lines + [""]
+
+
+def _sparsity_rows(results: list[dict], k: int) -> list[str]:
+    lines = ["## Routing sparsity over training tokens", "", "| run | member | mean weight | sparsity |",
+             "|---|---|---|---|"]
+    for r in results:
+        last = [row for row in r["log"] if "router_0" in row][-5:]
+        for i in range(k):
+            if last:
+                w = statistics.mean(row[f"router_{i}"] for row in last)
+                sp = statistics.mean(row[f"sparsity_{i}"] for row in last)
+                lines.append(f"| {r['name']} | {i} (layer N-{k - 1 - i}) | {w:.3f} | {sp:.3f} |")
+    return lines + [""]
+
+
+def topk_speed_markdown(timings: dict[str, list[float]]) -> str:
+    """The dense vs Top-K wall-clock table from ``{routing: (train step s, generation s)}``."""
+    dense = timings["dense"]
+    lines = ["| routing | train step (s) | dense / this | generation, 24 tokens (s) | dense / this |",
+             "|---|---|---|---|---|"]
+    for label, (step, gen) in timings.items():
+        lines.append(f"| {label} | {step:.3f} | {dense[0] / step:.2f}x | {gen:.3f} | {dense[1] / gen:.2f}x |")
+    return "\n".join(lines) + ("\n\nAcceleration ratio = wall-clock of dense routing / wall-clock of Top-K "
+                               "routing on the same work. With the one-projection shortcut every member is "
+                               "still computed, so Top-K routing is not expected to be faster here.")
+
+
+def _topk_speed_rows(root: Path) -> list[str]:
+    """The wall-clock section, when ``benchmarks/bench_topk.py`` has measured it into the study folder."""
+    path = root / TOPK_SPEED_NAME
+    if not path.exists():
+        return []
+    return ["## Dense vs Top-K routing: wall-clock", "", topk_speed_markdown(json.loads(path.read_text())), ""]
+
+
+def _motivation_venn(results: list[dict], root: Path) -> list[str]:
+    """The motivation figure: items solved with the loss on layer N, N-1, N-2 (3-way Venn)."""
+    from ..analysis import solved
+
+    lines = ["## Solved items: loss on layer N, N-1, N-2", ""]
+    runs = [r for r in results if r.get("eval_dir")][:3]
+    labels = ["N" if r["preset"].endswith("_0") else f"N-{r['preset'].rsplit('_', 1)[-1]}" for r in runs]
+    for dataset in sorted({d for r in runs for d in r.get("correct", {})}):
+        paths = [Path(r["eval_dir"]) / f"{dataset}.jsonl" for r in runs]
+        if len(paths) < 2 or not all(p.exists() for p in paths):
+            continue
+        result = solved(paths, labels=labels, dataset=dataset, output_dir=root / "venn")
+        lines += [result["markdown"], ""]
+        if "png" in result.get("files", {}):
+            lines += [f"![{dataset}]({Path(result['files']['png']).relative_to(root)})", ""]
+    return lines

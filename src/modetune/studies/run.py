@@ -1,0 +1,131 @@
+"""Running a study: every run trains (resuming from its checkpoints), measures held-out
+teacher-forced cross-entropy of the ensemble and of each member on the validation split, and
+evaluates on the test sets (resuming from its rows); finished steps are skipped, so a study can
+run in parts and be interrupted at any moment. The report is written by :mod:`.report`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from ..config import MoDConfig
+from ..errors import ConfigError
+from ..model import parameter_counts
+from ..train.config import TRAIN_CONFIG_NAME, TrainConfig
+from ..variants import parse_preset
+from .plan import SMOKE, ExperimentConfig, RunSpec, plan, run_train_config
+from .report import write_study_report
+
+
+def _device() -> str | None:
+    return "cuda" if torch.cuda.is_available() else None
+
+
+IGNORED_FIELDS = {"output_dir", "report_to", "save_steps", "save_total_limit", "logging_steps"}
+
+
+def _check_same_run(run_dir: Path, train_config: TrainConfig) -> None:
+    """Refuse to reuse a run folder trained with other settings (studies share run folders
+    when they share an ``output_dir``; a changed budget must not silently reuse old runs).
+    MoD fields are ignored for presets without MoD (``lora_notk``, ``lora_all``)."""
+    saved_path = run_dir / "adapter" / TRAIN_CONFIG_NAME
+    if not saved_path.exists():
+        return
+    saved, wanted = json.loads(saved_path.read_text()), train_config.to_dict()
+    ignored = set(IGNORED_FIELDS)
+    if not parse_preset(wanted["preset"]).mod:
+        ignored |= {f.name for f in dataclasses.fields(MoDConfig)}
+    differ = sorted(key for key in set(saved) | set(wanted)
+                    if key not in ignored and saved.get(key) != wanted.get(key))
+    if differ:
+        detail = ", ".join(f"{key}: {saved.get(key)!r} != {wanted.get(key)!r}" for key in differ[:4])
+        raise ConfigError(f"{run_dir} was trained with other settings ({detail}); use another --output-dir "
+                         f"or delete that folder.")
+
+
+def run_one(spec: RunSpec, config: ExperimentConfig, root: Path) -> dict:
+    """Train, validate and evaluate one run, skipping whatever is already done."""
+    from ..evaluation import EvalConfig, evaluate, load_for_eval
+    from ..train.summary import read_log
+    from ..train.trainer import train
+    from ..train.validation import validation_metrics
+
+    run_dir = root / spec.name
+    adapter = run_dir / "adapter"
+    train_config = run_train_config(spec, config, run_dir)
+    timing_path = run_dir / "timing.json"
+    timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
+    _check_same_run(run_dir, train_config)
+    if not (adapter / TRAIN_CONFIG_NAME).exists():
+        start = time.perf_counter()
+        resume = any(run_dir.glob("checkpoint-*"))
+        summary = train(train_config, resume=resume)
+        timing["train_s"] = timing.get("train_s", 0.0) + time.perf_counter() - start
+        timing["trainable"], timing["total"] = summary["trainable"], summary["total"]
+        timing_path.write_text(json.dumps(timing, indent=2))
+    val_path = run_dir / "val.json"
+    if not val_path.exists():
+        val_path.write_text(json.dumps(validation_metrics(adapter, train_config), indent=2))
+    result = {"name": spec.name, "preset": spec.preset, "seed": spec.seed, "mod": spec.mod,
+              "val": json.loads(val_path.read_text()), "log": read_log(run_dir), **timing}
+    if "trainable" not in result:
+        model, _, _ = load_for_eval(config.train.model, adapter)
+        result["trainable"], result["total"] = parameter_counts(model)
+    if spec.evaluate:
+        eval_dir = run_dir / "eval"
+        if not (eval_dir / "summary.json").exists():  # written when the evaluation completes
+            start = time.perf_counter()
+            model, tokenizer, info = load_for_eval(config.train.model, adapter, device=_device())
+            eval_config = EvalConfig(batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens,
+                                     num_beams=config.num_beams, limit=config.eval_limit,
+                                     prompt_style=config.train.prompt_style, progress=True)
+            evaluate(model, tokenizer, config.datasets, eval_config, eval_dir, data_dir=config.data_dir, info=info,
+                     label=spec.name)
+            timing["eval_s"] = timing.get("eval_s", 0.0) + time.perf_counter() - start
+            timing_path.write_text(json.dumps(timing, indent=2))
+        result["eval_dir"] = str(eval_dir)
+        result["correct"] = correct_flags(eval_dir)
+    return result
+
+
+def correct_flags(eval_dir: Path) -> dict[str, dict[str, bool]]:
+    """``{dataset: {item id: correct}}`` from an eval folder's JSONL rows."""
+    from ..evaluation import read_results
+
+    flags = {}
+    for path in sorted(eval_dir.glob("*.jsonl")):
+        if ".member" in path.name:
+            continue
+        flags[path.stem] = {row["id"]: bool(row["correct"]) for row in read_results(path)}
+    return flags
+
+
+# ---------------------------------------------------------------- the study
+def run_study(study: str, config: ExperimentConfig, smoke: bool = False) -> Path:
+    """Run (or resume) every run of a study and write ``report.md``; returns the study folder."""
+    if smoke:
+        config = ExperimentConfig.from_dict({**config.to_dict(), **SMOKE})
+    root = Path(config.output_dir or f"runs/experiments/{study}{'-smoke' if smoke else ''}")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "experiment.json").write_text(json.dumps({"study": study, "smoke": smoke,
+                                                       "config": config.to_dict()}, indent=2))
+    started = time.perf_counter()
+    results = []
+    specs = plan(study, config)
+    if config.only:
+        unknown = sorted(set(config.only) - {spec.name for spec in specs})
+        if unknown:
+            raise ConfigError(f"No run named {', '.join(unknown)} in study {study}; "
+                             f"its runs: {', '.join(spec.name for spec in specs)}.")
+        specs = [spec for spec in specs if spec.name in config.only]
+    for index, spec in enumerate(specs, 1):
+        print(f"[modetune experiment {study}] run {index}/{len(specs)}: {spec.name}", flush=True)
+        results.append(run_one(spec, config, root))
+    write_study_report(study, config, results, root, time.perf_counter() - started, smoke)
+    print(f"[modetune experiment {study}] report: {root / 'report.md'}")
+    return root

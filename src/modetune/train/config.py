@@ -1,0 +1,95 @@
+"""`TrainConfig`: every choice of a training run, each field with its help text."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from ..config import MoDConfig
+from ..errors import ConfigError
+from ..variants import parse_preset
+
+TRAIN_CONFIG_NAME = "train_config.json"
+
+
+@dataclass
+class TrainConfig:
+    """Every choice of a training run. YAML files and CLI flags set these fields by name;
+    the MoD fields (``k``, ``distill_lambda``, ``router_init``, ...) sit at the top level too.
+    Each field's meaning is its ``help`` (shown by ``modetune train --help``)."""
+
+    # model and variant
+    model: str = field(default="default", metadata={
+        "help": "base model: 'default' (the embedded SmolLM2-135M-Instruct), a local folder or a hub name"})
+    preset: str = field(default="lora_notk_mod", metadata={
+        "help": "variant: lora_notk, lora_all, lora_all_mod, lora_notk_mod, mod_only or lora_layer_j (j = 0, 1, ...)"})
+    trust_remote_code: bool = field(default=False, metadata={
+        "help": "let transformers run the model repository's own code"})
+    # LoRA (the paper's settings)
+    lora_r: int = field(default=32, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=64, metadata={"help": "LoRA scaling alpha (the update is scaled by alpha / r)"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input"})
+    lora_targets: list[str] | None = field(default=None, metadata={
+        "help": "comma-separated module names given LoRA; none: the q, k, v, up and down projections of the "
+                "architecture"})
+    use_dora: bool = field(default=False, metadata={"help": "weight-decomposed LoRA (DoRA) instead of plain LoRA"})
+    # data
+    data: str = field(default="builtin:arithmetic:640", metadata={
+        "help": "training records: a .json/.jsonl file, hf:gsm8k or builtin:arithmetic[:N]; several join with "
+                "commas, each may carry ?half=train|test and ?n=N"})
+    max_records: int | None = field(default=None, metadata={"help": "use only the first N records (none: all)"})
+    val_size: int = field(default=32, metadata={"help": "held-out validation records (0: none)"})
+    cutoff_len: int = field(default=256, metadata={"help": "tokens per record (prompt + answer) after truncation"})
+    train_on_inputs: bool = field(default=False, metadata={
+        "help": "prompt tokens carry labels too (LLM-Adapters' default is True; here only the answer is learned)"})
+    prompt_style: str = field(default="alpaca", metadata={
+        "help": "prompt template: 'alpaca', or 'llm-adapters' (their template, byte for byte)"})
+    # optimisation
+    learning_rate: float = field(default=3e-4, metadata={"help": "peak learning rate (AdamW)"})
+    num_epochs: float = field(default=1.0, metadata={"help": "passes over the training records"})
+    max_steps: int = field(default=-1, metadata={"help": "optimizer steps; > 0 overrides num_epochs"})
+    batch_size: int = field(default=16, metadata={
+        "help": "global batch: records per optimizer step (per process x accumulation x processes)"})
+    micro_batch_size: int = field(default=4, metadata={
+        "help": "records per forward pass on one process (gradient accumulation makes up the rest)"})
+    warmup_steps: int = field(default=5, metadata={"help": "linear learning-rate warm-up steps"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    lr_scheduler: str = field(default="linear", metadata={
+        "help": "learning-rate schedule after warm-up (a transformers scheduler name: linear, cosine, constant, ...)"})
+    seed: int = field(default=42, metadata={"help": "seed of the initialisation, data order and validation split"})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "recompute activations in the backward pass (less memory, slower)"})
+    bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision"})
+    fp16: bool = field(default=False, metadata={"help": "float16 mixed precision"})
+    # output
+    output_dir: str = field(default="runs/default", metadata={
+        "help": "run folder: checkpoints, logs, plots, summary.json and the final adapter/"})
+    logging_steps: int = field(default=1, metadata={"help": "log the losses and MoD diagnostics every N steps"})
+    save_steps: int = field(default=20, metadata={"help": "write a checkpoint every N steps"})
+    save_total_limit: int = field(default=2, metadata={"help": "keep at most N checkpoints (the oldest go first)"})
+    eval_steps: int = field(default=0, metadata={"help": "validation loss every N steps (0: at the end only)"})
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"], metadata={
+        "help": "comma-separated loggers besides log.jsonl (tensorboard, wandb, ...; none: no other)"})
+    # MoD (each field's help is on MoDConfig)
+    mod: MoDConfig = field(default_factory=MoDConfig, metadata={"help": "the MoD ensemble's settings"})
+
+    def __post_init__(self) -> None:
+        parse_preset(self.preset)
+        if self.micro_batch_size < 1 or self.batch_size < 1:
+            raise ConfigError("batch_size and micro_batch_size must be positive.")
+        if self.bf16 and self.fp16:
+            raise ConfigError("Choose at most one of bf16 and fp16.")
+
+    def to_dict(self) -> dict:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "mod"}
+        return {**data, **self.mod.to_dict()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        own = {f.name for f in dataclasses.fields(cls)} - {"mod"}
+        mod_fields = {f.name for f in dataclasses.fields(MoDConfig)}
+        unknown = sorted(set(data) - own - mod_fields)
+        if unknown:
+            raise ConfigError(f"Unknown config field(s): {', '.join(unknown)}.")
+        mod = MoDConfig(**{key: value for key, value in data.items() if key in mod_fields})
+        return cls(**{key: value for key, value in data.items() if key in own}, mod=mod)

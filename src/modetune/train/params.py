@@ -1,0 +1,48 @@
+"""`modetune params`: total and trainable parameters of a variant, from the model config alone."""
+
+from __future__ import annotations
+
+import torch
+
+from ..config import MoDConfig
+from ..errors import first_line
+from ..model import parameter_counts
+from ..variants import build_variant
+
+
+def count_parameters(model: str, preset: str, k: int = 3, lora_r: int = 32, lora_targets: list[str] | None = None
+                     ) -> dict:
+    """Total and trainable parameters of a preset, from the model config alone (meta device).
+
+    ``delta_pct`` is the trainable delta in % relative to ``lora_notk`` with the same LoRA
+    settings. ``model`` may be a folder holding only ``config.json``.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from ..models import resolve_model
+
+    path = resolve_model(model)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except OSError as error:
+        raise FileNotFoundError(f"Cannot read a model config from {model!r}: {first_line(error)}") from error
+
+    def counts(name: str) -> tuple[int, int]:
+        with torch.device("meta"):
+            base = AutoModelForCausalLM.from_config(config)
+        variant = build_variant(base, name, MoDConfig(k=k), lora_r=lora_r, lora_alpha=2 * lora_r,
+                                lora_dropout=0.0, lora_targets=lora_targets)
+        return parameter_counts(variant)
+
+    trainable, total = counts(preset)
+    reference, _ = counts("lora_notk")
+    delta = 100.0 * (trainable - reference) / reference if reference else float("nan")
+    return {"model": model, "preset": preset, "k": k, "lora_r": lora_r, "total": total, "trainable": trainable,
+            "lora_notk_trainable": reference, "delta_pct": delta}
+
+
+def format_parameter_table(result: dict) -> str:
+    return (f"preset {result['preset']} on {result['model']} (k={result['k']}, LoRA r={result['lora_r']})\n"
+            f"  total parameters      {result['total']:>15,}\n"
+            f"  trainable parameters  {result['trainable']:>15,}\n"
+            f"  vs lora_notk          {result['delta_pct']:>+14.2f}%  ({result['lora_notk_trainable']:,} trainable)")

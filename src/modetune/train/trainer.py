@@ -1,0 +1,257 @@
+"""`modetune train`: the paper's variants on the Hugging Face Trainer.
+
+The Trainer (and so ``accelerate launch`` / ``torchrun`` with DDP, FSDP or DeepSpeed) runs
+the loop; this module adds what MoD needs around it: the variant presets, per-step MoD
+diagnostics (distillation per member, router weights, routing sparsity, tokens/s) to the
+console, a JSONL file and TensorBoard, adapters saved as safetensors, and checkpoints
+written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from ..data import load_training_records, split_validation, tokenize_records
+from ..errors import NonFiniteLossError
+from ..model import MoDModel, parameter_counts
+from ..variants import build_variant
+from .config import TRAIN_CONFIG_NAME, TrainConfig
+from .faults import FaultInjection
+from .summary import SPARSITY_EPS, format_summary, summarise
+
+
+def build_model(config: TrainConfig):
+    """Load the base model and tokenizer and apply the preset: ``(model, tokenizer)``."""
+    from ..models import load_model
+
+    base, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code)
+    model = build_variant(base, config.preset, config.mod, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
+                          lora_dropout=config.lora_dropout, lora_targets=config.lora_targets, use_dora=config.use_dora)
+    return model, tokenizer
+
+
+class MoDTrainer(Trainer):
+    """HF Trainer + MoD diagnostics, adapter-only safetensors saves, atomic checkpoints."""
+
+    def __init__(self, *args, tokenizer_to_save=None, run_config: TrainConfig | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._stats: dict[str, list] = {}
+        self._logged_step = 0
+        self._tokens = 0
+        self._clock = time.perf_counter()
+        self._tokenizer_to_save = tokenizer_to_save
+        self._run_config = run_config
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
+                                             num_items_in_batch=num_items_in_batch)
+        step = self.state.global_step + 1
+        if not torch.isfinite(loss.detach()).all():
+            last = self._last_checkpoint()
+            where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+            raise NonFiniteLossError(f"Non-finite loss at step {step}; training stopped ({where}).")
+        if model.training:
+            self._record(inputs, outputs)
+        return (loss, outputs) if return_outputs else loss
+
+    def _record(self, inputs, outputs) -> None:
+        mask = inputs.get("attention_mask")
+        self._tokens += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
+        task = getattr(outputs, "task_loss", None)
+        if task is None:
+            return
+        self._stats.setdefault("task_loss", []).append(float(task))
+        if outputs.distill_losses is not None:
+            for i, value in enumerate(outputs.distill_losses.tolist()):
+                self._stats.setdefault(f"distill_{i}", []).append(value)
+        weights = outputs.router_weights
+        if weights is not None:
+            weights = weights.reshape(-1, weights.shape[-1]).float()
+            for i, value in enumerate(weights.mean(0).tolist()):
+                self._stats.setdefault(f"router_{i}", []).append(value)
+                sparse = float((weights[:, i] < SPARSITY_EPS).float().mean())
+                self._stats.setdefault(f"sparsity_{i}", []).append(sparse)
+            self._stats.setdefault("sparsity", []).append(float((weights < SPARSITY_EPS).float().mean()))
+
+    def log(self, logs: dict, start_time: float | None = None) -> None:
+        if "loss" in logs:
+            # losses are normalised by the whole optimizer step's label count: sum them per step
+            # (summed over processes too: each holds its share of the batch)
+            steps = max(1, self.state.global_step - self._logged_step)
+            keys = sorted(self._stats)
+            totals = torch.tensor([[sum(self._stats[key]), len(self._stats[key])] for key in keys],
+                                  dtype=torch.float64).reshape(-1, 2)
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                totals = totals.to(self.args.device)
+                torch.distributed.all_reduce(totals)
+            for key, (total, count) in zip(keys, totals.tolist()):
+                summed = key == "task_loss" or key.startswith("distill_")
+                logs[key] = total / (steps if summed else count)
+            self._logged_step = self.state.global_step
+            now = time.perf_counter()
+            logs["tokens_per_s"] = self._tokens / max(now - self._clock, 1e-9)
+            self._stats, self._tokens, self._clock = {}, 0, now
+        super().log(logs, start_time)
+
+    def _last_checkpoint(self) -> str | None:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        return get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        output_dir = output_dir or self.args.output_dir
+        os.makedirs(output_dir, exist_ok=True)
+        self.accelerator.unwrap_model(self.model).save_pretrained(output_dir)
+        if self._tokenizer_to_save is not None:
+            self._tokenizer_to_save.save_pretrained(output_dir)
+        if self._run_config is not None:
+            Path(output_dir, TRAIN_CONFIG_NAME).write_text(json.dumps(self._run_config.to_dict(), indent=2) + "\n")
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Write the checkpoint into a hidden folder, then rename it into place: a kill at
+        any moment leaves every ``checkpoint-N`` folder complete."""
+        run_dir = self._get_output_dir(trial=trial)
+        staging = os.path.join(run_dir, ".staging")
+        name = f"checkpoint-{self.state.global_step}"
+        if self.args.should_save:
+            shutil.rmtree(os.path.join(staging, name), ignore_errors=True)
+        original = self._get_output_dir
+        self._get_output_dir = lambda trial=None: staging
+        save_limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._get_output_dir = original
+            self.args.save_total_limit = save_limit
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            target = os.path.join(run_dir, name)
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(os.path.join(staging, name), target)
+            if not os.listdir(staging):
+                os.rmdir(staging)
+            from transformers.trainer_utils import rotate_checkpoints
+
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=save_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
+        self.accelerator.wait_for_everyone()
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Resume: the checkpoint's LoRA weights through peft, its MoD weights through the model."""
+        from peft import set_peft_model_state_dict
+        from peft.utils import SAFETENSORS_WEIGHTS_NAME
+        from safetensors.torch import load_file
+
+        unwrapped = self.accelerator.unwrap_model(model or self.model)
+        peft_model = unwrapped.base_model if isinstance(unwrapped, MoDModel) else unwrapped
+        adapter = Path(resume_from_checkpoint) / SAFETENSORS_WEIGHTS_NAME
+        if adapter.exists() and hasattr(peft_model, "peft_config"):
+            set_peft_model_state_dict(peft_model, load_file(str(adapter)))
+        if isinstance(unwrapped, MoDModel):
+            unwrapped.load_mod_weights(resume_from_checkpoint)
+
+
+class _JsonlLogger(TrainerCallback):
+    """A Trainer callback appending every log to ``log.jsonl``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+def training_arguments(config: TrainConfig, world_size: int = 1):
+    from transformers import TrainingArguments
+
+    accumulation = max(1, config.batch_size // (config.micro_batch_size * world_size))
+    return TrainingArguments(
+        output_dir=config.output_dir,
+        per_device_train_batch_size=config.micro_batch_size,
+        per_device_eval_batch_size=config.micro_batch_size,
+        gradient_accumulation_steps=accumulation,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.num_epochs,
+        max_steps=config.max_steps,
+        warmup_steps=config.warmup_steps,
+        weight_decay=config.weight_decay,
+        lr_scheduler_type=config.lr_scheduler,
+        seed=config.seed,
+        data_seed=config.seed,
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        eval_strategy="steps" if config.eval_steps > 0 else "no",
+        eval_steps=config.eval_steps or None,
+        bf16=config.bf16,
+        fp16=config.fp16,
+        gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        report_to=config.report_to,
+        remove_unused_columns=False,
+        prediction_loss_only=True,
+        disable_tqdm=False,
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def train(config: TrainConfig, resume: bool = False) -> dict:
+    """Run a training job end to end; returns the summary dict (also written to ``summary.json``)."""
+    from transformers import DataCollatorForSeq2Seq, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    output_dir = Path(config.output_dir)
+    resume_from = None
+    if resume:
+        resume_from = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+        if resume_from is None:
+            raise FileNotFoundError(f"--resume: no checkpoint found in {output_dir}.")
+    set_seed(config.seed)
+    records = load_training_records(config.data, config.max_records, config.seed)
+    train_records, val_records = split_validation(records, config.val_size, config.seed)
+    model, tokenizer = build_model(config)
+    tokenizer.padding_side = "right"
+    train_rows = tokenize_records(train_records, tokenizer, config.cutoff_len, config.train_on_inputs, config.prompt_style)
+    val_rows = (tokenize_records(val_records, tokenizer, config.cutoff_len, config.train_on_inputs, config.prompt_style)
+                if val_records else None)
+
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    args = training_arguments(config, world_size)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    trainable, total = parameter_counts(model)
+    if is_main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        print(f"[modetune] {config.preset} on {config.model}: {trainable:,} trainable of {total:,} parameters "
+              f"({100 * trainable / total:.4f}%); {len(train_rows)} training records, "
+              f"{len(val_rows or [])} validation; global batch "
+              f"{args.gradient_accumulation_steps * config.micro_batch_size * world_size}")
+    collator = DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=8, return_tensors="pt", padding=True)
+    trainer = MoDTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=val_rows,
+                         data_collator=collator, tokenizer_to_save=tokenizer, run_config=config)
+    trainer.add_callback(_JsonlLogger(output_dir / "log.jsonl"))
+    fault = FaultInjection.from_env()  # tests only: MODETUNE_FAULT_AT_STEP
+    if fault is not None:
+        trainer.add_callback(fault)
+    if is_main and not resume and (output_dir / "log.jsonl").exists():
+        (output_dir / "log.jsonl").unlink()
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume_from)
+    final_dir = output_dir / "adapter"
+    trainer.save_model(str(final_dir))
+    val_loss = trainer.evaluate()["eval_loss"] if val_rows else None
+    summary = summarise(output_dir, config, trainable, total, final_dir, time.perf_counter() - started, val_loss)
+    if is_main:
+        print(format_summary(summary))
+    return summary

@@ -1,0 +1,168 @@
+"""The command line (modetune.cli): config flags and YAML files, --help, and which errors become one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from modetune.cli import main
+from modetune.cli.flags import config_from_args, load_yaml_config
+from modetune.train.config import TrainConfig
+from train_helpers import fails, train_args
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+
+def test_bad_inputs(tiny_model_dir, tmp_path, capsys):
+    base = ["--max-steps", "1", "--batch-size", "2", "--micro-batch-size", "2", "--val-size", "0"]
+
+    def train(*extra):
+        argv = train_args(tiny_model_dir, tmp_path / "bad", *base, *extra)
+        return argv
+
+    fails(capsys, train("--data", str(tmp_path / "missing.json")), "Data file not found")
+    (tmp_path / "broken.json").write_text('[{"instruction": "x", "output": "y"},')
+    fails(capsys, train("--data", str(tmp_path / "broken.json")), "Malformed JSON")
+    (tmp_path / "fields.json").write_text(json.dumps([{"instruction": "x", "output": "y"}, {"instruction": "x"}]))
+    fails(capsys, train("--data", str(tmp_path / "fields.json")), "record 1 lacks the field(s) output")
+    (tmp_path / "long.json").write_text(json.dumps([{"instruction": "word " * 300, "output": "y"}] * 3))
+    fails(capsys, train("--data", str(tmp_path / "long.json")), "empty after truncation")
+    fails(capsys, train("--k", "5"), "smaller than the model's number of layers")
+    fails(capsys, train("--top-k", "4"), "top_k must be between 1 and k=3")
+    fails(capsys, train("--preset", "lora_everything"), "Unknown preset")
+    (tmp_path / "cfg.yaml").write_text("learning_rat: 0.1\n")
+    fails(capsys, ["train", "--config", str(tmp_path / "cfg.yaml")], "Unknown config field(s): learning_rat")
+    fails(capsys, ["train", "--config", str(tmp_path / "nope.yaml")], "Config file not found")
+
+
+def test_yaml_config_and_flag_override(tmp_path):
+    from modetune.cli import build_parser
+
+    (tmp_path / "c.yaml").write_text("preset: lora_all_mod\ndistill_lambda: 0.1\nlora_r: 8\nlora_targets: [q_proj]\n")
+    args = build_parser().parse_args(["train", "--config", str(tmp_path / "c.yaml"), "--lora-r", "16",
+                                      "--distill-through-body", "--top-k", "none"])
+    config = config_from_args(args)
+    assert isinstance(config, TrainConfig)
+    literal = config_from_args(build_parser().parse_args(["train", "--router-init", "uniform", "--distill-direction",
+                                                         "forward", "--router-input", "entry", "--loss-impl", "naive"]))
+    assert (literal.mod.router_init, literal.mod.distill_direction, literal.mod.router_input,
+            literal.mod.loss_impl) == ("uniform", "forward", "entry", "naive")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--router-init", "sideways"])
+    assert (config.preset, config.lora_r, config.lora_targets) == ("lora_all_mod", 16, ["q_proj"])
+    assert config.mod.distill_lambda == 0.1 and config.mod.distill_through_body is True and config.mod.top_k is None
+
+
+def test_shipped_configs_parse():
+    root = Path(__file__).resolve().parents[1] / "configs"
+    names = sorted(p.name for p in root.glob("*.yaml"))
+    assert {"default.yaml", "paper_llama7b.yaml", "smollm_math_split.yaml"} <= set(names)
+    for path in root.glob("*.yaml"):
+        TrainConfig.from_dict(load_yaml_config(path))
+    # `modetune train` with no arguments runs exactly configs/default.yaml
+    assert TrainConfig.from_dict(load_yaml_config(root / "default.yaml")) == TrainConfig()
+    assert "math_data.json" not in "".join(p.read_text() for p in root.glob("*.yaml"))
+
+
+def test_unknown_experiment_field(tmp_path, capsys):
+    (tmp_path / "e.yaml").write_text("seedz: [1]\n")
+    assert main(["experiment", "variants", "--config", str(tmp_path / "e.yaml")]) == 1
+    assert "Unknown experiment field(s): seedz" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- --help: type, meaning and default of every flag
+def _help_entries(command: str, capsys) -> dict[str, tuple[str, str]]:
+    """``{option: (invocation, help text)}`` parsed from ``modetune COMMAND --help``."""
+    import re
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    entries, current = {}, None
+    for line in capsys.readouterr().out.splitlines():
+        if re.match(r"^  -", line):
+            invocation, _, text = line.strip().partition("  ")
+            current = re.match(r"-+[\w-]+", invocation).group(0)
+            entries[current] = [invocation, text.strip()]
+        elif current and line.startswith(" " * 6) and line.strip():
+            entries[current][1] = (entries[current][1] + " " + line.strip()).strip()
+        else:
+            current = None
+    return {option: tuple(entry) for option, entry in entries.items() if option != "-h"}
+
+
+@pytest.mark.parametrize("command", ["train", "experiment", "eval"])
+def test_help_shows_type_meaning_and_default_of_every_flag(command, capsys):
+    import argparse
+    import re
+
+    from modetune.cli import build_parser
+
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    actions = {option: action for action in subparsers.choices[command]._actions for option in action.option_strings}
+    entries = _help_entries(command, capsys)
+    assert set(entries) == {option for option in actions if option.startswith("--") and option != "--help"
+                            and not option.startswith("--no-") or option in ("--no-stop-at-answer", "--no-progress")}
+    for option, (invocation, text) in entries.items():
+        assert text and "(default: " in text, (option, text)
+        meaning = text.rsplit("(default: ", 1)[0].strip()
+        assert len(meaning) > 5, (option, text)
+        if actions[option].nargs != 0:  # a value: its type or its choices
+            assert re.search(rf"{option} (\{{|[A-Z])", invocation), (option, invocation)
+    if command == "train":
+        assert entries["--distill-lambda"] == ("--distill-lambda FLOAT",
+                                               "weight of L_distill in L = L_task + lambda * L_distill (default: 1.0)")
+        assert entries["--router-init"][0] == "--router-init {uniform,final}"
+        assert entries["--top-k"][0] == "--top-k INT|none" and "(default: none)" in entries["--top-k"][1]
+    if command == "experiment":  # the study's own defaults, not TrainConfig's
+        assert "(default: 64)" in entries["--val-size"][1] and "(default: 42,43,44)" in entries["--key-seeds"][1]
+        assert "--preset" not in entries and "--seed" not in entries and "--k" in entries
+
+
+def test_every_config_field_carries_its_help():
+    import dataclasses
+
+    from modetune import MoDConfig
+    from modetune.studies.plan import ExperimentConfig
+
+    for cls in (TrainConfig, MoDConfig, ExperimentConfig):
+        for f in dataclasses.fields(cls):
+            assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help"
+
+
+# ---------------------------------------------------------------- errors: user errors one line, bugs keep their traceback
+@pytest.mark.parametrize("error", [ValueError("an internal bug"), KeyError("missing_key"), TypeError("a bug")])
+def test_internal_bug_is_not_disguised_as_a_user_error(monkeypatch, capsys, error):
+    import modetune.train.params
+
+    def broken(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(modetune.train.params, "count_parameters", broken)
+    with pytest.raises(type(error)):
+        main(["params", "--model", "default"])
+    assert "error:" not in capsys.readouterr().err
+
+
+def test_bad_input_errors_print_one_line(monkeypatch, capsys, tmp_path):
+    import json as json_module
+
+    import yaml
+
+    import modetune.studies.run
+    from modetune.errors import ConfigError, DataError
+
+    for error in (ConfigError("bad field"), DataError("bad record"), FileNotFoundError("no such file"),
+                  IsADirectoryError("a folder"), json_module.JSONDecodeError("bad json", "{", 0),
+                  yaml.YAMLError("bad yaml")):
+        def broken(*args, error=error, **kwargs):
+            raise error
+
+        monkeypatch.setattr(modetune.studies.run, "run_study", broken)
+        fails(capsys, ["experiment", "variants", "--output-dir", str(tmp_path)], str(error).split(":")[0],
+              command="experiment")
+    (tmp_path / "bad.yaml").write_text("a: [1,\n")
+    fails(capsys, ["experiment", "variants", "--config", str(tmp_path / "bad.yaml")], "Malformed YAML",
+          command="experiment")

@@ -1,0 +1,162 @@
+"""`modetune train`: the Trainer integration, presets, checkpoints and resumption, DDP, fault injection."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from modetune.cli import main
+from train_helpers import fails, run_cli, train_args
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+
+def _weights(directory: Path) -> dict[str, torch.Tensor]:
+    tensors = {}
+    for name in ("adapter_model.safetensors", "mod_model.safetensors"):
+        if (directory / name).exists():
+            tensors.update({f"{name}:{k}": v for k, v in load_file(str(directory / name)).items()})
+    return tensors
+
+
+def _logged(out: Path) -> list[dict]:
+    return [row for row in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "loss" in row]
+
+
+def _assert_same(a: dict, b: dict, rtol=0.0, atol=0.0):
+    assert a.keys() == b.keys() and a
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=rtol, atol=atol, msg=key)
+
+
+def test_train_end_to_end_writes_adapter_logs_and_plots(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(train_args(tiny_model_dir, out, "--max-steps", "4", "--batch-size", "4", "--micro-batch-size", "2",
+                      "--save-steps", "2", "--report-to", "tensorboard")) == 0
+    printed = capsys.readouterr().out
+    assert "mean router weight per member" in printed and "adapter saved to" in printed
+    for name in ("log.jsonl", "loss.png", "routing.png", "summary.json", "adapter/mod_config.json",
+                 "adapter/mod_model.safetensors", "adapter/adapter_model.safetensors", "checkpoint-4"):
+        assert (out / name).exists(), name
+    assert list(out.glob("runs/*/events.out.tfevents.*")), "no TensorBoard events"
+    logs = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    steps = [row for row in logs if "loss" in row]
+    assert len(steps) == 4
+    for key in ("task_loss", "distill_0", "distill_1", "router_0", "router_2", "sparsity", "learning_rate",
+                "tokens_per_s"):
+        assert key in steps[-1], key
+    # per-step losses are whole-batch means: total = task + lambda * sum(distill)
+    row = steps[-1]
+    assert row["loss"] == pytest.approx(row["task_loss"] + row["distill_0"] + row["distill_1"], rel=1e-4)
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["router_weights"]) == 3 and abs(sum(summary["router_weights"]) - 1) < 1e-4
+
+
+def test_gradient_accumulation_equals_full_batch(tiny_model_dir, tmp_path):
+    runs = {}
+    for name, micro in (("accumulated", "2"), ("full", "8")):
+        out = tmp_path / name
+        assert main(train_args(tiny_model_dir, out, "--max-steps", "3", "--batch-size", "8", "--micro-batch-size", micro,
+                          "--save-steps", "100")) == 0
+        runs[name] = (_weights(out / "adapter"), _logged(out))
+    (acc_w, acc_log), (full_w, full_log) = runs["accumulated"], runs["full"]
+    # the loss and gradient norm of every optimizer step agree: the loss is normalised per global batch
+    assert [round(r["loss"], 5) for r in acc_log] == [round(r["loss"], 5) for r in full_log]
+    for a, b in zip(acc_log, full_log):
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)
+    # Adam turns float-rounding differences of near-zero gradients into weight differences far
+    # below the learning rate (1e-2 per step); anything larger would be a real mismatch
+    _assert_same(acc_w, full_w, rtol=1e-3, atol=2e-4)
+
+
+def test_resume_after_kill_equals_uninterrupted_run(tiny_model_dir, tmp_path):
+    common = ["--max-steps", "6", "--batch-size", "4", "--micro-batch-size", "2", "--save-steps", "2",
+              "--lora-dropout", "0.1"]
+    ref = tmp_path / "ref"
+    assert main(train_args(tiny_model_dir, ref, *common)) == 0
+
+    run = tmp_path / "killed"
+    killed = run_cli(*train_args(tiny_model_dir, run, *common), env_extra={"MODETUNE_FAULT_AT_STEP": "kill:5"})
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert (run / "checkpoint-4").is_dir() and not (run / "adapter").exists()
+    resumed = run_cli(*train_args(tiny_model_dir, run, *common), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    _assert_same(_weights(run / "adapter"), _weights(ref / "adapter"))
+
+
+def test_ddp_two_processes_equals_single_process(tiny_model_dir, tmp_path):
+    pytest.importorskip("torch.distributed")
+    common = ["--max-steps", "3", "--batch-size", "4", "--save-steps", "100"]
+    single = tmp_path / "single"
+    assert main(train_args(tiny_model_dir, single, *common, "--micro-batch-size", "4")) == 0
+    ddp = tmp_path / "ddp"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "modetune.cli", *train_args(tiny_model_dir, ddp, *common, "--micro-batch-size", "2")]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "global batch 4" in result.stdout
+    # Adam turns float-rounding differences of near-zero gradients into differences far below
+    # the learning rate (1e-2 per step); anything larger would be a real mismatch
+    _assert_same(_weights(ddp / "adapter"), _weights(single / "adapter"), rtol=1e-3, atol=2e-4)
+    ddp_log, single_log = _logged(ddp), _logged(single)
+    assert len(ddp_log) == len(single_log) == 3
+    for a, b in zip(ddp_log, single_log):
+        for key in ("loss", "grad_norm", "task_loss", "distill_0"):
+            assert a[key] == pytest.approx(b[key], rel=1e-4), key
+
+
+@pytest.mark.parametrize("preset", ["lora_notk", "lora_all", "mod_only", "lora_layer_1"])
+def test_presets_train(tiny_model_dir, tmp_path, preset):
+    out = tmp_path / preset
+    assert main(train_args(tiny_model_dir, out, "--preset", preset, "--max-steps", "2", "--batch-size", "2",
+                      "--micro-batch-size", "2", "--save-steps", "100", "--val-size", "0")) == 0
+    files = {p.name for p in (out / "adapter").iterdir()}
+    assert ("mod_model.safetensors" in files) == (preset in ("mod_only", "lora_layer_1"))
+    assert ("adapter_model.safetensors" in files) == (preset != "mod_only")
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MODETUNE_FAULT_AT_STEP", "nan:3")
+    out = tmp_path / "nan"
+    fails(capsys, train_args(tiny_model_dir, out, "--max-steps", "4", "--batch-size", "2", "--micro-batch-size", "2",
+                         "--save-steps", "2", "--val-size", "0"), "Non-finite loss at step 3")
+    assert (out / "checkpoint-2" / "mod_model.safetensors").exists() and not (out / "adapter").exists()
+
+
+@pytest.mark.parametrize("fault", [None, "nan:2"])
+def test_fault_injection_is_a_callback_added_only_when_asked(tiny_model_dir, tmp_path, monkeypatch, fault):
+    import inspect
+
+    from modetune.train import trainer as trainer_module
+    from modetune.train.config import TrainConfig
+    from modetune.train.faults import FAULT_ENV, FaultInjection
+
+    if fault:
+        monkeypatch.setenv(FAULT_ENV, fault)
+    else:
+        monkeypatch.delenv(FAULT_ENV, raising=False)
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_train(self, *args, **kwargs):
+        seen["callbacks"] = [type(callback) for callback in self.callback_handler.callbacks]
+        raise Stop
+
+    monkeypatch.setattr(trainer_module.MoDTrainer, "train", fake_train)
+    config = TrainConfig(model=str(tiny_model_dir), data="builtin:arithmetic:16", val_size=0, lora_r=4,
+                         report_to=["none"], output_dir=str(tmp_path / "run"))
+    with pytest.raises(Stop):
+        trainer_module.train(config)
+    assert (FaultInjection in seen["callbacks"]) == (fault is not None)
+    source = inspect.getsource(trainer_module.MoDTrainer)
+    assert not any(word in source for word in ("FAULT", "Fault", "SIGKILL", "os.kill", 'float("nan")'))

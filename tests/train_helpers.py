@@ -1,0 +1,32 @@
+"""Helpers shared by the training and command-line tests: the train command line of a tiny run,
+and the one-line error check."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from modetune.cli import main
+
+
+def train_args(model_dir, out, *extra):
+    return ["train", "--model", str(model_dir), "--output-dir", str(out), "--data", "builtin:arithmetic:48",
+            "--val-size", "4", "--lora-r", "4", "--lora-dropout", "0", "--report-to", "none", "--warmup-steps", "0",
+            "--learning-rate", "1e-2", *extra]
+
+
+def run_cli(*args, env_extra=None):
+    """``python -m modetune.cli ARGS`` in a subprocess."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "modetune.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+def fails(capsys, argv, match, command="train"):
+    """``main(argv)`` exits 1 with one line ``modetune COMMAND: error: ...match...`` and no traceback."""
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err, err
+    last = err.splitlines()[-1]  # (progress bars of model loading may come before it)
+    assert f"modetune {command}: error: " in last and match in last.split("error: ", 1)[1], err
