@@ -13,12 +13,12 @@ pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 
 def test_builtin_split_never_overlaps():
-    from modetune import evaluation
+    from modetune.eval import sources
 
     train, test = builtin_split(2000, 200, seed=3)
     assert len(train) == 2000 and len(test) == 200
     assert not {r["instruction"] for r in train} & {r["instruction"] for r in test}
-    assert evaluation.load_records("builtin") == test  # what `modetune eval --datasets builtin` reads
+    assert sources.load_test_items("builtin") == test  # what `modetune eval --datasets builtin` reads
     other_seed = load_training_records("builtin:arithmetic:2000", seed=42)
     assert not {r["instruction"] for r in other_seed} & {r["instruction"] for r in test}
     for record in train[:50]:
@@ -50,7 +50,7 @@ def test_real_math_split_records_load(shared_data):
 
 def test_source_options_split_by_hash_and_sample(tmp_path):
     from modetune.data import hash_half, parse_source
-    from modetune.evaluation import load_datasets
+    from modetune.eval.runner import load_datasets
 
     questions = [f"Please choose: question number {i}?" for i in range(400)]
     records = [{"instruction": q, "input": "", "output": "the correct answer is solution1", "answer": "solution1"}

@@ -2,6 +2,6 @@
 
 from .config import MoDConfig
 from .model import BaseModelMismatchError, MoDModel, get_mod_model
+from .version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["MoDConfig", "MoDModel", "get_mod_model", "BaseModelMismatchError", "__version__"]

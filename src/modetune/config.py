@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from .errors import ConfigError
+
 CONFIG_NAME = "mod_config.json"
 
 
@@ -57,8 +59,8 @@ class MoDConfig:
     extra: dict = field(default_factory=dict, metadata={"help": "free-form settings kept with the config (YAML only)"})
 
     def __post_init__(self) -> None:
-        def bad(msg: str) -> ValueError:
-            return ValueError(f"Invalid MoDConfig: {msg}.")
+        def bad(msg: str) -> ConfigError:
+            return ConfigError(f"Invalid MoDConfig: {msg}.")
 
         if not isinstance(self.k, int) or self.k < 1:
             raise bad(f"k must be a positive integer, got {self.k!r}")
@@ -92,7 +94,7 @@ class MoDConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known - {"modetune_version", "base_fingerprint"})
         if unknown:
-            raise ValueError(f"Unknown MoDConfig field(s): {', '.join(unknown)}.")
+            raise ConfigError(f"Unknown MoDConfig field(s): {', '.join(unknown)}.")
         return cls(**{key: value for key, value in data.items() if key in known})
 
     def save(self, directory: str | Path, **metadata) -> None:

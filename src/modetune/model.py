@@ -29,6 +29,7 @@ from .errors import BaseModelMismatchError, ConfigError, DataError
 from .losses import HeadSpec, MoDLossOutput, fused_mod_loss, naive_mod_loss
 from .routing import Router
 from .surgery import find_parts, unwrap
+from .version import __version__
 
 WEIGHTS_NAME = "mod_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -291,8 +292,6 @@ class MoDModel(nn.Module):
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write ``mod_config.json`` and ``mod_model.safetensors`` (and peft's adapter files, if any)."""
-        from . import __version__
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         if self.base_model is not unwrap(self.base_model):

@@ -77,7 +77,7 @@ def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="evaluate on the paper's reasoning datasets (LLM-Adapters protocol)",
                        formatter_class=HelpFormatter,
                        description="Generate answers for LLM-Adapters test sets and score them with the reference "
-                       "protocol (see modetune.evaluation). Writes <dataset>[.member<i>].jsonl, run.json, "
+                       "protocol (see modetune.eval.protocol). Writes <dataset>[.member<i>].jsonl, run.json, "
                        "summary.md/json into the output folder; an interrupted run resumes there.")
     _add_model_flags(p)
     p.add_argument("--datasets", default="all", help="comma-separated names (gsm8k,SVAMP,boolq,...), 'all', "
@@ -108,7 +108,7 @@ def _add_eval(sub) -> None:
 
 
 def _run_eval(args) -> None:
-    from ..evaluation import run_eval
+    from ..eval.runner import run_eval
 
     summary = run_eval(model=args.model, adapter=args.adapter, datasets=args.datasets, output=args.output,
                        data_dir=args.data_dir, member=args.member, members=args.members, label=args.label,
@@ -129,11 +129,11 @@ def _add_report(sub) -> None:
 
 
 def _run_report(args) -> None:
-    from ..analysis import report, write_report
+    from ..eval.results import report, write_accuracy_report
 
     table = report(args.runs)
     if args.output:
-        write_report(table, args.output)
+        write_accuracy_report(table, args.output)
     print(json.dumps({k: v for k, v in table.items() if k != "markdown"}, indent=2) if args.json else table["markdown"])
 
 
@@ -150,7 +150,7 @@ def _add_solved(sub) -> None:
 
 
 def _run_solved(args) -> None:
-    from ..analysis import solved
+    from ..eval.results import solved
 
     labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
     result = solved(args.results, labels=labels, dataset=args.dataset, variant=args.variant, output_dir=args.output)
@@ -178,7 +178,7 @@ def _add_lm_eval(sub) -> None:
 
 
 def _run_lm_eval(args) -> None:
-    from ..lm_eval_adapter import run_lm_eval_cli
+    from ..eval.lm_eval import run_lm_eval_cli
 
     summary = run_lm_eval_cli(model=args.model, adapter=args.adapter, tasks=args.tasks, data_dir=args.data_dir,
                               batch_size=args.batch_size, limit=args.limit, num_fewshot=args.num_fewshot,

@@ -275,7 +275,7 @@ def evaluate(model: nn.Module, tokenizer, datasets: str | Sequence[str] | list[t
     generation starts. Returns the summary
     (:func:`modetune.eval.results.summarize_run`).
     """
-    from .. import __version__
+    from ..version import __version__
 
     output_dir = Path(output_dir)
     loaded = load_datasets(datasets, data_dir)

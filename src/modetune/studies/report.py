@@ -113,7 +113,8 @@ def _collapse_rows(results: list[dict]) -> list[str]:
     is the label prior, not a skill."""
     from collections import Counter
 
-    from ..evaluation import get_dataset, read_results
+    from ..eval.datasets import get_dataset
+    from ..eval.results import read_results
 
     table, names = {}, []
     for r in results:
@@ -285,7 +286,7 @@ def _topk_speed_rows(root: Path) -> list[str]:
 
 def _motivation_venn(results: list[dict], root: Path) -> list[str]:
     """The motivation figure: items solved with the loss on layer N, N-1, N-2 (3-way Venn)."""
-    from ..analysis import solved
+    from ..eval.results import solved
 
     lines = ["## Solved items: loss on layer N, N-1, N-2", ""]
     runs = [r for r in results if r.get("eval_dir")][:3]

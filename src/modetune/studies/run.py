@@ -50,7 +50,7 @@ def _check_same_run(run_dir: Path, train_config: TrainConfig) -> None:
 
 def run_one(spec: RunSpec, config: ExperimentConfig, root: Path) -> dict:
     """Train, validate and evaluate one run, skipping whatever is already done."""
-    from ..evaluation import EvalConfig, evaluate, load_for_eval
+    from ..eval.runner import EvalConfig, evaluate, load_for_eval
     from ..train.summary import read_log
     from ..train.trainer import train
     from ..train.validation import validation_metrics
@@ -95,7 +95,7 @@ def run_one(spec: RunSpec, config: ExperimentConfig, root: Path) -> dict:
 
 def correct_flags(eval_dir: Path) -> dict[str, dict[str, bool]]:
     """``{dataset: {item id: correct}}`` from an eval folder's JSONL rows."""
-    from ..evaluation import read_results
+    from ..eval.results import read_results
 
     flags = {}
     for path in sorted(eval_dir.glob("*.jsonl")):

@@ -13,7 +13,7 @@ def validation_metrics(adapter: Path, train_config: TrainConfig) -> dict:
     """Held-out teacher-forced cross-entropy (nats/token) of the ensemble and of each member
     on the run's validation split: the cheap primary metric for sweeps."""
     from ..data import load_training_records, split_validation, tokenize_records
-    from ..evaluation import load_for_eval
+    from ..eval.runner import load_for_eval
 
     records = load_training_records(train_config.data, train_config.max_records, train_config.seed)
     _, val = split_validation(records, train_config.val_size, train_config.seed)
