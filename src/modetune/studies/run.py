@@ -26,7 +26,8 @@ def _device() -> str | None:
     return "cuda" if torch.cuda.is_available() else None
 
 
-IGNORED_FIELDS = {"output_dir", "report_to", "save_steps", "save_total_limit", "logging_steps"}
+IGNORED_FIELDS = {"output_dir", "report_to", "save_steps", "save_total_limit", "logging_steps",
+                  "contamination_warn_at"}
 
 
 def _check_same_run(run_dir: Path, train_config: TrainConfig) -> None:
