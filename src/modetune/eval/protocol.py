@@ -45,8 +45,8 @@ rationale and is ignored).
 Deliberate differences from the reference scripts
     mawps is scored with the numeric rule (the reference's ``evaluate.py`` has no mawps rule
     at all); numeric gold answers are read with surrounding whitespace and thousands
-    separators removed (``" 1,234 "`` is 1234; the reference's ``float(answer)`` would fail
-    on them); keyword and letter golds are compared stripped of surrounding whitespace.
+    separators removed (``"1,234"`` is 1234, on which the reference's ``float(answer)``
+    would raise); keyword and letter golds are compared stripped of surrounding whitespace.
 
 Decoding (:class:`modetune.eval.runner.EvalConfig`, :mod:`modetune.eval.generation`)
     Greedy by default; ``num_beams=4`` is the reference's beam search. The decoding mode is

@@ -53,6 +53,9 @@ class ExperimentConfig:
     max_new_tokens: int | None = field(default=None, metadata={
         "help": "generation budget (none: 256 arithmetic, 32 commonsense)"})
     num_beams: int = field(default=1, metadata={"help": "1 = greedy; the reference protocol uses 4"})
+    cut_at_next_response: bool = field(default=True, metadata={
+        "help": "score only the text before the next '### Response:' the model writes, as LLM-Adapters does "
+                "(false: the whole generated text)"})
     only: list[str] | None = field(default=None, metadata={
         "help": "run only these runs of the study (by name, comma-separated), e.g. to run it in parts"})
     output_dir: str | None = field(default=None, metadata={
