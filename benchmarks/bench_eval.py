@@ -7,7 +7,7 @@ responses. Target: batch 16 reaches >= 4x the items/s of batch 1 with identical 
 
     .venv/bin/python benchmarks/bench_eval.py --n 32 --max-new-tokens 64 --threads 1
 
-Data: ``../shared/data/math-split/gsm8k/test.json`` by default (``--data``). Prints a
+Data: the packaged ``math-split/gsm8k/test.json`` by default (``--data``). Prints a
 markdown table; ``--output FILE`` also writes it. Exits 1 when the target is missed.
 """
 
@@ -23,8 +23,9 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "math-split" / "gsm8k" / "test.json"
+from modetune.data.packaged import MATH_SPLIT
+
+DEFAULT_DATA = MATH_SPLIT / "gsm8k" / "test.json"
 
 
 def run(model, tokenizer, records, batch_size: int, max_new_tokens: int, out: Path) -> tuple[float, list[dict]]:
@@ -49,8 +50,8 @@ def main() -> int:
     parser.add_argument("--output", help="also write the markdown result here")
     args = parser.parse_args()
     if not Path(args.data).is_file():
-        print(f"bench_eval: {args.data} not found (../shared is absent); nothing to measure.")
-        return 0
+        print(f"bench_eval: {args.data} not found; nothing to measure.")
+        return 1
     if args.threads:
         torch.set_num_threads(args.threads)
     from modetune.eval.runner import load_for_eval

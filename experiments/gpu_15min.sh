@@ -4,7 +4,7 @@
 # see README):   bash experiments/gpu_15min.sh [OUTPUT_DIR]
 # Model: the embedded SmolLM2-135M-Instruct. Two studies, each under a hard time limit so the
 # script stays in budget (rerun it to continue: every run resumes where it stopped):
-# 1. arithmetic variants: one full epoch over ../shared/data/math-split/train.json (cutoff
+# 1. arithmetic variants: one full epoch over packaged:math-split/train.json (cutoff
 #    256), greedy evaluation on the first 200 items of GSM8K, SVAMP, MultiArith, AddSub,
 #    SingleEq, AQuA (math-split test files); 3 seeds for lora_notk vs lora_notk_mod.
 # 2. commonsense variants: 300 records from each of the seven commonsense training sources
@@ -17,7 +17,7 @@ OUT="${1:-runs/gpu}"
 export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}" TOKENIZERS_PARALLELISM=false
 common=(--micro-batch-size 16 --eval-batch-size 64 --bf16)
 timeout 420 modetune experiment variants --output-dir "$OUT/math" "${common[@]}" || echo "math: stopped (rerun to resume)"
-D=../shared/data/llm-adapters
+D=packaged:llm-adapters
 mix="$D/ARC-Challenge/train.json?n=300,$D/ARC-Easy/train.json?n=300,$D/boolq/train.json?n=300"
 mix="$mix,$D/openbookqa/train.json?n=300,$D/piqa/test.json?half=train&n=300"
 mix="$mix,$D/social_i_qa/test.json?half=train&n=300,$D/winogrande/test.json?half=train&n=300"

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
+def packaged_data() -> Path:
     """The datasets shipped in the package (``llm-adapters/``, ``math-split/``): every clone has them."""
     from modetune.data.packaged import DATA_ROOT
 

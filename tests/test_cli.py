@@ -104,7 +104,9 @@ def test_help_shows_type_meaning_and_default_of_every_flag(command, capsys):
     actions = {option: action for action in subparsers.choices[command]._actions for option in action.option_strings}
     entries = _help_entries(command, capsys)
     assert set(entries) == {option for option in actions if option.startswith("--") and option != "--help"
-                            and not option.startswith("--no-") or option in ("--no-stop-at-answer", "--no-progress")}
+                            and not option.startswith("--no-")
+                            or command == "eval"
+                            and option in ("--no-stop-at-answer", "--no-cut-at-next-response", "--no-progress")}
     for option, (invocation, text) in entries.items():
         assert text and "(default: " in text, (option, text)
         meaning = text.rsplit("(default: ", 1)[0].strip()

@@ -40,11 +40,11 @@ def test_prompt_tokens_are_masked(default_model_dir):
     assert len(short.input_ids) == 10 and all(label == -100 for label in short.labels)
 
 
-def test_real_math_split_records_load(shared_data):
-    records = load_json_records(shared_data / "math-split" / "train.json")
+def test_real_math_split_records_load(packaged_data):
+    records = load_json_records(packaged_data / "math-split" / "train.json")
     assert len(records) == 1573
     with pytest.warns(UserWarning, match="skipped 3 record"):
-        usable = load_training_records(str(shared_data / "math-split" / "train.json"))
+        usable = load_training_records(str(packaged_data / "math-split" / "train.json"))
     assert len(usable) == 1573 - 3 and all(r["output"].strip() for r in usable)
 
 

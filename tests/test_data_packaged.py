@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from modetune.cli import main
 from modetune.data import load_training_records
 from modetune.data.packaged import DATA_ROOT, LLM_ADAPTERS, MATH_SPLIT, check_manifest, manifest, packaged_path
 from modetune.data.split import ARITHMETIC_SETS, is_test_question, split_arithmetic, split_arithmetic_files
@@ -57,15 +58,51 @@ def test_split_rule_on_a_small_example():
     assert halves == {"X": [{"instruction": odd}]}
 
 
-def test_split_command_reproduces_the_shipped_files(tmp_path):
+def test_split_command_reproduces_the_shipped_files(tmp_path, capsys):
     # The one test that may read ../shared: LLM-Adapters' math_data.json is deliberately not shipped.
     math_data = ROOT.parent / "shared" / "data" / "llm-adapters" / "math_data.json"
     if not math_data.is_file():
         pytest.skip("LLM-Adapters' math_data.json is not beside this checkout (it is not shipped: all test items)")
-    counts = split_arithmetic_files(math_data, LLM_ADAPTERS, tmp_path)
+    counts = split_arithmetic_files(math_data, LLM_ADAPTERS, tmp_path / "api")
     assert counts == {"train": 1573, **{k: v for k, v in SPLIT.items() if k != "train.json"}}
-    for path in tmp_path.rglob("*.json"):
-        assert filecmp.cmp(path, MATH_SPLIT / path.relative_to(tmp_path), shallow=False), path
+    # the command, from LLM-Adapters' own dataset folder
+    assert main(["data", "split-arithmetic", "--source", str(math_data.parent), "--output", str(tmp_path / "cli")]) == 0
+    printed = capsys.readouterr().out
+    assert "train.json" in printed and "1,573" in printed and "gsm8k/test.json" in printed and "661" in printed
+    for folder in (tmp_path / "api", tmp_path / "cli"):
+        written = sorted(path.relative_to(folder) for path in folder.rglob("*.json"))
+        assert written == sorted(path.relative_to(MATH_SPLIT) for path in MATH_SPLIT.rglob("*.json"))
+        for name in written:
+            assert filecmp.cmp(folder / name, MATH_SPLIT / name, shallow=False), name
+
+
+def test_split_command_on_small_files_and_bad_folders(tmp_path, capsys):
+    odd = [f"q{i}" for i in range(40) if is_test_question(f"q{i}")][:3]
+    even = [f"q{i}" for i in range(40) if not is_test_question(f"q{i}")][:2]
+    source = tmp_path / "dataset"
+    source.mkdir()
+    (source / "math_data.json").write_text(json.dumps([{"instruction": q, "output": "o"} for q in even + odd]))
+    for name in ARITHMETIC_SETS:
+        (source / name).mkdir()
+        (source / name / "test.json").write_text(json.dumps([{"instruction": q, "answer": "1"} for q in odd + even]))
+    assert main(["data", "split-arithmetic", "--source", str(source), "--output", str(tmp_path / "out")]) == 0
+    printed = dict(line.split() for line in capsys.readouterr().out.splitlines()[:-1])
+    assert printed == {"train.json": "2", **{f"{name}/test.json": "3" for name in ARITHMETIC_SETS}}
+    assert [r["instruction"] for r in json.loads((tmp_path / "out" / "train.json").read_text())] == even
+    assert [r["instruction"] for r in json.loads((tmp_path / "out" / "SVAMP" / "test.json").read_text())] == odd
+    assert main(["data", "split-arithmetic", "--source", str(tmp_path / "nowhere"), "--output", str(tmp_path)]) == 1
+    assert "modetune data: error: " in capsys.readouterr().err
+    (source / "math_data.json").unlink()
+    assert main(["data", "split-arithmetic", "--source", str(source), "--output", str(tmp_path / "o2")]) == 1
+    assert "math_data.json not found" in capsys.readouterr().err
+
+
+def test_data_list_prints_every_packaged_file_with_its_count(capsys):
+    assert main(["data", "list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: int(line.split()[1].replace(",", "")) for line in lines[1:-1]}
+    assert rows == {f"packaged:{name}": entry["records"] for name, entry in manifest().items()}
+    assert rows["packaged:math-split/train.json"] == 1573 and rows["packaged:llm-adapters/boolq/test.json"] == 3270
 
 
 def test_packaged_source_loads_and_bad_names_are_one_line():

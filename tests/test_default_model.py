@@ -36,11 +36,11 @@ def test_default_model_k1_equals_base_and_generates():
     assert out.shape[1] == ids["input_ids"].shape[1] + 5
 
 
-def test_short_training_lowers_loss_on_real_records(shared_data):
+def test_short_training_lowers_loss_on_real_records(packaged_data):
     torch.manual_seed(0)
     model, tokenizer = load_model("default")
     model = build_variant(model, "lora_notk_mod", MoDConfig(k=3), lora_r=8, lora_alpha=16, lora_dropout=0.0)
-    records = load_training_records(str(shared_data / "math-split" / "train.json"), limit=4)
+    records = load_training_records(str(packaged_data / "math-split" / "train.json"), limit=4)
     rows = tokenize_records(records, tokenizer, cutoff_len=128, train_on_inputs=False)
     width = max(len(r["input_ids"]) for r in rows)
     pad = lambda seq, value: seq + [value] * (width - len(seq))

@@ -125,3 +125,26 @@ def test_cli_eval_mod_lora_base_report_and_solved(capsys, tmp_path, tiny_model_d
     code, _, err = _cli(capsys, "solved", runs[0] / "gsm8k.jsonl", runs[1] / "boolq.jsonl")
     assert code == 1
     _one_error_line(err, "different datasets")
+
+
+def test_cli_eval_reads_the_packaged_sets_by_default(capsys, tmp_path, tiny_model_dir, monkeypatch):
+    import datasets
+
+    from modetune.data.packaged import LLM_ADAPTERS, MATH_SPLIT
+
+    def hub(*args, **kwargs):
+        raise ConnectionError("the hub was asked")
+
+    monkeypatch.setattr(datasets, "load_dataset", hub)
+    common = ["eval", "--model", tiny_model_dir, "--datasets", "gsm8k", "--limit", 2, "--max-new-tokens", 2,
+              "--no-progress"]
+    for extra, folder in (([], LLM_ADAPTERS), (["--data-dir", "packaged:math-split"], MATH_SPLIT)):
+        out = tmp_path / folder.name
+        code, _, err = _cli(capsys, *common, *extra, "--output", out)
+        assert code == 0, err
+        items = json.loads((folder / "gsm8k" / "test.json").read_text())[:2]
+        assert [r["prompt"].split("### Instruction:\n")[1].split("\n\n### Response")[0]
+                for r in read_results(out / "gsm8k.jsonl")] == [r["instruction"] for r in items]
+    code, _, err = _cli(capsys, *common, "--data-dir", "hub", "--output", tmp_path / "hub")
+    assert code == 1  # the hub only on request
+    _one_error_line(err, "Cannot load openai/gsm8k from the Hugging Face hub: the hub was asked")

@@ -11,8 +11,16 @@ import pytest
 from eval_fixtures import make_records, write_json
 from modetune.errors import ConfigError, DataError, UserError
 from modetune.eval.datasets import ARITHMETIC, COMMONSENSE, DATASETS, get_dataset, parse_dataset_list
-from modetune.eval.protocol import answer_settled, extract_answer, gold_number, is_correct, item_id
-from modetune.eval.sources import HF_SOURCES, load_hf_records, load_test_items, validate_test_items
+from modetune.eval.protocol import (
+    answer_settled,
+    extract_answer,
+    first_response,
+    gold_number,
+    is_correct,
+    item_id,
+    score_response,
+)
+from modetune.eval.sources import HF_SOURCES, load_hf_records, load_test_items, resolve_data_dir, validate_test_items
 
 
 # ---------------------------------------------------------------------------- extraction and scoring
@@ -136,12 +144,12 @@ def test_load_test_items_from_a_data_dir(tmp_path):
         load_test_items("gsm8k", path=tmp_path / "broken.json")
 
 
-def test_real_llm_adapters_files_load_and_their_rationales_score(shared_data):
+def test_real_llm_adapters_files_load_and_their_rationales_score(packaged_data):
     """Every real test file validates; the leftover rationales mostly carry the gold answer."""
-    folder = shared_data / "llm-adapters"
+    folder = packaged_data / "llm-adapters"
     for name in DATASETS:
         if name == "hellaswag":
-            continue  # not in ../shared
+            continue  # not packaged (no LLM-Adapters file here)
         records = load_test_items(name, data_dir=folder)
         scored = [is_correct(name, extract_answer(name, r["output"]), r["answer"]) for r in records if r["output"]]
         if name in COMMONSENSE:
@@ -149,9 +157,9 @@ def test_real_llm_adapters_files_load_and_their_rationales_score(shared_data):
         assert len({item_id(r) for r in records}) > 0.95 * len(records)
 
 
-def test_hf_converters_reproduce_llm_adapters_wording(shared_data):
+def test_hf_converters_reproduce_llm_adapters_wording(packaged_data):
     """Hub rows converted by our code give the same instruction as LLM-Adapters' own files."""
-    folder = shared_data / "llm-adapters"
+    folder = packaged_data / "llm-adapters"
     first = lambda name: json.loads((folder / name / "test.json").read_text())[0]
     boolq = first("boolq")
     row = {"question": "does ethanol take more energy make that produces", "answer": False, "passage": "..."}
@@ -205,7 +213,9 @@ def test_hf_loading_converts_rows(monkeypatch):
     assert calls == [("openai/gsm8k", "main", "test")]
     assert records[0]["answer"] == "1048" and records[0]["instruction"].startswith("Natalia")
     assert records[0]["output"] == "She sold 48.\nThe answer is 1048."  # the training converter's record
-    assert load_test_items("gsm8k")[0]["answer"] == "1048"  # no data_dir: the hub
+    assert load_test_items("gsm8k", data_dir="hub")[0]["answer"] == "1048"  # the hub, on request only
+    assert len(calls) == 2 and len(load_test_items("gsm8k")) == 1319  # no data_dir: the packaged file, no hub call
+    assert len(calls) == 2
     with pytest.raises(ValueError, match="No Hugging Face source is known for AddSub"):
         load_hf_records("AddSub")
 
@@ -233,3 +243,45 @@ def test_bad_input_raises_user_errors(tmp_path):
     with pytest.raises(ConfigError, match="No Hugging Face source"):
         load_hf_records("mawps")
     assert issubclass(ConfigError, UserError) and issubclass(DataError, UserError)
+
+
+# ---------------------------------------------------------------------------- the scored text: the first response
+ISSUE_GSM8K = "Let me think.\n\n### Instruction:\nWhat is 2+3?\n\n### Response:\nThe answer is 5."
+ISSUE_BOOLQ = "the answer is\n\n### Instruction:\nWhat is 2+3?\n\n### Response:\nfalse"
+
+
+def test_scored_text_ends_at_the_next_response_marker_like_the_reference():
+    # the reference decodes prompt + continuation and scores split("### Response:")[1]
+    prompt = "Below is an instruction.\n\n### Instruction:\nQ\n\n### Response:\n"
+    for continuation in (ISSUE_GSM8K, ISSUE_BOOLQ, "The answer is 7.", "  true  "):
+        assert first_response(continuation) == (prompt + continuation).split("### Response:")[1].strip()
+    assert score_response("gsm8k", ISSUE_GSM8K, "5") == (3.0, False)   # the number taken is 3: wrong
+    assert score_response("boolq", ISSUE_BOOLQ, "false") == (None, False)  # nothing found: wrong
+    assert score_response("gsm8k", "3 + 4 = 7. The answer is 7.", "7") == (7.0, True)  # a normal response
+    assert score_response("boolq", "false", "false") == ("false", True)
+    # the whole-text option scores what the model wrote after its new turn
+    assert score_response("gsm8k", ISSUE_GSM8K, "5", cut_at_next_response=False) == (5.0, True)
+    assert score_response("boolq", ISSUE_BOOLQ, "false", cut_at_next_response=False) == ("false", True)
+
+
+def test_generation_stops_at_a_new_turn_only_when_cutting():
+    text = "Let me think.\n\n### Instruction:\nWhat is 2+3?\n\n### Response:"
+    assert answer_settled("gsm8k", text) and answer_settled("boolq", text)
+    assert not answer_settled("gsm8k", text, cut_at_next_response=False)
+    assert not answer_settled("boolq", text, cut_at_next_response=False)
+    assert not answer_settled("boolq", "the answer is")
+
+
+# ---------------------------------------------------------------------------- where test items come from
+def test_default_data_is_packaged_and_the_hub_is_explicit(tmp_path):
+    from modetune.data.packaged import LLM_ADAPTERS, MATH_SPLIT
+
+    assert resolve_data_dir(None) == LLM_ADAPTERS == resolve_data_dir("packaged")
+    assert resolve_data_dir("packaged:llm-adapters") == LLM_ADAPTERS
+    assert resolve_data_dir("packaged:math-split") == MATH_SPLIT
+    assert resolve_data_dir("hub") is None and resolve_data_dir(tmp_path) == tmp_path
+    with pytest.raises(ConfigError, match="no such packaged data folder"):
+        resolve_data_dir("packaged:nope")
+    assert len(load_test_items("gsm8k")) == 1319 and len(load_test_items("mawps")) == 238
+    half = load_test_items("gsm8k", data_dir="packaged:math-split")
+    assert len(half) == 661 and half == [r for r in load_test_items("gsm8k") if r in half]

@@ -97,12 +97,12 @@ def test_members_all_in_one_pass(tokenizer, mod_model, tmp_path):
 
 
 @pytest.mark.slow
-def test_default_model_on_real_gsm8k(tokenizer, shared_data, default_model_dir, tmp_path):
+def test_default_model_on_real_gsm8k(tokenizer, packaged_data, default_model_dir, tmp_path):
     """The embedded model, real items: batch 4 equals batch 1 and the rows are scored."""
     from modetune.eval.runner import load_for_eval
 
     model, tok, info = load_for_eval(str(default_model_dir))
-    records = load_test_items("gsm8k", data_dir=shared_data / "math-split")[:4]
+    records = load_test_items("gsm8k", data_dir=packaged_data / "math-split")[:4]
     outs = {}
     for bs in (1, 4):
         outs[bs] = evaluate(model, tok, [("gsm8k", records)], EvalConfig(batch_size=bs, max_new_tokens=24,

@@ -116,7 +116,7 @@ def test_experiment_config_is_built_on_train_config():
     study_fields = {f.name for f in dataclasses.fields(ExperimentConfig)}
     assert study_fields & {f.name for f in dataclasses.fields(TrainConfig)} == {"output_dir"}  # the study folder
     config = ExperimentConfig()
-    assert config.train == TrainConfig(data="../shared/data/math-split/train.json", warmup_steps=10, val_size=64)
+    assert config.train == TrainConfig(data="packaged:math-split/train.json", warmup_steps=10, val_size=64)
     assert ExperimentConfig.from_dict(config.to_dict()) == config
     assert not set(RUN_FIELDS) & set(config.to_dict()) - {"output_dir"}
     with pytest.raises(ConfigError, match="Unknown experiment field"):
@@ -148,7 +148,7 @@ def test_shipped_experiment_config_and_command_line_round_trip(tmp_path):
 
     root = Path(__file__).resolve().parents[1] / "configs" / "experiments"
     config = ExperimentConfig.from_dict(load_yaml_config(root / "commonsense.yaml"))
-    assert config.train.data.startswith("../shared/data/llm-adapters/ARC-Challenge/train.json?n=64")
+    assert config.train.data.startswith("packaged:llm-adapters/ARC-Challenge/train.json?n=64")
     assert (config.eval_limit, config.output_dir, config.train.val_size) == (100, "runs/experiments/commonsense", 64)
     config = ExperimentConfig.from_dict({**config.to_dict(), "bf16": True, "member_norms": False, "only": ["a-s42"]})
     argv = shlex.split(command_line("variants", config))[1:]

@@ -1,4 +1,4 @@
-"""`MoDConfig`: every choice of the Mixture-of-Depths Ensemble, with the defaults of SPEC.md."""
+"""`MoDConfig`: every choice of the Mixture-of-Depths Ensemble, with the defaults of docs/method.md."""
 
 from __future__ import annotations
 

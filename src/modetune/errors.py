@@ -32,6 +32,10 @@ class NonFiniteLossError(UserError):
     """The loss became NaN or infinite; training stopped and the last good checkpoint is kept."""
 
 
+class ContaminationWarning(UserWarning):
+    """Training data shares questions with an evaluation set (:mod:`modetune.data.contamination`)."""
+
+
 def first_line(error: BaseException) -> str:
     """The first non-empty line of ``str(error)``, or the error's class name when it has no message."""
     text = str(error).strip()

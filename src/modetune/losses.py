@@ -1,6 +1,6 @@
 """The MoD objective ``L = L_task + lambda * L_distill``, fused and chunked, plus its naive reference.
 
-Notation (SPEC.md): members ``i = 1..k`` (the last is the final layer ``N``), pre-norm states
+Notation (docs/method.md): members ``i = 1..k`` (the last is the final layer ``N``), pre-norm states
 ``h_i``, norms ``N_i``, shared head ``phi(z) = z W^T + b``, member logits
 ``l_i = cap(phi(N_i(h_i)))`` (``cap`` = optional soft-capping ``c * tanh(x / c)``),
 router weights ``G = route(x W_g + prior)`` and ensemble logits ``l = sum_i G_i l_i``.

@@ -1,4 +1,4 @@
-"""The paper's variants (SPEC.md table) as presets: which layers get LoRA, and whether MoD is on.
+"""The paper's variants (docs/method.md) as presets: which layers get LoRA, and whether MoD is on.
 
 | preset          | LoRA on          | MoD                                              |
 |-----------------|------------------|--------------------------------------------------|

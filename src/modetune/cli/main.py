@@ -82,8 +82,9 @@ def _add_eval(sub) -> None:
     _add_model_flags(p)
     p.add_argument("--datasets", default="all", help="comma-separated names (gsm8k,SVAMP,boolq,...), 'all', "
                    "'arithmetic', 'commonsense', or name=path/to/test.json")
-    p.add_argument("--data-dir", help="folder holding <Name>/test.json (LLM-Adapters layout); "
-                   "without it, datasets load from the Hugging Face hub")
+    p.add_argument("--data-dir", help="where test sets come from: a folder holding <Name>/test.json (LLM-Adapters "
+                   "layout), packaged:math-split (the clean split's test halves), packaged:llm-adapters, or hub "
+                   "(the Hugging Face hub) (default: the packaged LLM-Adapters sets)")
     p.add_argument("--output", help="run folder (none: ADAPTER/eval-<decoding>, or eval/<model>-<decoding>)")
     p.add_argument("--label", help="name of this run in tables (none: the adapter or model folder name)")
     p.add_argument("--batch-size", type=int, default=16, help="prompts per generate call; outputs do not depend on it")
@@ -101,7 +102,11 @@ def _add_eval(sub) -> None:
                        help="'all' (every member and the ensemble) or a list like 0,2,ensemble (none: the model "
                        "as loaded)")
     p.add_argument("--no-stop-at-answer", dest="stop_at_answer", action="store_false",
-                   help="generate to EOS/max-new-tokens like the reference (default: stop once the answer is settled)")
+                   help="generate to EOS/max-new-tokens (default: stop once the answer is settled; the score is the "
+                   "same except for the numeric rule's rare cases, see docs/evaluation.md)")
+    p.add_argument("--no-cut-at-next-response", dest="cut_at_next_response", action="store_false",
+                   help="score the whole generated text (default: like LLM-Adapters, only the text before the next "
+                   "'### Response:' the model writes)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar (default: a progress bar with items/s)")
     p.set_defaults(func=_run_eval)
@@ -114,7 +119,8 @@ def _run_eval(args) -> None:
                        data_dir=args.data_dir, member=args.member, members=args.members, label=args.label,
                        dtype=args.dtype, device=args.device, batch_size=args.batch_size,
                        max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, prompt_style=args.prompt_style,
-                       limit=args.limit, stop_at_answer=args.stop_at_answer, progress=args.progress)
+                       limit=args.limit, stop_at_answer=args.stop_at_answer, progress=args.progress,
+                       cut_at_next_response=args.cut_at_next_response)
     print(summary["markdown"])
     print(f"\nResults in {summary['run_dir']}")
 
@@ -165,7 +171,8 @@ def _add_lm_eval(sub) -> None:
                        "(log-likelihood over the answer keywords), or any lm-eval task name.")
     _add_model_flags(p)
     p.add_argument("--tasks", required=True, help="comma-separated task names")
-    p.add_argument("--data-dir", help="LLM-Adapters data folder for modetune_* tasks (none: the hub)")
+    p.add_argument("--data-dir", help="test sets of modetune_* tasks: a folder, packaged:math-split, "
+                   "packaged:llm-adapters or hub (default: the packaged LLM-Adapters sets)")
     p.add_argument("--include-path", help="folder of extra lm-eval task YAML files")
     p.add_argument("--batch-size", type=int, default=8, help="requests per model call")
     p.add_argument("--limit", type=float, default=None, help="items per task (a fraction if < 1; none: all)")
@@ -185,6 +192,37 @@ def _run_lm_eval(args) -> None:
                               include_path=args.include_path, member=args.member, prompt_style=args.prompt_style,
                               max_gen_toks=args.max_gen_toks, output=args.output, dtype=args.dtype, device=args.device)
     print(summary["table"])
+
+
+# ---------------------------------------------------------------- data
+def _add_data(sub) -> None:
+    p = sub.add_parser("data", help="the packaged datasets: list them, rebuild the clean arithmetic split",
+                       formatter_class=HelpFormatter)
+    actions = p.add_subparsers(dest="action", required=True)
+    listing = actions.add_parser("list", help="the packaged data files with their record counts",
+                                 formatter_class=HelpFormatter)
+    listing.set_defaults(func=_run_data_list)
+    split = actions.add_parser("split-arithmetic", formatter_class=HelpFormatter,
+                               help="rebuild the clean arithmetic split from LLM-Adapters' files",
+                               description="Write OUTPUT/train.json and OUTPUT/<Name>/test.json for the seven "
+                               "arithmetic sets by the rule of modetune.data.split; from LLM-Adapters' own "
+                               "files this reproduces the packaged math-split byte for byte.")
+    split.add_argument("--source", required=True, help="LLM-Adapters' dataset folder: math_data.json and "
+                       "<Name>/test.json")
+    split.add_argument("--output", required=True, help="folder to write the split into")
+    split.set_defaults(func=_run_data_split)
+
+
+def _run_data_list(args) -> None:
+    from ..data.packaged import format_listing
+
+    print(format_listing())
+
+
+def _run_data_split(args) -> None:
+    from ..data.split import format_counts, split_arithmetic_source
+
+    print(format_counts(split_arithmetic_source(args.source, args.output), args.output))
 
 
 # ---------------------------------------------------------------- experiments
@@ -210,7 +248,7 @@ def _run_experiment(args) -> None:
 
 
 # ---------------------------------------------------------------- entry point
-COMMANDS = [_add_train, _add_params, _add_experiment, _add_eval, _add_report, _add_solved, _add_lm_eval]
+COMMANDS = [_add_train, _add_params, _add_experiment, _add_eval, _add_report, _add_solved, _add_lm_eval, _add_data]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -53,6 +53,14 @@ def check_manifest() -> list[str]:
     return sorted(name for name in recorded.keys() | found.keys() if recorded.get(name) != found.get(name))
 
 
+def format_listing() -> str:
+    """The packaged data files with their record counts (from ``MANIFEST.json``): ``modetune data list``."""
+    recorded = json.loads(MANIFEST.read_text())
+    width = max(len(PREFIX + name) for name in recorded)
+    lines = [f"{PREFIX + name:<{width}}  {entry['records']:>6,}" for name, entry in sorted(recorded.items())]
+    return "\n".join([f"{'file':<{width}}  records", *lines, f"({len(recorded)} files in {DATA_ROOT})"])
+
+
 if __name__ == "__main__":  # maintainers: python -m modetune.data.packaged  (rewrites MANIFEST.json)
     MANIFEST.write_text(json.dumps(manifest(), indent=1) + "\n")
     print(f"wrote {MANIFEST}")

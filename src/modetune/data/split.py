@@ -68,3 +68,19 @@ def split_arithmetic_files(math_data: str | Path, test_dir: str | Path, output_d
     for name, records in halves.items():
         write_json(records, output_dir / name / "test.json")
     return {"train": len(train), **{name: len(records) for name, records in halves.items()}}
+
+
+def split_arithmetic_source(source_dir: str | Path, output_dir: str | Path) -> dict[str, int]:
+    """:func:`split_arithmetic_files` from LLM-Adapters' dataset folder (``math_data.json`` and
+    ``<Name>/test.json`` side by side): ``modetune data split-arithmetic``."""
+    source_dir = Path(source_dir)
+    if not source_dir.is_dir():
+        raise DataError(f"{source_dir}: no such folder (expected LLM-Adapters' dataset folder).")
+    return split_arithmetic_files(source_dir / "math_data.json", source_dir, output_dir)
+
+
+def format_counts(counts: dict[str, int], output_dir: str | Path) -> str:
+    """The record counts of a split, one line per file written, as the command prints them."""
+    lines = [f"{'train.json':<22} {counts['train']:>6,}"]
+    lines += [f"{name + '/test.json':<22} {n:>6,}" for name, n in counts.items() if name != "train"]
+    return "\n".join([*lines, f"written to {output_dir}"])

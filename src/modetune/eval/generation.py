@@ -28,8 +28,10 @@ class AnswerStop(StoppingCriteria):
     rules (they look at the text just generated; a row that stopped never resumes).
     """
 
-    def __init__(self, tokenizer, dataset: str, prompt_length: int, window: int = 48) -> None:
+    def __init__(self, tokenizer, dataset: str, prompt_length: int, window: int = 48,
+                 cut_at_next_response: bool = True) -> None:
         self.tokenizer, self.dataset, self.prompt_length, self.window = tokenizer, dataset, prompt_length, window
+        self.cut_at_next_response = cut_at_next_response
 
     def __call__(self, input_ids: torch.LongTensor, scores=None, **kwargs) -> torch.BoolTensor:
         info = get_dataset(self.dataset)
@@ -38,7 +40,7 @@ class AnswerStop(StoppingCriteria):
             texts = self.tokenizer.batch_decode(tail, skip_special_tokens=True)
         else:
             texts = self.tokenizer.batch_decode(tail[:, -self.window:], skip_special_tokens=True)
-        done = [answer_settled(self.dataset, text) for text in texts]
+        done = [answer_settled(self.dataset, text, self.cut_at_next_response) for text in texts]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
@@ -212,12 +214,14 @@ def shared_prefix_length(tokenizer, sequences: Sequence[Sequence[int]]) -> int:
 
 @torch.no_grad()
 def generate_responses(model: nn.Module, tokenizer, prompts: Sequence[str], dataset: str, max_new_tokens: int,
-                       num_beams: int = 1, stop_at_answer: bool = True, prefix_cache: bool = True) -> list[str]:
+                       num_beams: int = 1, stop_at_answer: bool = True, prefix_cache: bool = True,
+                       cut_at_next_response: bool = True) -> list[str]:
     """Generate one batch; return the decoded continuations (special tokens skipped), stripped.
 
     Greedy uses :func:`greedy_generate` (the template header computed once with
     ``prefix_cache``; finished rows leave the batch); beam search uses the model's own
-    ``generate`` on the left-padded batch, with :class:`AnswerStop`.
+    ``generate`` on the left-padded batch, with :class:`AnswerStop`. ``cut_at_next_response``
+    (with ``stop_at_answer``): a row also stops once it writes ``### Response:``.
     """
     from transformers import StoppingCriteriaList
 
@@ -228,7 +232,7 @@ def generate_responses(model: nn.Module, tokenizer, prompts: Sequence[str], data
         if stop_at_answer:
             def stop(rows: list[int], tokens: list[list[int]]) -> list[bool]:
                 texts = tokenizer.batch_decode([t if keyword else t[-48:] for t in tokens], skip_special_tokens=True)
-                return [answer_settled(dataset, text) for text in texts]
+                return [answer_settled(dataset, text, cut_at_next_response) for text in texts]
 
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         new = greedy_generate(model, sequences, max_new_tokens, _eos_ids(model, tokenizer), stop,
@@ -240,7 +244,8 @@ def generate_responses(model: nn.Module, tokenizer, prompts: Sequence[str], data
         device = next(model.parameters()).device
         encoded = tokenizer(list(prompts), return_tensors="pt", padding=True).to(device)
         length = encoded["input_ids"].shape[1]
-        stopping = StoppingCriteriaList([AnswerStop(tokenizer, dataset, length)] if stop_at_answer else [])
+        stopping = StoppingCriteriaList([AnswerStop(tokenizer, dataset, length, cut_at_next_response=cut_at_next_response)]
+                                         if stop_at_answer else [])
         out = model.generate(input_ids=encoded["input_ids"], attention_mask=encoded["attention_mask"],
                              generation_config=generation_config(model, tokenizer, max_new_tokens, num_beams),
                              stopping_criteria=stopping)

@@ -7,8 +7,9 @@ member's, with ``member``).
 
 Task names:
 - ``modetune_<dataset>_gen``: a generation task over one of the paper's datasets (the
-  LLM-Adapters file from ``data_dir``, else the Hugging Face hub), prompted with our Alpaca
-  prompt and scored by :func:`modetune.eval.protocol.score_response`: the same protocol as
+  LLM-Adapters file from ``data_dir``: by default the packaged one; ``hub`` for the Hugging
+  Face hub), prompted with our Alpaca prompt and scored by
+  :func:`modetune.eval.protocol.score_response`: the same protocol as
   ``modetune eval`` (greedy, stopping at EOS only).
 - ``modetune_<dataset>_mc``: a log-likelihood (multiple-choice) task: the answer keywords
   listed in the item ("Answer format: answer1/answer2/...") are scored as continuations of
@@ -36,7 +37,7 @@ from .datasets import get_dataset
 from .members import forced_member
 from .protocol import score_response
 from .runner import load_for_eval, quiet_transformers
-from .sources import dataset_file, load_test_items
+from .sources import dataset_file, find_dataset_folder, load_test_items, resolve_data_dir
 
 TASK_RE = re.compile(r"modetune_(?P<dataset>.+)_(?P<kind>gen|mc)")
 ANSWER_FORMAT_RE = re.compile(r"Answer format:\s*(\S+)")
@@ -151,7 +152,8 @@ def task_config(dataset: str, kind: str, data_file: str | Path, prompt_style: st
 def resolve_tasks(tasks: str | Sequence[str], data_dir: str | Path | None = None, prompt_style: str = "alpaca",
                   max_gen_toks: int | None = None, workdir: str | Path | None = None) -> list[str | dict]:
     """Task names -> lm-eval task specs: ``modetune_<dataset>_<gen|mc>`` become config dicts
-    (data from ``data_dir``, else the hub, written to ``workdir`` as JSON); others stay names."""
+    (data from ``data_dir``, :func:`~modetune.eval.sources.resolve_data_dir`: by default the packaged
+    files; items from the hub are written to ``workdir`` as JSON); others stay names."""
     names = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t.strip()]
     if not names:
         raise ConfigError("No lm-eval task given.")
@@ -163,8 +165,9 @@ def resolve_tasks(tasks: str | Sequence[str], data_dir: str | Path | None = None
             continue
         info = get_dataset(match.group("dataset"))
         records = load_test_items(info.name, data_dir=data_dir)
-        if data_dir is not None:
-            path = dataset_file(info.name, data_dir)
+        folder = resolve_data_dir(data_dir)
+        if folder is not None and find_dataset_folder(folder, info.name) is not None:
+            path = dataset_file(info.name, folder)
         else:
             folder = Path(workdir or tempfile.mkdtemp(prefix="modetune-lm-eval-"))
             folder.mkdir(parents=True, exist_ok=True)
@@ -210,7 +213,8 @@ def run_lm_eval_cli(model: str = "default", adapter: str | None = None, tasks: s
     """Load a model (and adapter) and run lm-eval: the CLI's ``lm-eval``. Writes the results
     (without per-sample logs) to ``output`` as JSON when given; returns them with a
     ``"table"`` entry (lm-eval's markdown table)."""
-    if data_dir is not None and not Path(data_dir).is_dir():
+    folder = resolve_data_dir(data_dir)
+    if folder is not None and not folder.is_dir():
         raise FileNotFoundError(f"Data folder {data_dir} does not exist.")
     workdir = Path(output).parent / ".lm-eval-data" if output else None
     specs = resolve_tasks(tasks, data_dir=data_dir, prompt_style=prompt_style, max_gen_toks=max_gen_toks,

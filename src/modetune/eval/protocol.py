@@ -2,12 +2,18 @@
 
 Pure Python (no torch), so the rules can be read and tested alone. The reference is
 LLM-Adapters' ``evaluate.py`` (arithmetic) and ``commonsense_evaluate.py`` (commonsense);
-SPEC.md fixes the protocol. Every rule, exactly as implemented here:
+docs/evaluation.md describes the protocol. Every rule, exactly as implemented here:
 
 Prompt
     ``modetune.prompts.format_prompt(instruction, input, style)`` (Alpaca; ``style="llm-adapters"``
     gives the reference's byte-exact string). The response is the decoded continuation after
     the prompt (special tokens skipped), stripped of surrounding whitespace.
+
+The scored text (``cut_at_next_response``, default on)
+    Only the text before the first ``### Response:`` the model itself writes, stripped
+    (:func:`first_response`): the reference decodes prompt + continuation and scores
+    ``output.split("### Response:")[1]``, so a model that starts a new turn is scored on its
+    first answer. With the option off the whole continuation is scored.
 
 Numeric datasets (AddSub, gsm8k, mawps, MultiArith, SingleEq, SVAMP)
     Delete every ``,`` from the response, find all matches of ``-?\\d+\\.?\\d*`` and take the
@@ -36,6 +42,12 @@ Commonsense datasets
 Gold answers come from the record's ``answer`` field only (``output`` is a leftover
 rationale and is ignored).
 
+Deliberate differences from the reference scripts
+    mawps is scored with the numeric rule (the reference's ``evaluate.py`` has no mawps rule
+    at all); numeric gold answers are read with surrounding whitespace and thousands
+    separators removed (``"1,234"`` is 1234, on which the reference's ``float(answer)``
+    would raise); keyword and letter golds are compared stripped of surrounding whitespace.
+
 Decoding (:class:`modetune.eval.runner.EvalConfig`, :mod:`modetune.eval.generation`)
     Greedy by default; ``num_beams=4`` is the reference's beam search. The decoding mode is
     recorded with every result (``"greedy"``/``"beam4"``). Generation stops at EOS, at
@@ -45,7 +57,10 @@ Decoding (:class:`modetune.eval.runner.EvalConfig`, :mod:`modetune.eval.generati
     the extracted answer cannot change after that); for numeric datasets once
     ``The answer is ... <number> ... .`` is followed by whitespace. The numeric stop is NOT
     exact: a model that kept writing numbers after that sentence would have a different last
-    number under the reference. ``stop_at_answer=False`` is the reference's behaviour.
+    number under the reference. With ``cut_at_next_response``, generation also stops once the
+    model writes ``### Response:`` (exact: nothing after it is scored), and the rules look at
+    the cut text. ``stop_at_answer=False`` generates to EOS or the budget, as the reference
+    does; it changes the score only through the numeric stop's rare cases.
 """
 
 from __future__ import annotations
@@ -55,6 +70,7 @@ import re
 from typing import Any
 
 from ..errors import DataError
+from ..prompts import RESPONSE_MARKER
 from .datasets import NUMBER_RE, get_dataset
 
 NUMERIC_TOLERANCE = 1e-3
@@ -78,6 +94,13 @@ def extract_answer(dataset: str, response: str) -> float | str | None:
     return match.group(0) if match else None
 
 
+def first_response(response: str) -> str:
+    """The text before the first ``### Response:`` in a model's continuation, stripped: the
+    reference's ``decoded.split("### Response:")[1].strip()`` (the prompt's own marker is the
+    split's first one)."""
+    return response.split(RESPONSE_MARKER, 1)[0].strip()
+
+
 def gold_number(gold: Any) -> float:
     """A numeric gold answer as a float (``"1,234"`` and ``1234.0`` both read 1234.0)."""
     try:
@@ -97,9 +120,10 @@ def is_correct(dataset: str, extracted: float | str | None, gold: Any) -> bool:
     return extracted == str(gold).strip()
 
 
-def score_response(dataset: str, response: str, gold: Any) -> tuple[float | str | None, bool]:
-    """``(extracted, correct)`` for one response."""
-    extracted = extract_answer(dataset, response)
+def score_response(dataset: str, response: str, gold: Any, cut_at_next_response: bool = True
+                   ) -> tuple[float | str | None, bool]:
+    """``(extracted, correct)`` for one response (:func:`first_response` of it, by default)."""
+    extracted = extract_answer(dataset, first_response(response) if cut_at_next_response else response)
     return extracted, is_correct(dataset, extracted, gold)
 
 
@@ -109,8 +133,11 @@ def item_id(record: dict) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
-def answer_settled(dataset: str, text: str) -> bool:
-    """Whether generation may stop: the rule of ``stop_at_answer`` (module doc)."""
+def answer_settled(dataset: str, text: str, cut_at_next_response: bool = True) -> bool:
+    """Whether generation may stop: the rule of ``stop_at_answer`` (module doc); with
+    ``cut_at_next_response``, also as soon as the model writes ``### Response:``."""
+    if cut_at_next_response and RESPONSE_MARKER in text:
+        return True
     info = get_dataset(dataset)
     if info.kind == "numeric":
         return NUMERIC_STOP.search(text) is not None

@@ -94,8 +94,11 @@ def summarize_run(run_dir: str | Path) -> dict:
                         "accuracy": correct / len(rows)})
     order = list(ALL_DATASETS)
     results.sort(key=lambda r: (_variant_order(r["variant"]), order.index(r["dataset"])))
-    return {"label": info.get("label") or run_dir.name, "decoding": info.get("settings", {}).get("decoding"),
-            "run_dir": str(run_dir), "results": results}
+    summary = {"label": info.get("label") or run_dir.name, "decoding": info.get("settings", {}).get("decoding"),
+               "run_dir": str(run_dir), "results": results}
+    if "in_training" in info:  # the contamination guard's counts (modetune.data.contamination)
+        summary["in_training"] = info["in_training"]
+    return summary
 
 
 def _variant_order(variant: str) -> tuple[int, int]:
@@ -159,7 +162,21 @@ def report_from_summaries(summaries: Sequence[dict]) -> dict:
                 row["avg"][group] = round(sum(have) / len(have), 1)
                 row["partial"][group] = len(have) < len(wanted)
     ordered = list(rows.values())
-    return {"columns": columns, "rows": ordered, "markdown": _markdown(columns, ordered)}
+    markdown = _markdown(columns, ordered)
+    notes = [_in_training_note(summary) for summary in summaries]
+    if any(notes):
+        markdown += "\n\n" + "\n".join(note for note in notes if note)
+    return {"columns": columns, "rows": ordered, "markdown": markdown}
+
+
+def _in_training_note(summary: dict) -> str | None:
+    """``"! <run>: items that were training questions: gsm8k 12 of 200"`` when any were."""
+    counts = {name: n for name, n in (summary.get("in_training") or {}).items() if n}
+    if not counts:
+        return None
+    sizes = {r["dataset"]: r["n"] for r in summary["results"]}
+    listed = ", ".join(f"{ALL_DATASETS[name].display} {n} of {sizes.get(name, '?')}" for name, n in counts.items())
+    return f"! {summary['label']}: items that were training questions (contamination): {listed}."
 
 
 def _markdown(columns: list[str], rows: list[dict]) -> str:

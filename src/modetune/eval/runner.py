@@ -21,6 +21,7 @@ from typing import Any
 from torch import nn
 
 from ..data import parse_source, select_records
+from ..data.contamination import eval_contamination
 from ..errors import BaseModelMismatchError, ConfigError, first_line
 from ..prompts import STYLES, format_prompt
 from .datasets import get_dataset, parse_dataset_list
@@ -46,6 +47,9 @@ class EvalConfig:
         members: which routings to evaluate: ``None`` = the model as loaded (the ensemble for
             MoD); a list of member indices and/or ``None`` entries (``None`` = ensemble) [None].
         stop_at_answer: stop once the answer is settled (:mod:`modetune.eval.protocol`) [True].
+        cut_at_next_response: score only the text before the first ``### Response:`` the model
+            writes, as LLM-Adapters does (:func:`~modetune.eval.protocol.first_response`);
+            False scores the whole generated text [True].
         sort_by_length: batch prompts of similar length together (longest first) [True].
         progress: show a progress bar with items/s [True].
         prefix_cache: greedy only: compute the prompt template's shared header once per
@@ -59,6 +63,7 @@ class EvalConfig:
     limit: int | None = None
     members: list[int | None] | None = None
     stop_at_answer: bool = True
+    cut_at_next_response: bool = True
     sort_by_length: bool = True
     progress: bool = True
     prefix_cache: bool = True
@@ -83,7 +88,8 @@ class EvalConfig:
     def settings(self) -> dict:
         """The options that change outputs (a resumed run must match them)."""
         return {"num_beams": self.num_beams, "max_new_tokens": self.max_new_tokens, "prompt_style": self.prompt_style,
-                "stop_at_answer": self.stop_at_answer, "decoding": self.decoding}
+                "stop_at_answer": self.stop_at_answer, "cut_at_next_response": self.cut_at_next_response,
+                "decoding": self.decoding}
 
 
 # ---------------------------------------------------------------------------- models
@@ -164,6 +170,8 @@ def _check_run_file(output_dir: Path, run: dict) -> None:
                 raise ConfigError(f"{output_dir} holds a run with other {key} ({previous.get(key)} vs "
                                   f"{run.get(key)}); use another output folder.")
         run["label"] = previous.get("label", run["label"])
+        if "in_training" in run:  # counts of datasets evaluated into this folder before stay
+            run["in_training"] = {**previous.get("in_training", {}), **run["in_training"]}
     output_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(run, indent=2) + "\n")
 
@@ -219,10 +227,12 @@ def evaluate_dataset(model: nn.Module, tokenizer, dataset: str, records: list[di
                     continue
                 with forced_member(model, member):
                     responses = generate_responses(model, tokenizer, [prompts[i] for i in items], info.name, max_new,
-                                                   config.num_beams, config.stop_at_answer, config.prefix_cache)
+                                                   config.num_beams, config.stop_at_answer, config.prefix_cache,
+                                                   config.cut_at_next_response)
                 rows = []
                 for i, response in zip(items, responses):
-                    extracted, correct = score_response(info.name, response, records[i]["answer"])
+                    extracted, correct = score_response(info.name, response, records[i]["answer"],
+                                                        config.cut_at_next_response)
                     rows.append({"index": i, "id": ids[i], "dataset": info.name, "variant": variant_name(model, member),
                                  "decoding": config.decoding, "prompt": prompts[i], "response": response,
                                  "extracted": extracted, "gold": records[i]["answer"], "correct": correct})
@@ -272,7 +282,9 @@ def evaluate(model: nn.Module, tokenizer, datasets: str | Sequence[str] | list[t
 
     ``datasets``: names (``"gsm8k,svamp"``, ``"all"``), ``name=path.json`` entries, or the
     output of :func:`load_datasets`. Every dataset is loaded and validated before any
-    generation starts. Returns the summary
+    generation starts. When the adapter's run folder recorded its training questions
+    (:mod:`modetune.data.contamination`), ``run.json`` and the summary get ``in_training``:
+    per dataset, the evaluated items that were training questions (a warning when any). Returns the summary
     (:func:`modetune.eval.results.summarize_run`).
     """
     from ..version import __version__
@@ -286,6 +298,10 @@ def evaluate(model: nn.Module, tokenizer, datasets: str | Sequence[str] | list[t
            "members": {variant_name(model, m): (describe_member(model, member_index(model, m)) if m is not None
                                                 else variant_name(model, None)) for m in members},
            "modetune_version": __version__}
+    in_training = eval_contamination(info.get("adapter"), [(name, records[: config.limit] if config.limit else records)
+                                                           for name, records in loaded])
+    if in_training is not None:  # the adapter's run recorded its training questions
+        run["in_training"] = in_training
     _check_run_file(output_dir, run)
     timings = {}
     for name, records in loaded:

@@ -1,6 +1,13 @@
 """Test items: LLM-Adapters test files (``<Name>/test.json``), the built-in test split, and the
 Hugging Face hub (rows converted to LLM-Adapters records with LLM-Adapters' wording).
 
+Where a dataset's items come from is the data folder (``--data-dir``, :func:`resolve_data_dir`):
+``None`` or ``packaged`` = the LLM-Adapters files shipped in the package
+(:mod:`modetune.data.packaged`; HellaSwag, not shipped, then comes from the hub);
+``packaged:math-split`` = the clean arithmetic split's test halves (``packaged:llm-adapters``
+names the default explicitly); ``hub`` = the Hugging Face hub; anything else = a folder
+holding ``<Name>/test.json``.
+
 Test items are ``{instruction, input, output, answer}`` records; only ``answer`` is scored.
 (Training records are :mod:`modetune.data`'s business: :func:`modetune.data.load_training_records`.)
 """
@@ -13,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import builtin_arithmetic, check_fields, gsm8k_record
+from ..data.packaged import DATA_ROOT, LLM_ADAPTERS
 from ..errors import ConfigError, DataError, first_line
 from .datasets import BUILTIN, BUILTIN_TEST_SIZE, get_dataset
 from .protocol import gold_number
@@ -38,7 +46,33 @@ def validate_test_items(records: Any, dataset: str, source: str) -> list[dict]:
     return records
 
 
-def _find_folder(data_dir: Path, name: str) -> Path | None:
+HUB = "hub"
+PACKAGED = "packaged"
+
+
+def resolve_data_dir(data_dir: str | Path | None) -> Path | None:
+    """The folder a ``--data-dir`` value names, or ``None`` for the Hugging Face hub.
+
+    ``None``/``"packaged"`` -> the packaged LLM-Adapters sets; ``"packaged:NAME"`` -> the
+    packaged folder ``NAME`` (``llm-adapters`` or ``math-split``); ``"hub"`` -> ``None``;
+    any other value -> that folder (checked when a dataset is read from it).
+    """
+    if data_dir is None or str(data_dir) == PACKAGED:
+        return LLM_ADAPTERS
+    text = str(data_dir)
+    if text == HUB:
+        return None
+    if text.startswith(PACKAGED + ":"):
+        name = text[len(PACKAGED) + 1:].strip("/")
+        folders = sorted(p.name for p in DATA_ROOT.iterdir() if p.is_dir())
+        if name not in folders:
+            raise ConfigError(f"{text}: no such packaged data folder; choose packaged:{' or packaged:'.join(folders)}.")
+        return DATA_ROOT / name
+    return Path(data_dir)
+
+
+def find_dataset_folder(data_dir: Path, name: str) -> Path | None:
+    """``data_dir/<name>`` (matched case-insensitively), or ``None`` when there is none."""
     exact = data_dir / name
     if exact.is_dir():
         return exact
@@ -56,7 +90,7 @@ def dataset_file(dataset: str, data_dir: str | Path, split: str = "test") -> Pat
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise FileNotFoundError(f"Data folder {data_dir} does not exist.")
-    folder = _find_folder(data_dir, info.name)
+    folder = find_dataset_folder(data_dir, info.name)
     if folder is None or not (folder / f"{split}.json").is_file():
         raise FileNotFoundError(f"Dataset {info.name}: {data_dir / info.name / f'{split}.json'} not found.")
     return folder / f"{split}.json"
@@ -66,15 +100,19 @@ def load_test_items(dataset: str, data_dir: str | Path | None = None, path: str 
                     split: str = "test") -> list[dict]:
     """The test items of ``dataset`` (LLM-Adapters format), validated.
 
-    Sources, first match wins: ``path`` (a JSON file); ``data_dir/<Name>/<split>.json`` (the
-    folder name matched case-insensitively); otherwise the Hugging Face hub
-    (:func:`load_hf_records`).
+    Sources, first match wins: ``path`` (a JSON file); the data folder's ``<Name>/<split>.json``
+    (:func:`resolve_data_dir`: by default the packaged LLM-Adapters files; the folder name
+    matched case-insensitively); the Hugging Face hub (:func:`load_hf_records`) with
+    ``data_dir="hub"``, or by default for a dataset that is not packaged (HellaSwag).
     """
     info = get_dataset(dataset)
     if info is BUILTIN and path is None:
         return builtin_arithmetic(BUILTIN_TEST_SIZE, 0, "test")
-    if path is None and data_dir is not None:
-        path = dataset_file(info.name, data_dir, split)
+    folder = resolve_data_dir(data_dir)
+    if data_dir is None and find_dataset_folder(folder, info.name) is None:
+        folder = None  # not packaged (HellaSwag): the hub
+    if path is None and folder is not None:
+        path = dataset_file(info.name, folder, split)
     if path is None:
         return validate_test_items(load_hf_records(info.name, split), info.name, f"hf:{info.name}")
     path = Path(path)
@@ -176,8 +214,8 @@ def load_hf_records(dataset: str, split: str = "test") -> list[dict]:
     """
     info = get_dataset(dataset)
     if info.name not in HF_SOURCES:
-        raise ConfigError(f"No Hugging Face source is known for {info.name}; pass --data-dir with LLM-Adapters' "
-                          f"dataset/{info.name}/test.json.")
+        raise ConfigError(f"No Hugging Face source is known for {info.name}; use the packaged files (no --data-dir) "
+                          f"or a --data-dir holding LLM-Adapters' {info.name}/test.json.")
     hub_id, config, hub_split, convert = HF_SOURCES[info.name]
     import datasets
 

@@ -1,6 +1,6 @@
 """What a study runs: `ExperimentConfig` (built on `TrainConfig`) and each study's list of runs.
 
-Each study is a list of runs (a preset plus MoD overrides and a seed). Studies (SPEC.md,
+Each study is a list of runs (a preset plus MoD overrides and a seed). Studies (docs/method.md,
 "Measurements the paper reports"): ``variants``, ``motivation``, ``sparsity``, ``topk``,
 ``ablations``, and ``sweep`` (settle the MoD defaults on the validation split before the main study).
 """
@@ -19,7 +19,7 @@ STUDIES = ("variants", "motivation", "sparsity", "topk", "ablations", "sweep")
 # TrainConfig fields that the study sets for each run itself (not settable for a study)
 RUN_FIELDS = ("preset", "seed", "output_dir", "report_to", "save_steps")
 # where a study's training differs from TrainConfig's defaults
-STUDY_TRAINING = dict(data="../shared/data/math-split/train.json", warmup_steps=10, val_size=64)
+STUDY_TRAINING = dict(data="packaged:math-split/train.json", warmup_steps=10, val_size=64)
 
 
 def _study_training() -> TrainConfig:
@@ -45,13 +45,17 @@ class ExperimentConfig:
         "help": "the topk study's ensemble sizes k"})
     datasets: str = field(default="gsm8k,SVAMP,MultiArith,AddSub,SingleEq,AQuA", metadata={
         "help": "test sets each run is evaluated on (as for modetune eval --datasets)"})
-    data_dir: str | None = field(default="../shared/data/math-split", metadata={
-        "help": "folder holding <Name>/test.json (none: the built-in set or the Hugging Face hub)"})
+    data_dir: str | None = field(default="packaged:math-split", metadata={
+        "help": "where the test sets come from, as modetune eval --data-dir: packaged:math-split (the clean split's "
+                "test halves), packaged:llm-adapters (none: the same), hub, or a folder holding <Name>/test.json"})
     eval_limit: int | None = field(default=200, metadata={"help": "first N items of each test set (none: all)"})
     eval_batch_size: int = field(default=16, metadata={"help": "prompts per generate call in the evaluation"})
     max_new_tokens: int | None = field(default=None, metadata={
         "help": "generation budget (none: 256 arithmetic, 32 commonsense)"})
     num_beams: int = field(default=1, metadata={"help": "1 = greedy; the reference protocol uses 4"})
+    cut_at_next_response: bool = field(default=True, metadata={
+        "help": "score only the text before the next '### Response:' the model writes, as LLM-Adapters does "
+                "(false: the whole generated text)"})
     only: list[str] | None = field(default=None, metadata={
         "help": "run only these runs of the study (by name, comma-separated), e.g. to run it in parts"})
     output_dir: str | None = field(default=None, metadata={

@@ -26,7 +26,8 @@ def _device() -> str | None:
     return "cuda" if torch.cuda.is_available() else None
 
 
-IGNORED_FIELDS = {"output_dir", "report_to", "save_steps", "save_total_limit", "logging_steps"}
+IGNORED_FIELDS = {"output_dir", "report_to", "save_steps", "save_total_limit", "logging_steps",
+                  "contamination_warn_at"}
 
 
 def _check_same_run(run_dir: Path, train_config: TrainConfig) -> None:
@@ -83,7 +84,8 @@ def run_one(spec: RunSpec, config: ExperimentConfig, root: Path) -> dict:
             model, tokenizer, info = load_for_eval(config.train.model, adapter, device=_device())
             eval_config = EvalConfig(batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens,
                                      num_beams=config.num_beams, limit=config.eval_limit,
-                                     prompt_style=config.train.prompt_style, progress=True)
+                                     prompt_style=config.train.prompt_style, progress=True,
+                                     cut_at_next_response=config.cut_at_next_response)
             evaluate(model, tokenizer, config.datasets, eval_config, eval_dir, data_dir=config.data_dir, info=info,
                      label=spec.name)
             timing["eval_s"] = timing.get("eval_s", 0.0) + time.perf_counter() - start

@@ -35,9 +35,13 @@ class TrainConfig:
     use_dora: bool = field(default=False, metadata={"help": "weight-decomposed LoRA (DoRA) instead of plain LoRA"})
     # data
     data: str = field(default="builtin:arithmetic:640", metadata={
-        "help": "training records: a .json/.jsonl file, hf:gsm8k or builtin:arithmetic[:N]; several join with "
-                "commas, each may carry ?half=train|test and ?n=N"})
+        "help": "training records: a .json/.jsonl file, packaged:PATH (a shipped file, e.g. "
+                "packaged:math-split/train.json), hf:gsm8k or builtin:arithmetic[:N]; several join with commas, each "
+                "may carry ?half=train|test and ?n=N"})
     max_records: int | None = field(default=None, metadata={"help": "use only the first N records (none: all)"})
+    contamination_warn_at: int = field(default=5, metadata={
+        "help": "warn before training when the records share more than N questions with a packaged evaluation set "
+                "(the 14 LLM-Adapters test sets, the math-split halves); -1: no check"})
     val_size: int = field(default=32, metadata={"help": "held-out validation records (0: none)"})
     cutoff_len: int = field(default=256, metadata={"help": "tokens per record (prompt + answer) after truncation"})
     train_on_inputs: bool = field(default=False, metadata={

@@ -31,12 +31,20 @@ def summarise(output_dir: Path, config: TrainConfig, trainable: int, total: int,
         "task_loss": mean("task_loss"), "distill": [mean(f"distill_{i}") for i in range(max(0, k - 1))],
         "router_weights": [mean(f"router_{i}") for i in range(k)], "sparsity": mean("sparsity"),
         "trainable": trainable, "total": total, "adapter": str(adapter), "seconds": seconds,
-        "eval_command": f"modetune eval --adapter {adapter} --model {config.model} " + (
-            "--datasets builtin" if config.data.startswith("builtin:") else "--datasets gsm8k,SVAMP --data-dir DATA_DIR"),
+        "eval_command": f"modetune eval --adapter {adapter} --model {config.model} " + _eval_datasets(config.data),
     }
     Path(output_dir, "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_training(output_dir, k)
     return summary
+
+
+def _eval_datasets(data: str) -> str:
+    """The ``--datasets`` (and ``--data-dir``) the summary suggests for a run trained on ``data``."""
+    if data.startswith("builtin:"):
+        return "--datasets builtin"
+    if "math-split/train.json" in data:
+        return "--datasets arithmetic --data-dir packaged:math-split"  # the halves disjoint from training
+    return "--datasets gsm8k,SVAMP"
 
 
 def format_summary(s: dict) -> str:

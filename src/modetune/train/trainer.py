@@ -19,6 +19,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from ..data import load_training_records, split_validation, tokenize_records
+from ..data.contamination import FINGERPRINT_NAME, warn_training_overlap, write_fingerprint
 from ..errors import NonFiniteLossError
 from ..model import MoDModel, parameter_counts
 from ..variants import build_variant
@@ -220,6 +221,10 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
             raise FileNotFoundError(f"--resume: no checkpoint found in {output_dir}.")
     set_seed(config.seed)
     records = load_training_records(config.data, config.max_records, config.seed)
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if is_main:  # the contamination guard: warn now, record the training questions' hashes
+        warn_training_overlap(records, config.contamination_warn_at)
+        write_fingerprint(records, output_dir)
     train_records, val_records = split_validation(records, config.val_size, config.seed)
     model, tokenizer = build_model(config)
     tokenizer.padding_side = "right"
@@ -229,7 +234,6 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     args = training_arguments(config, world_size)
-    is_main = int(os.environ.get("RANK", "0")) == 0
     trainable, total = parameter_counts(model)
     if is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -250,6 +254,8 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     trainer.train(resume_from_checkpoint=resume_from)
     final_dir = output_dir / "adapter"
     trainer.save_model(str(final_dir))
+    if is_main:
+        shutil.copyfile(output_dir / FINGERPRINT_NAME, final_dir / FINGERPRINT_NAME)
     val_loss = trainer.evaluate()["eval_loss"] if val_rows else None
     summary = summarise(output_dir, config, trainable, total, final_dir, time.perf_counter() - started, val_loss)
     if is_main:
