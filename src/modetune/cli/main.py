@@ -90,8 +90,9 @@ def _add_eval(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="generation budget (none: 256 arithmetic, 32 commonsense)")
     p.add_argument("--num-beams", type=int, default=1, help="1 = greedy; the reference protocol uses 4")
-    p.add_argument("--prompt-style", default="alpaca", choices=["alpaca", "llm-adapters"],
-                   help="prompt template; llm-adapters is the reference's string, byte for byte")
+    p.add_argument("--prompt-style", default="alpaca", choices=["alpaca", "llm-adapters", "chat"],
+                   help="prompt template; llm-adapters is the reference's string, byte for byte; chat is the "
+                   "tokenizer's chat template (for adapters trained with prompt_style chat)")
     p.add_argument("--limit", type=int, default=None, help="first N items of each dataset (none: all)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--member", type=int, default=None,

@@ -22,7 +22,8 @@ from torch import nn
 
 from ..data import parse_source, select_records
 from ..errors import BaseModelMismatchError, ConfigError, first_line
-from ..prompts import STYLES, format_prompt
+from ..data.chat import render_prompt
+from ..prompts import STYLES
 from .datasets import get_dataset, parse_dataset_list
 from .generation import generate_responses
 from .members import describe_member, forced_member, member_index, parse_members, variant_name
@@ -41,7 +42,8 @@ class EvalConfig:
         max_new_tokens: generation budget; ``None`` = the reference's 256 (arithmetic) or
             32 (commonsense) [None].
         num_beams: 1 = greedy [1]; 4 = the reference protocol's beam search.
-        prompt_style: ``"alpaca"`` or ``"llm-adapters"`` (byte-exact reference string) [alpaca].
+        prompt_style: ``"alpaca"``, ``"llm-adapters"`` (byte-exact reference string) or ``"chat"``
+            (the tokenizer's chat template, for chat-trained adapters) [alpaca].
         limit: evaluate only the first ``limit`` items of each dataset [None = all].
         members: which routings to evaluate: ``None`` = the model as loaded (the ensemble for
             MoD); a list of member indices and/or ``None`` entries (``None`` = ensemble) [None].
@@ -201,7 +203,7 @@ def evaluate_dataset(model: nn.Module, tokenizer, dataset: str, records: list[di
     max_new = config.max_new_tokens or info.default_max_new_tokens
     ids = [item_id(r) for r in records]  # all items: a file may hold rows beyond this run's limit
     records = records[: config.limit] if config.limit else records
-    prompts = [format_prompt(r["instruction"], r.get("input") or "", config.prompt_style) for r in records]
+    prompts = [render_prompt(tokenizer, r["instruction"], r.get("input") or "", config.prompt_style) for r in records]
     paths = {m: results_path(output_dir, info.name, m) for m in members}
     done = {m: _resume_rows(paths[m], ids) for m in members}
     todo = [i for i in range(len(records)) if any(i not in done[m] for m in members)]
