@@ -89,7 +89,7 @@ class EvalConfig:
 
 
 # ---------------------------------------------------------------------------- models
-def load_for_eval(model: str = "default", adapter: str | Path | None = None, dtype: str = "float32",
+def load_for_eval(model: str | None = "default", adapter: str | Path | None = None, dtype: str = "float32",
                   device: str | None = None, trust_remote_code: bool = False) -> tuple[nn.Module, Any, dict]:
     """Load ``(model, tokenizer, info)`` for evaluation.
 
@@ -98,8 +98,9 @@ def load_for_eval(model: str = "default", adapter: str | Path | None = None, dty
     folder (``adapter_config.json``; peft), or ``None`` for the base model alone. The
     tokenizer pads on the left. ``info``: ``model``, ``adapter``, ``kind`` (base/lora/mod).
     """
-    from ..models import load_model
+    from ..models import base_model_for, load_model
 
+    model = base_model_for(model, adapter)  # None: the base the adapter records (base_model.json)
     adapter_path = Path(adapter) if adapter is not None else None
     if adapter_path is not None and not adapter_path.is_dir():
         raise FileNotFoundError(f"Adapter folder {adapter_path} does not exist.")
@@ -306,7 +307,7 @@ def _default_label(info: dict) -> str:
     return Path(str(info.get("model") or "model")).name
 
 
-def run_eval(model: str = "default", adapter: str | None = None, datasets: str = "all", output: str | None = None,
+def run_eval(model: str | None = "default", adapter: str | None = None, datasets: str = "all", output: str | None = None,
              data_dir: str | None = None, member: int | None = None, members: str | None = None,
              label: str | None = None, dtype: str = "float32", device: str | None = None, **options) -> dict:
     """Load a model (and adapter), evaluate it, and return the summary: the CLI's ``eval``.
@@ -314,6 +315,9 @@ def run_eval(model: str = "default", adapter: str | None = None, datasets: str =
     ``options`` are :class:`EvalConfig` fields. The output folder defaults to
     ``ADAPTER/eval-<decoding>`` or ``eval/<model>-<decoding>``.
     """
+    from ..models import base_model_for
+
+    model = base_model_for(model, adapter)
     config = EvalConfig(**options)
     data = load_datasets(datasets, data_dir)  # bad names, files, records fail before the model loads
     quiet_transformers()
