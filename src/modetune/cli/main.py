@@ -256,9 +256,27 @@ def _run_chat(args) -> None:
     chat_loop(model, tokenizer, config, interactive=sys.stdin.isatty())
 
 
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write a Hugging Face model folder (LoRA merged, MoD beside it) that "
+                       "AutoModelForCausalLM loads with trust_remote_code", formatter_class=HelpFormatter)
+    p.add_argument("--adapter", required=True, help="MoD adapter folder (mod_config.json)")
+    p.add_argument("--output", required=True, help="new folder to write")
+    p.add_argument("--model", default=None, help="base model (none: the one the adapter was trained on)")
+    p.add_argument("--no-merge", dest="merge", action="store_false",
+                   help="keep LoRA separate in OUTPUT/lora (default: merged into the base weights)")
+    p.add_argument("--dtype", default="float32", help="weights dtype (a torch dtype name)")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args) -> None:
+    from ..export import run_export
+
+    print(f"Exported to {run_export(args.adapter, args.output, model=args.model, merge=args.merge, dtype=args.dtype)}")
+
+
 # ---------------------------------------------------------------- entry point
 COMMANDS = [_add_train, _add_params, _add_experiment, _add_eval, _add_report, _add_solved, _add_lm_eval,
-            _add_generate, _add_chat]
+            _add_generate, _add_chat, _add_export]
 
 
 def build_parser() -> argparse.ArgumentParser:
