@@ -280,7 +280,10 @@ COMMANDS = [_add_train, _add_params, _add_experiment, _add_eval, _add_report, _a
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..version import __version__
+
     parser = argparse.ArgumentParser(prog="modetune", description="Mixture-of-Depths Ensemble tuning for causal LMs.")
+    parser.add_argument("--version", action="version", version=f"modetune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(sub)
