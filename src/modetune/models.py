@@ -104,7 +104,8 @@ def record_base_model(directory: str | Path, name_or_path: str) -> None:
     import json
 
     local = Path(name_or_path)
-    name = str(local.resolve()) if name_or_path.lower() not in {"default", DEFAULT_MODEL} and local.is_dir() else name_or_path
+    is_default = name_or_path.lower() in {"default", DEFAULT_MODEL}
+    name = str(local.resolve()) if not is_default and local.is_dir() else name_or_path
     Path(directory, BASE_MODEL_FILE).write_text(json.dumps({"model": name}, indent=2) + "\n")
 
 

@@ -21,8 +21,8 @@ from typing import Any
 from torch import nn
 
 from ..data import parse_source, select_records
-from ..errors import BaseModelMismatchError, ConfigError, first_line
 from ..data.chat import render_prompt
+from ..errors import BaseModelMismatchError, ConfigError, first_line
 from ..prompts import STYLES
 from .datasets import get_dataset, parse_dataset_list
 from .generation import generate_responses
