@@ -106,3 +106,32 @@ def test_no_chat_template_is_a_data_error(tokenizer):
     with pytest.raises(DataError, match="chat template"):
         tokenize_record({"messages": CONVERSATION}, bare, 512, False)
     assert normalise_conversation({"messages": CONVERSATION}, "x") == CONVERSATION
+
+
+@pytest.mark.slow
+def test_train_on_conversations_and_evaluate_in_chat_style(tmp_path, tiny_model_dir, capsys):
+    """End to end on the tiny model: a JSONL of conversations trains; eval --prompt-style chat renders the
+    test questions with the chat template; a bad record stops training with one line."""
+    from modetune.cli import main
+    from train_helpers import fails, train_args
+
+    data = tmp_path / "chat.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"What is {i} + 1?"},
+                          {"role": "assistant", "content": f"The answer is {i + 1}."}]} for i in range(12)]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    args = train_args(tiny_model_dir, tmp_path / "run", "--max-steps", "1", "--batch-size", "4", "--val-size", "2",
+                      "--save-steps", "100")
+    args[args.index("--data") + 1] = str(data)
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(["eval", "--adapter", str(tmp_path / "run" / "adapter"), "--datasets", "builtin", "--limit", "2",
+                 "--max-new-tokens", "4", "--prompt-style", "chat", "--output", str(tmp_path / "eval"),
+                 "--no-progress"]) == 0
+    results = [json.loads(line) for line in (tmp_path / "eval").glob("*.jsonl").__next__().read_text().splitlines()]
+    assert len(results) == 2
+    for row in results:
+        assert row["prompt"].startswith("<|im_start|>system\n") and row["prompt"].endswith("<|im_start|>assistant\n")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"messages": [{"role": "user", "content": "?"}]}) + "\n")
+    args[args.index("--data") + 1] = str(bad)
+    fails(capsys, args, "record 1: the conversation has no assistant turn")
