@@ -16,11 +16,11 @@ def train_args(model_dir, out, *extra):
             "--learning-rate", "1e-2", *extra]
 
 
-def run_cli(*args, env_extra=None):
-    """``python -m modetune.cli ARGS`` in a subprocess."""
+def run_cli(*args, env_extra=None, input_text=None):
+    """``python -m modetune.cli ARGS`` in a subprocess (``input_text``: piped to its stdin)."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "modetune.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=600)
+                          timeout=600, input=input_text, stdin=None if input_text is not None else subprocess.DEVNULL)
 
 
 def fails(capsys, argv, match, command="train"):

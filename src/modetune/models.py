@@ -93,3 +93,30 @@ def load_model(name_or_path: str = "default", dtype: torch.dtype | str = torch.f
     if device:
         model.to(device)
     return model.eval(), tokenizer
+
+
+BASE_MODEL_FILE = "base_model.json"
+
+
+def record_base_model(directory: str | Path, name_or_path: str) -> None:
+    """Write ``directory/base_model.json``: the base an adapter was trained on (a local folder as an
+    absolute path), so later commands can leave ``--model`` out."""
+    import json
+
+    local = Path(name_or_path)
+    is_default = name_or_path.lower() in {"default", DEFAULT_MODEL}
+    name = str(local.resolve()) if not is_default and local.is_dir() else name_or_path
+    Path(directory, BASE_MODEL_FILE).write_text(json.dumps({"model": name}, indent=2) + "\n")
+
+
+def base_model_for(model: str | None, adapter: str | Path | None = None) -> str:
+    """The base model to load: ``model`` when given, else the one recorded in ``adapter``
+    (``base_model.json``), else ``"default"``."""
+    import json
+
+    if model:
+        return model
+    path = Path(adapter, BASE_MODEL_FILE) if adapter is not None else None
+    if path is not None and path.is_file():
+        return json.loads(path.read_text())["model"]
+    return "default"

@@ -16,7 +16,7 @@ HEADER_WITH_INPUT = (
 )
 HEADER_NO_INPUT = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
 RESPONSE_MARKER = "### Response:"
-STYLES = ("alpaca", "llm-adapters")
+STYLES = ("alpaca", "llm-adapters", "chat")  # chat: the tokenizer's chat template (modetune.data.chat)
 
 
 def format_prompt(instruction: str, input: str = "", style: str = "alpaca") -> str:
@@ -32,4 +32,7 @@ def format_prompt(instruction: str, input: str = "", style: str = "alpaca") -> s
         if input:
             body += f"{pad}### Input:\n{pad}{input}\n{pad}\n"
         return body + f"{pad}{RESPONSE_MARKER}\n{pad}"
+    if style == "chat":
+        raise ConfigError("prompt_style 'chat' renders with a tokenizer's chat template: use "
+                          "modetune.data.chat.chat_prompt(tokenizer, instruction, input).")
     raise ConfigError(f"Unknown prompt style {style!r}; choose one of {', '.join(STYLES)}.")

@@ -65,8 +65,8 @@ def _run_params(args) -> None:
 # ---------------------------------------------------------------- evaluation commands
 # (eval, report, solved, lm-eval are registered here)
 def _add_model_flags(p) -> None:
-    p.add_argument("--model", default="default", help="base model: 'default' (embedded SmolLM2-135M-Instruct), "
-                   "a local folder or a hub name")
+    p.add_argument("--model", default=None, help="base model: 'default' (embedded SmolLM2-135M-Instruct), "
+                   "a local folder or a hub name (none: the one the adapter was trained on, else default)")
     p.add_argument("--adapter", help="MoD folder (mod_config.json) or LoRA-only folder (adapter_config.json); "
                    "none: the base model alone")
     p.add_argument("--dtype", default="float32", help="weights dtype (a torch dtype name: float32, bfloat16, float16)")
@@ -91,8 +91,9 @@ def _add_eval(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="generation budget (none: 256 arithmetic, 32 commonsense)")
     p.add_argument("--num-beams", type=int, default=1, help="1 = greedy; the reference protocol uses 4")
-    p.add_argument("--prompt-style", default="alpaca", choices=["alpaca", "llm-adapters"],
-                   help="prompt template; llm-adapters is the reference's string, byte for byte")
+    p.add_argument("--prompt-style", default="alpaca", choices=["alpaca", "llm-adapters", "chat"],
+                   help="prompt template; llm-adapters is the reference's string, byte for byte; chat is the "
+                   "tokenizer's chat template (for adapters trained with prompt_style chat)")
     p.add_argument("--limit", type=int, default=None, help="first N items of each dataset (none: all)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--member", type=int, default=None,
@@ -247,12 +248,80 @@ def _run_experiment(args) -> None:
     run_study(args.study, config_from_args(args, ExperimentConfig), smoke=args.smoke)
 
 
+# ---------------------------------------------------------------- using an adapter (generate, chat, export)
+def _add_generate(sub) -> None:
+    from ..generate import DecodeConfig
+
+    p = sub.add_parser("generate", help="print completions of prompts by a trained adapter",
+                       formatter_class=HelpFormatter,
+                       description="Prompts come from the arguments, else --prompts-file (one per line), else stdin.")
+    _add_model_flags(p)
+    p.add_argument("prompts", nargs="*", help="prompts (none: read them from --prompts-file or stdin)")
+    p.add_argument("--prompts-file", help="a file with one prompt per line ('-': stdin)")
+    p.add_argument("--jsonl", action="store_true", help="print one JSON object per prompt (default: plain text)")
+    add_config_flags(p, DecodeConfig)
+    p.set_defaults(func=_run_generate)
+
+
+def _run_generate(args) -> None:
+    from ..generate import DecodeConfig, complete, load_for_generation, read_prompts, resolve_style
+
+    config = config_from_args(args, DecodeConfig)
+    prompts = read_prompts(args.prompts, args.prompts_file)
+    model, tokenizer, _ = load_for_generation(args.model, args.adapter, args.dtype, args.device)
+    style = resolve_style(config.prompt_style, tokenizer, args.adapter)
+    for prompt, completion in zip(prompts, complete(model, tokenizer, prompts, config, style)):
+        print(json.dumps({"prompt": prompt, "completion": completion}, ensure_ascii=False) if args.jsonl
+              else completion + ("\n" if len(prompts) > 1 else ""))
+
+
+def _add_chat(sub) -> None:
+    from ..generate import DecodeConfig
+
+    p = sub.add_parser("chat", help="talk to a trained adapter (streams tokens; /reset, /exit)",
+                       formatter_class=HelpFormatter,
+                       description="One user turn per line of input; the conversation is kept in the chat template.")
+    _add_model_flags(p)
+    add_config_flags(p, DecodeConfig)
+    p.set_defaults(func=_run_chat)
+
+
+def _run_chat(args) -> None:
+    from ..generate import DecodeConfig, chat_loop, load_for_generation
+
+    config = config_from_args(args, DecodeConfig)
+    model, tokenizer, _ = load_for_generation(args.model, args.adapter, args.dtype, args.device)
+    chat_loop(model, tokenizer, config, interactive=sys.stdin.isatty())
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write a Hugging Face model folder (LoRA merged, MoD beside it) that "
+                       "AutoModelForCausalLM loads with trust_remote_code", formatter_class=HelpFormatter)
+    p.add_argument("--adapter", required=True, help="MoD adapter folder (mod_config.json)")
+    p.add_argument("--output", required=True, help="new folder to write")
+    p.add_argument("--model", default=None, help="base model (none: the one the adapter was trained on)")
+    p.add_argument("--no-merge", dest="merge", action="store_false",
+                   help="keep LoRA separate in OUTPUT/lora (default: merged into the base weights)")
+    p.add_argument("--dtype", default="float32", help="weights dtype (a torch dtype name)")
+    p.set_defaults(func=_run_export)
+
+
+def _run_export(args) -> None:
+    from ..export import run_export
+
+    print(f"Exported to {run_export(args.adapter, args.output, model=args.model, merge=args.merge, dtype=args.dtype)}")
+
+
 # ---------------------------------------------------------------- entry point
-COMMANDS = [_add_train, _add_params, _add_experiment, _add_eval, _add_report, _add_solved, _add_lm_eval, _add_data]
+COMMANDS = [_add_train, _add_params, _add_experiment, _add_eval, _add_report, _add_solved, _add_lm_eval,
+            _add_generate, _add_chat, _add_export, _add_data]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..version import __version__
+
     parser = argparse.ArgumentParser(prog="modetune", description="Mixture-of-Depths Ensemble tuning for causal LMs.")
+    parser.add_argument("--version", action="version", version=f"modetune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(sub)

@@ -1,7 +1,9 @@
 """Training records: LLM-Adapters records, Hugging Face datasets, and a built-in offline source.
 
 A record is ``{"instruction", "input", "output", "answer"}`` (LLM-Adapters format): the
-prompt is the Alpaca template over ``instruction``/``input``, the target is ``output``.
+prompt is the Alpaca template over ``instruction``/``input``, the target is ``output``; or a
+conversation, ``{"messages": [{"role", "content"}]}`` or ShareGPT's ``{"conversations": [{"from",
+"value"}]}`` (:mod:`modetune.data.chat`; normalised to ``messages`` here).
 Sources (``TrainConfig.data``):
 - a ``.json`` file (a list of records) or ``.jsonl`` file (one record per line);
 - ``packaged:PATH``: a file shipped in the package (:mod:`modetune.data.packaged`), e.g.
@@ -31,13 +33,16 @@ import warnings
 from pathlib import Path
 
 from ..errors import DataError
+from .chat import CHAT_KEYS, is_conversation, normalise_conversation, record_key, record_target
 from .text import normalise_text
 
 REQUIRED_FIELDS = ("instruction", "output")
 
 
-def check_fields(records: list, source: str, required: tuple[str, ...] = REQUIRED_FIELDS) -> list[dict]:
-    """Check every record is an object with string ``required`` fields; fill a missing ``input``."""
+def check_fields(records: list, source: str, required: tuple[str, ...] = REQUIRED_FIELDS,
+                 conversations: bool = True) -> list[dict]:
+    """Check every record is an object with string ``required`` fields (fill a missing ``input``) or a
+    valid conversation (normalised to ``{"messages": [{"role", "content"}]}``)."""
     if not isinstance(records, list):
         raise DataError(f"{source}: expected a JSON list of records, got {type(records).__name__}.")
     if not records:
@@ -46,6 +51,10 @@ def check_fields(records: list, source: str, required: tuple[str, ...] = REQUIRE
     for index, record in enumerate(records):
         if not isinstance(record, dict):
             raise DataError(f"{source}: record {index} is not an object.")
+        if conversations and is_conversation(record):
+            messages = normalise_conversation(record, f"{source}: record {index}")
+            out.append({**{k: v for k, v in record.items() if k not in CHAT_KEYS}, "messages": messages})
+            continue
         missing = [name for name in required if not isinstance(record.get(name), str)]
         if missing:
             raise DataError(f"{source}: record {index} lacks the field(s) {', '.join(missing)}.")
@@ -118,7 +127,7 @@ def select_records(records: list[dict], options: dict[str, str]) -> list[dict]:
     """Apply a source's options: keep one hash half (``half``), then a fixed sample of ``n``
     records (the same for every run and seed, so runs differ only in what they should)."""
     if "half" in options:
-        records = [r for r in records if hash_half(r["instruction"] + r.get("input", "")) == options["half"]]
+        records = [r for r in records if hash_half(record_key(r)) == options["half"]]
     if "n" in options and int(options["n"]) < len(records):
         chosen = sorted(random.Random("sample").sample(range(len(records)), int(options["n"])))
         records = [records[i] for i in chosen]
@@ -149,7 +158,7 @@ def load_training_records(source: str, limit: int | None = None, seed: int = 0) 
         records = load_json_records(packaged_path(source))
     else:
         records = load_json_records(source)
-    kept = [record for record in records if record["output"].strip()]
+    kept = [record for record in records if record_target(record).strip()]
     if len(kept) < len(records):
         warnings.warn(f"{source}: skipped {len(records) - len(kept)} record(s) with an empty output.", stacklevel=2)
     if not kept:

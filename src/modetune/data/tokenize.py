@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from ..errors import DataError
 from ..prompts import format_prompt
+from .chat import alpaca_messages, tokenize_conversation
 
 
 @dataclass
@@ -18,7 +19,15 @@ class Tokenized:
 def tokenize_record(record: dict, tokenizer, cutoff_len: int, train_on_inputs: bool, style: str = "alpaca",
                     add_eos: bool = True) -> Tokenized:
     """Prompt + output (+ EOS), truncated to ``cutoff_len``; prompt tokens get label -100
-    unless ``train_on_inputs`` (LLM-Adapters' choice for the paper's runs)."""
+    unless ``train_on_inputs`` (LLM-Adapters' choice for the paper's runs).
+
+    A conversation (``messages``), or any record under ``style="chat"``, is rendered with the
+    tokenizer's chat template instead and learns its assistant turns only
+    (:func:`modetune.data.chat.tokenize_conversation`; the template supplies the end of turn)."""
+    if "messages" in record or style == "chat":
+        messages = record["messages"] if "messages" in record else alpaca_messages(record)
+        ids, labels = tokenize_conversation(messages, tokenizer, train_on_inputs)
+        return Tokenized(ids[:cutoff_len], labels[:cutoff_len])
     prompt = format_prompt(record["instruction"], record.get("input", ""), style)
     prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
     full_ids = tokenizer(prompt + record["output"], add_special_tokens=True)["input_ids"]

@@ -16,7 +16,9 @@ import torch
 from torch import nn
 from transformers import StoppingCriteria
 
-from ..prompts import STYLES, format_prompt
+from ..data.chat import render_prompt
+from ..errors import DataError
+from ..prompts import STYLES
 from .datasets import get_dataset
 from .protocol import answer_settled
 
@@ -194,7 +196,11 @@ def template_prefixes(tokenizer) -> list[list[int]]:
     found = []
     for style in STYLES:
         for has_input in (False, True):
-            a, b = (tokenizer(format_prompt(p, p if has_input else "", style))["input_ids"] for p in _PROBES)
+            try:
+                a, b = (tokenizer(render_prompt(tokenizer, p, p if has_input else "", style))["input_ids"]
+                        for p in _PROBES)
+            except DataError:  # no chat template
+                continue
             n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
             if n:
                 found.append(list(a[:n]))

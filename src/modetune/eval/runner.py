@@ -21,9 +21,10 @@ from typing import Any
 from torch import nn
 
 from ..data import parse_source, select_records
+from ..data.chat import render_prompt
 from ..data.contamination import eval_contamination
 from ..errors import BaseModelMismatchError, ConfigError, first_line
-from ..prompts import STYLES, format_prompt
+from ..prompts import STYLES
 from .datasets import get_dataset, parse_dataset_list
 from .generation import generate_responses
 from .members import describe_member, forced_member, member_index, parse_members, variant_name
@@ -42,7 +43,8 @@ class EvalConfig:
         max_new_tokens: generation budget; ``None`` = the reference's 256 (arithmetic) or
             32 (commonsense) [None].
         num_beams: 1 = greedy [1]; 4 = the reference protocol's beam search.
-        prompt_style: ``"alpaca"`` or ``"llm-adapters"`` (byte-exact reference string) [alpaca].
+        prompt_style: ``"alpaca"``, ``"llm-adapters"`` (byte-exact reference string) or ``"chat"``
+            (the tokenizer's chat template, for chat-trained adapters) [alpaca].
         limit: evaluate only the first ``limit`` items of each dataset [None = all].
         members: which routings to evaluate: ``None`` = the model as loaded (the ensemble for
             MoD); a list of member indices and/or ``None`` entries (``None`` = ensemble) [None].
@@ -93,7 +95,7 @@ class EvalConfig:
 
 
 # ---------------------------------------------------------------------------- models
-def load_for_eval(model: str = "default", adapter: str | Path | None = None, dtype: str = "float32",
+def load_for_eval(model: str | None = "default", adapter: str | Path | None = None, dtype: str = "float32",
                   device: str | None = None, trust_remote_code: bool = False) -> tuple[nn.Module, Any, dict]:
     """Load ``(model, tokenizer, info)`` for evaluation.
 
@@ -102,8 +104,9 @@ def load_for_eval(model: str = "default", adapter: str | Path | None = None, dty
     folder (``adapter_config.json``; peft), or ``None`` for the base model alone. The
     tokenizer pads on the left. ``info``: ``model``, ``adapter``, ``kind`` (base/lora/mod).
     """
-    from ..models import load_model
+    from ..models import base_model_for, load_model
 
+    model = base_model_for(model, adapter)  # None: the base the adapter records (base_model.json)
     adapter_path = Path(adapter) if adapter is not None else None
     if adapter_path is not None and not adapter_path.is_dir():
         raise FileNotFoundError(f"Adapter folder {adapter_path} does not exist.")
@@ -209,7 +212,7 @@ def evaluate_dataset(model: nn.Module, tokenizer, dataset: str, records: list[di
     max_new = config.max_new_tokens or info.default_max_new_tokens
     ids = [item_id(r) for r in records]  # all items: a file may hold rows beyond this run's limit
     records = records[: config.limit] if config.limit else records
-    prompts = [format_prompt(r["instruction"], r.get("input") or "", config.prompt_style) for r in records]
+    prompts = [render_prompt(tokenizer, r["instruction"], r.get("input") or "", config.prompt_style) for r in records]
     paths = {m: results_path(output_dir, info.name, m) for m in members}
     done = {m: _resume_rows(paths[m], ids) for m in members}
     todo = [i for i in range(len(records)) if any(i not in done[m] for m in members)]
@@ -320,7 +323,7 @@ def _default_label(info: dict) -> str:
     return Path(str(info.get("model") or "model")).name
 
 
-def run_eval(model: str = "default", adapter: str | None = None, datasets: str = "all", output: str | None = None,
+def run_eval(model: str | None = "default", adapter: str | None = None, datasets: str = "all", output: str | None = None,
              data_dir: str | None = None, member: int | None = None, members: str | None = None,
              label: str | None = None, dtype: str = "float32", device: str | None = None, **options) -> dict:
     """Load a model (and adapter), evaluate it, and return the summary: the CLI's ``eval``.
@@ -328,6 +331,9 @@ def run_eval(model: str = "default", adapter: str | None = None, datasets: str =
     ``options`` are :class:`EvalConfig` fields. The output folder defaults to
     ``ADAPTER/eval-<decoding>`` or ``eval/<model>-<decoding>``.
     """
+    from ..models import base_model_for
+
+    model = base_model_for(model, adapter)
     config = EvalConfig(**options)
     data = load_datasets(datasets, data_dir)  # bad names, files, records fail before the model loads
     quiet_transformers()

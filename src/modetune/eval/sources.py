@@ -31,7 +31,7 @@ def validate_test_items(records: Any, dataset: str, source: str) -> list[dict]:
     an ``answer`` that the dataset's rule can match. Raises :class:`~modetune.errors.DataError`
     (a ``ValueError``) naming the record."""
     info = get_dataset(dataset)
-    check_fields(records, source, required=("instruction",))  # a non-empty list of objects
+    check_fields(records, source, required=("instruction",), conversations=False)  # a non-empty list of objects
     for i, record in enumerate(records):
         if record.get("answer") in (None, ""):
             raise DataError(f"{source}: record {i} has no 'answer' field.")

@@ -47,7 +47,8 @@ class TrainConfig:
     train_on_inputs: bool = field(default=False, metadata={
         "help": "prompt tokens carry labels too (LLM-Adapters' default is True; here only the answer is learned)"})
     prompt_style: str = field(default="alpaca", metadata={
-        "help": "prompt template: 'alpaca', or 'llm-adapters' (their template, byte for byte)"})
+        "help": "prompt template of Alpaca records: 'alpaca', 'llm-adapters' (their template, byte for byte) or "
+                "'chat' (the tokenizer's chat template; conversation records always use it)"})
     # optimisation
     learning_rate: float = field(default=3e-4, metadata={"help": "peak learning rate (AdamW)"})
     num_epochs: float = field(default=1.0, metadata={"help": "passes over the training records"})

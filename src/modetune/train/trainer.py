@@ -113,6 +113,9 @@ class MoDTrainer(Trainer):
         if self._tokenizer_to_save is not None:
             self._tokenizer_to_save.save_pretrained(output_dir)
         if self._run_config is not None:
+            from ..models import record_base_model
+
+            record_base_model(output_dir, self._run_config.model)
             Path(output_dir, TRAIN_CONFIG_NAME).write_text(json.dumps(self._run_config.to_dict(), indent=2) + "\n")
 
     def _save_checkpoint(self, model, trial) -> None:
