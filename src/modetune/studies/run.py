@@ -64,7 +64,7 @@ def run_one(spec: RunSpec, config: ExperimentConfig, root: Path) -> dict:
     if not (adapter / TRAIN_CONFIG_NAME).exists():
         start = time.perf_counter()
         resume = any(run_dir.glob("checkpoint-*"))
-        summary = train(train_config, resume=resume)
+        summary = train(train_config, resume=resume, overwrite=not resume)  # no checkpoint: nothing to keep
         timing["train_s"] = timing.get("train_s", 0.0) + time.perf_counter() - start
         timing["trainable"], timing["total"] = summary["trainable"], summary["total"]
         timing_path.write_text(json.dumps(timing, indent=2))
@@ -74,13 +74,14 @@ def run_one(spec: RunSpec, config: ExperimentConfig, root: Path) -> dict:
     result = {"name": spec.name, "preset": spec.preset, "seed": spec.seed, "mod": spec.mod,
               "val": json.loads(val_path.read_text()), "log": read_log(run_dir), **timing}
     if "trainable" not in result:
-        model, _, _ = load_for_eval(config.train.model, adapter)
+        model, _, _ = load_for_eval(config.train.model, adapter, trust_remote_code=config.train.trust_remote_code)
         result["trainable"], result["total"] = parameter_counts(model)
     if spec.evaluate:
         eval_dir = run_dir / "eval"
         if not (eval_dir / "summary.json").exists():  # written when the evaluation completes
             start = time.perf_counter()
-            model, tokenizer, info = load_for_eval(config.train.model, adapter, device=_device())
+            model, tokenizer, info = load_for_eval(config.train.model, adapter, device=_device(),
+                                                   trust_remote_code=config.train.trust_remote_code)
             eval_config = EvalConfig(batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens,
                                      num_beams=config.num_beams, limit=config.eval_limit,
                                      prompt_style=config.train.prompt_style, progress=True)
