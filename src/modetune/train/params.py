@@ -19,13 +19,14 @@ def count_parameters(model: str, preset: str, k: int = 3, lora_r: int = 32, lora
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ..models import model_error, resolve_model
+    from ..models import check_remote_code, model_error, resolve_model
 
     MoDConfig(k=k)  # bad k fails before any download or remote code
     if lora_r < 1:
         raise ConfigError(f"lora_r must be >= 1, got {lora_r}.")
     parse_preset(preset)
     path = resolve_model(model)
+    check_remote_code(model, path, trust_remote_code)
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
