@@ -353,3 +353,9 @@ def test_remote_code_runs_with_the_flag(command, remote_code_model, tmp_path):
     result = run_cli(*REMOTE_COMMANDS[command](model, tmp_path), "--trust-remote-code", env_extra=env)
     assert result.returncode == 0, result.stderr[-2000:]
     assert marker.read_text() == "the model folder's own code ran"
+
+
+def test_batch_that_the_launched_processes_cannot_make_up_is_refused(runs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun with 2 processes: 2 records cannot feed 2 x 2
+    one_line_error(capsys, _train_case(runs, tmp_path), "micro_batch_size 2 x 2 process(es)")
+    assert not (tmp_path / "fresh").exists()

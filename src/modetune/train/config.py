@@ -112,11 +112,7 @@ def validate_train_config(config: TrainConfig) -> None:
         raise ConfigError(f"Unknown prompt_style {config.prompt_style!r}; choose one of {', '.join(STYLES)}.")
     if not config.data.strip() or not config.model.strip() or not config.output_dir.strip():
         raise ConfigError("model, data and output_dir must not be empty.")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    per_process, rest = divmod(config.batch_size, world)
-    if rest or per_process % config.micro_batch_size:
-        raise ConfigError(f"batch_size {config.batch_size} must be a multiple of micro_batch_size "
-                          f"{config.micro_batch_size} x {world} process(es): gradient accumulation cannot make it up.")
+    check_batch(config, world_size=1)  # train() checks again with the processes it was launched with
     from transformers.trainer_utils import SchedulerType
 
     schedulers = [s.value for s in SchedulerType]
@@ -124,3 +120,13 @@ def validate_train_config(config: TrainConfig) -> None:
         raise ConfigError(f"Unknown lr_scheduler {config.lr_scheduler!r}; choose one of {', '.join(schedulers)}.")
     if config.bf16 and config.fp16:
         raise ConfigError("Choose at most one of bf16 and fp16.")
+
+
+def check_batch(config: TrainConfig, world_size: int | None = None) -> None:
+    """``batch_size`` must be ``micro_batch_size`` x processes x a whole number of accumulation
+    steps (``world_size`` default: ``$WORLD_SIZE``, else 1)."""
+    world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    per_process, rest = divmod(config.batch_size, world)
+    if rest or per_process % config.micro_batch_size:
+        raise ConfigError(f"batch_size {config.batch_size} must be a multiple of micro_batch_size "
+                          f"{config.micro_batch_size} x {world} process(es): gradient accumulation cannot make it up.")

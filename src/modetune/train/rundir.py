@@ -89,6 +89,8 @@ def check_same_settings(checkpoint: Path, config: TrainConfig) -> None:
         return
     saved = read_json(path)
     wanted = json.loads(json.dumps(config.to_dict()))
+    default = json.loads(json.dumps(TrainConfig().to_dict()))  # a field newer than the checkpoint: its default
+    saved = {**{key: value for key, value in default.items() if key not in saved}, **saved}
     differ = sorted(key for key in set(saved) | set(wanted)
                     if key not in RESUMABLE_FIELDS and saved.get(key) != wanted.get(key))
     if differ:

@@ -24,7 +24,7 @@ from ..integrity import check_adapter_base, load_safetensors, stored_fingerprint
 from ..model import MoDModel, base_fingerprint, parameter_counts
 from ..variants import build_variant
 from ..version import __version__
-from .config import TRAIN_CONFIG_NAME, TrainConfig
+from .config import TRAIN_CONFIG_NAME, TrainConfig, check_batch
 from .faults import FaultInjection
 from .rundir import prepare_run_dir
 from .summary import SPARSITY_EPS, format_summary, summarise
@@ -232,6 +232,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
     if config.fp16 and not torch.cuda.is_available():
         raise ConfigError(f"fp16 mixed precision needs a CUDA GPU; this torch ({torch.__version__}) has none "
                           "(use bf16 or neither).")
+    check_batch(config)
     resume_from = prepare_run_dir(config, resume, overwrite, is_main)
     set_seed(config.seed)
     records = load_training_records(config.data, config.max_records, config.seed)
