@@ -359,3 +359,12 @@ def test_batch_that_the_launched_processes_cannot_make_up_is_refused(runs, tmp_p
     monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun with 2 processes: 2 records cannot feed 2 x 2
     one_line_error(capsys, _train_case(runs, tmp_path), "micro_batch_size 2 x 2 process(es)")
     assert not (tmp_path / "fresh").exists()
+
+
+def test_eval_overwrite_replaces_another_run(runs, tmp_path):
+    run = _copy(runs, "eval", tmp_path)
+    assert main(_eval(runs, "--adapter", str(runs["mod"] / "adapter"), "--limit", "1", "--num-beams", "2",
+                      "--output", str(run), "--overwrite")) == 0
+    assert json.loads((run / "run.json").read_text())["settings"]["decoding"] == "beam2"
+    rows = [json.loads(line) for line in (run / "builtin.jsonl").read_text().splitlines()]
+    assert [row["decoding"] for row in rows] == ["beam2"]  # the greedy rows of the old run are gone

@@ -23,6 +23,7 @@ from torch import nn
 from ..checks import check_device, check_dtype, coerce_fields
 from ..data import parse_source, select_records
 from ..errors import BaseModelMismatchError, ConfigError, first_line
+from ..integrity import read_json
 from ..prompts import STYLES, format_prompt
 from .datasets import get_dataset, parse_dataset_list
 from .generation import generate_responses
@@ -172,24 +173,32 @@ def _resume_rows(path: Path, ids: list[str]) -> dict[int, dict]:
     return done
 
 
-def _check_run_file(output_dir: Path, run: dict, overwrite: bool = False) -> None:
-    """Resume a run folder with the same settings, model and adapter; refuse one holding another
-    run unless ``overwrite`` (then its results go first)."""
-    from ..integrity import read_json
-
+def _same_run(output_dir: Path, run: dict) -> dict | None:
+    """The ``run.json`` already in ``output_dir`` (``None``: none), refused when it holds another
+    run (other settings, model or adapter): :class:`ConfigError`."""
     path = output_dir / RUN_FILE
     if output_dir.exists() and not output_dir.is_dir():
         raise ConfigError(f"Output {output_dir} is a file, not a folder.")
+    if not path.exists():
+        return None
+    previous = read_json(path)
+    for key in ("settings", "model", "adapter"):
+        if previous.get(key) != run.get(key):
+            raise ConfigError(f"{output_dir} holds a run with other {key} ({previous.get(key)} vs "
+                              f"{run.get(key)}); use another output folder, or --overwrite to replace it.")
+    return previous
+
+
+def _check_run_file(output_dir: Path, run: dict, overwrite: bool = False) -> None:
+    """Resume a run folder with the same settings, model and adapter; refuse one holding another
+    run unless ``overwrite`` (then its results go first)."""
+    path = output_dir / RUN_FILE
     if overwrite and output_dir.is_dir():
         for old in [path, *output_dir.glob(f"*{RESULTS_SUFFIX}"), *output_dir.glob("*.tmp"),
                     output_dir / "summary.json", output_dir / "summary.md"]:
             old.unlink(missing_ok=True)
-    if path.exists():
-        previous = read_json(path)
-        for key in ("settings", "model", "adapter"):
-            if previous.get(key) != run.get(key):
-                raise ConfigError(f"{output_dir} holds a run with other {key} ({previous.get(key)} vs "
-                                  f"{run.get(key)}); use another output folder, or --overwrite to replace it.")
+    previous = _same_run(output_dir, run)
+    if previous is not None:
         run["label"] = previous.get("label", run["label"])
     output_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(run, indent=2) + "\n")
@@ -347,7 +356,10 @@ def run_eval(model: str = "default", adapter: str | None = None, datasets: str =
     if output is None:
         base = Path(adapter) if adapter else Path("eval") / Path(model).name
         output = str(base / f"eval-{config.decoding}") if adapter else f"{base}-{config.decoding}"
-    if Path(output).exists() and not Path(output).is_dir():
+    if not overwrite:  # a folder holding another run is refused before the model loads
+        _same_run(Path(output), {"settings": config.settings(), "model": model,
+                                 "adapter": None if adapter is None else str(Path(adapter))})
+    elif Path(output).exists() and not Path(output).is_dir():
         raise ConfigError(f"Output {output} is a file, not a folder.")
     data = load_datasets(datasets, data_dir)  # bad names, files, records fail before the model loads
     quiet_transformers()
