@@ -202,11 +202,13 @@ def test_solved_matches_items_by_id_and_rejects_mismatches(tmp_path):
     assert len(result["intersections"]) == 11
 
 
-def test_bad_result_files_raise_data_errors(tmp_path):
+def test_bad_result_files_raise_data_errors(tmp_path, capsys):
     run = _run(tmp_path / "a", "A", {"gsm8k": [True, False]})
-    (run / "gsm8k.jsonl").write_text('{"index": 0}\nnot json\n{"index": 1}\n')
-    with pytest.raises(DataError, match="line 2 is not valid JSON"):
-        read_results(run / "gsm8k.jsonl")
+    (run / "gsm8k.jsonl").write_text('{"index": 0}\nnot json\n{"index": 1}\n{"index": 2')
+    assert [row["index"] for row in read_results(run / "gsm8k.jsonl")] == [0, 1]  # every unreadable row is warned about
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and "gsm8k.jsonl: line 2 is not a readable result row" in err[0]
+    assert "line 4 is not a readable result row (cut off mid-write)" in err[1]
     (run / "gsm8k.jsonl").write_text("")
     with pytest.raises(DataError, match="holds no results"):
         solved([run, run], dataset="gsm8k")

@@ -89,6 +89,7 @@ def test_resume_after_kill_equals_uninterrupted_run(tiny_model_dir, tmp_path):
     resumed = run_cli(*train_args(tiny_model_dir, run, *common), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     _assert_same(_weights(run / "adapter"), _weights(ref / "adapter"))
+    assert [row["step"] for row in _logged(run)] == [1, 2, 3, 4, 5, 6]  # every step logged once
 
 
 def test_ddp_two_processes_equals_single_process(tiny_model_dir, tmp_path):

@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from .errors import ConfigError
+from .checks import coerce_fields
+from .errors import ConfigError, DataError
+from .integrity import read_json
 
 CONFIG_NAME = "mod_config.json"
 
@@ -62,6 +64,7 @@ class MoDConfig:
         def bad(msg: str) -> ConfigError:
             return ConfigError(f"Invalid MoDConfig: {msg}.")
 
+        coerce_fields(self)
         if not isinstance(self.k, int) or self.k < 1:
             raise bad(f"k must be a positive integer, got {self.k!r}")
         choices = {
@@ -104,6 +107,9 @@ class MoDConfig:
     @classmethod
     def load(cls, directory: str | Path) -> tuple[MoDConfig, dict]:
         """Return the config and the metadata stored beside it (e.g. the base fingerprint)."""
-        data = json.loads((Path(directory) / CONFIG_NAME).read_text())
+        path = Path(directory) / CONFIG_NAME
+        data = read_json(path)
+        if not isinstance(data, dict):
+            raise DataError(f"{path} is damaged (expected a JSON object of MoD fields).")
         metadata = {key: data.pop(key) for key in ("modetune_version", "base_fingerprint") if key in data}
         return cls.from_dict(data), metadata

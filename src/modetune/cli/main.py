@@ -15,7 +15,7 @@ import sys
 from ..errors import UserError, first_line
 from .flags import HelpFormatter, add_config_flags, config_from_args
 
-BAD_INPUT = (UserError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError,
+BAD_INPUT = (UserError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError,
              json.JSONDecodeError)
 
 
@@ -27,7 +27,10 @@ def _add_train(sub) -> None:
                        description="Train a variant. Defaults: configs/default.yaml values; every field is a flag.")
     p.add_argument("--config", help="YAML file of TrainConfig fields (flags override it)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from the last checkpoint in output_dir (default: start afresh)")
+                   help="continue from the newest complete checkpoint in output_dir (default: start afresh)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an output_dir that holds a run, removing it first, checkpoints included "
+                   "(default: such a folder is refused)")
     add_config_flags(p, TrainConfig)
     p.set_defaults(func=_run_train)
 
@@ -36,7 +39,7 @@ def _run_train(args) -> None:
     from ..train.config import TrainConfig
     from ..train.trainer import train
 
-    train(config_from_args(args, TrainConfig), resume=args.resume)
+    train(config_from_args(args, TrainConfig), resume=args.resume, overwrite=args.overwrite)
 
 
 def _add_params(sub) -> None:
@@ -48,6 +51,8 @@ def _add_params(sub) -> None:
     p.add_argument("--lora-r", type=int, default=32, help="LoRA rank")
     p.add_argument("--lora-targets", default=None, help="comma-separated module names (none: per architecture)")
     p.add_argument("--json", action="store_true", help="print a JSON object (default: a table)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let transformers run the model folder's own code (default: refuse such a model)")
     p.set_defaults(func=_run_params)
 
 
@@ -55,7 +60,8 @@ def _run_params(args) -> None:
     from ..train.params import count_parameters, format_parameter_table
 
     targets = args.lora_targets.split(",") if args.lora_targets else None
-    result = count_parameters(args.model, args.preset, k=args.k, lora_r=args.lora_r, lora_targets=targets)
+    result = count_parameters(args.model, args.preset, k=args.k, lora_r=args.lora_r, lora_targets=targets,
+                              trust_remote_code=args.trust_remote_code)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -71,6 +77,10 @@ def _add_model_flags(p) -> None:
                    "none: the base model alone")
     p.add_argument("--dtype", default="float32", help="weights dtype (a torch dtype name: float32, bfloat16, float16)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (none: where the model loads)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let transformers run the model folder's own code (default: refuse such a model)")
+    p.add_argument("--ignore-base-mismatch", action="store_true",
+                   help="load an adapter recorded for another base model anyway, with a warning (default: refuse)")
 
 
 def _add_eval(sub) -> None:
@@ -110,6 +120,9 @@ def _add_eval(sub) -> None:
                    "'### Response:' the model writes)")
     p.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar (default: a progress bar with items/s)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results in an output folder that holds another run (default: refuse; a run "
+                   "with the same settings resumes)")
     p.set_defaults(func=_run_eval)
 
 
@@ -121,7 +134,9 @@ def _run_eval(args) -> None:
                        dtype=args.dtype, device=args.device, batch_size=args.batch_size,
                        max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, prompt_style=args.prompt_style,
                        limit=args.limit, stop_at_answer=args.stop_at_answer, progress=args.progress,
-                       cut_at_next_response=args.cut_at_next_response)
+                       cut_at_next_response=args.cut_at_next_response,
+                       trust_remote_code=args.trust_remote_code, ignore_base_mismatch=args.ignore_base_mismatch,
+                       overwrite=args.overwrite)
     print(summary["markdown"])
     print(f"\nResults in {summary['run_dir']}")
 
@@ -191,7 +206,9 @@ def _run_lm_eval(args) -> None:
     summary = run_lm_eval_cli(model=args.model, adapter=args.adapter, tasks=args.tasks, data_dir=args.data_dir,
                               batch_size=args.batch_size, limit=args.limit, num_fewshot=args.num_fewshot,
                               include_path=args.include_path, member=args.member, prompt_style=args.prompt_style,
-                              max_gen_toks=args.max_gen_toks, output=args.output, dtype=args.dtype, device=args.device)
+                              max_gen_toks=args.max_gen_toks, output=args.output, dtype=args.dtype, device=args.device,
+                              trust_remote_code=args.trust_remote_code,
+                              ignore_base_mismatch=args.ignore_base_mismatch)
     print(summary["table"])
 
 

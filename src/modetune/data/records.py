@@ -67,6 +67,10 @@ def load_json_records(path: str | Path, required: tuple[str, ...] = REQUIRED_FIE
     path = Path(path)
     if not path.exists():
         raise DataError(f"Data file not found: {path}")
+    if path.is_dir():
+        raise DataError(f"Data file {path} is a folder; give a .json or .jsonl file.")
+    if path.suffix not in (".json", ".jsonl"):
+        raise DataError(f"Data file {path} is not a .json or .jsonl file of records (LLM-Adapters format).")
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
@@ -149,6 +153,9 @@ def load_training_records(source: str, limit: int | None = None, seed: int = 0) 
         kind, _, count = source[len("builtin:"):].partition(":")
         if kind != "arithmetic":
             raise DataError(f"Unknown built-in dataset {kind!r}; the built-in source is builtin:arithmetic.")
+        if count and not (count.isdigit() and int(count) > 0):
+            raise DataError(f"{source}: the count after builtin:arithmetic: must be a positive whole number, "
+                            f"not {count!r}.")
         records = builtin_arithmetic(int(count or 2000), seed, "train")
     elif source.startswith("hf:"):
         records = load_hf_records(source[3:])

@@ -209,18 +209,27 @@ def run_lm_eval_cli(model: str = "default", adapter: str | None = None, tasks: s
                     batch_size: int = 8, limit: float | None = None, num_fewshot: int | None = None,
                     include_path: str | None = None, member: int | None = None, prompt_style: str = "alpaca",
                     max_gen_toks: int | None = None, output: str | None = None, dtype: str = "float32",
-                    device: str | None = None) -> dict:
+                    device: str | None = None, trust_remote_code: bool = False,
+                    ignore_base_mismatch: bool = False) -> dict:
     """Load a model (and adapter) and run lm-eval: the CLI's ``lm-eval``. Writes the results
     (without per-sample logs) to ``output`` as JSON when given; returns them with a
     ``"table"`` entry (lm-eval's markdown table)."""
+    from ..checks import check_device, check_dtype
+
+    check_dtype(dtype)
+    check_device(device)
     folder = resolve_data_dir(data_dir)
     if folder is not None and not folder.is_dir():
         raise FileNotFoundError(f"Data folder {data_dir} does not exist.")
+    if output and Path(output).is_dir():
+        raise ConfigError(f"Output {output} is a folder; give a file name for the JSON results.")
     workdir = Path(output).parent / ".lm-eval-data" if output else None
     specs = resolve_tasks(tasks, data_dir=data_dir, prompt_style=prompt_style, max_gen_toks=max_gen_toks,
                           workdir=workdir)  # bad task names/data fail before the model loads
     quiet_transformers()
-    loaded, tokenizer, info = load_for_eval(model, adapter, dtype=dtype, device=device)
+    loaded, tokenizer, info = load_for_eval(model, adapter, dtype=dtype, device=device,
+                                            trust_remote_code=trust_remote_code,
+                                            ignore_base_mismatch=ignore_base_mismatch)
     results = run_lm_eval(loaded, tokenizer, specs, batch_size=batch_size,
                           limit=int(limit) if limit is not None and limit >= 1 else limit,
                           num_fewshot=num_fewshot, include_path=include_path, member=member)

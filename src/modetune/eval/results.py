@@ -21,6 +21,7 @@ from itertools import combinations
 from pathlib import Path
 
 from ..errors import ConfigError, DataError
+from ..integrity import read_json, warn
 from ..plotting import pyplot
 from .datasets import ALL_DATASETS, ARITHMETIC, BUILTIN, COMMONSENSE, get_dataset
 
@@ -36,22 +37,29 @@ def results_path(output_dir: str | Path, dataset: str, member: int | None) -> Pa
     return Path(output_dir) / f"{dataset}{suffix}{RESULTS_SUFFIX}"
 
 
-def read_results(path: str | Path) -> list[dict]:
-    """Rows of a results JSONL file; a partial last line (an interrupted write) is ignored."""
+def read_results(path: str | Path, quiet: bool = False) -> list[dict]:
+    """Rows of a results JSONL file. A line that is not a JSON row (a partial last line from an
+    interrupted write, or damage) is skipped with a warning naming the file and line, unless ``quiet``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Results file {path} not found.")
     rows = []
-    lines = path.read_text(encoding="utf-8").split("\n")
+    try:
+        lines = path.read_text(encoding="utf-8").split("\n")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path} is damaged (not UTF-8 text: {error.reason}).") from None
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except json.JSONDecodeError:
-            if number == len(lines):  # no newline after it: cut off mid-write
-                break
-            raise DataError(f"{path}: line {number} is not valid JSON.") from None
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        elif not quiet:
+            cut = " (cut off mid-write)" if number == len(lines) else ""
+            warn(f"{path}: line {number} is not a readable result row{cut}; skipped.")
     return rows
 
 
@@ -65,9 +73,14 @@ def _split_name(path: Path) -> tuple[str, str | None]:
 def run_info(run_dir: str | Path) -> dict:
     """``run.json`` of a run folder (label, model, adapter, settings, members)."""
     path = Path(run_dir) / RUN_FILE
+    if not Path(run_dir).is_dir():
+        raise FileNotFoundError(f"Run folder {run_dir} does not exist.")
     if not path.is_file():
         raise FileNotFoundError(f"{run_dir} is not an evaluation run folder ({RUN_FILE} is missing).")
-    return json.loads(path.read_text())
+    info = read_json(path)
+    if not isinstance(info, dict):
+        raise DataError(f"{path} is damaged (expected a JSON object).")
+    return info
 
 
 def summarize_run(run_dir: str | Path) -> dict:
@@ -204,6 +217,10 @@ def _markdown(columns: list[str], rows: list[dict]) -> str:
 # ---------------------------------------------------------------------------- solved items
 def _load_solved(path: Path, dataset: str | None, variant: str | None) -> tuple[str, str, dict[str, bool]]:
     """``(dataset, label, {item id: correct})`` from a results file, or a run folder + dataset."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist (give results files or eval run folders).")
+    if path.is_file() and not path.name.endswith(RESULTS_SUFFIX):
+        raise ConfigError(f"{path} is not a results file (<dataset>[.member<i>]{RESULTS_SUFFIX}) or a run folder.")
     if path.is_dir():
         if dataset is None:
             raise ConfigError(f"{path} is a run folder: give --dataset (or pass result files).")
@@ -216,7 +233,7 @@ def _load_solved(path: Path, dataset: str | None, variant: str | None) -> tuple[
         name, member = _split_name(path)
         name = get_dataset(name).name if name else name
         info_path = path.parent / RUN_FILE
-        label = (json.loads(info_path.read_text()).get("label") if info_path.is_file() else None) or path.stem
+        label = (run_info(path.parent).get("label") if info_path.is_file() else None) or path.stem
     rows = read_results(file)
     if not rows:
         raise DataError(f"{file} holds no results.")

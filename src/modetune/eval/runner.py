@@ -20,16 +20,26 @@ from typing import Any
 
 from torch import nn
 
+from ..checks import check_device, check_dtype, coerce_fields
 from ..data import parse_source, select_records
 from ..data.chat import render_prompt
 from ..data.contamination import eval_contamination
 from ..errors import BaseModelMismatchError, ConfigError, first_line
+from ..integrity import read_json
 from ..prompts import STYLES
 from .datasets import get_dataset, parse_dataset_list
 from .generation import generate_responses
 from .members import describe_member, forced_member, member_index, parse_members, variant_name
 from .protocol import item_id, score_response
-from .results import RUN_FILE, read_results, report_from_summaries, results_path, summarize_run, write_summary
+from .results import (
+    RESULTS_SUFFIX,
+    RUN_FILE,
+    read_results,
+    report_from_summaries,
+    results_path,
+    summarize_run,
+    write_summary,
+)
 from .sources import load_test_items
 
 
@@ -71,6 +81,7 @@ class EvalConfig:
     prefix_cache: bool = True
 
     def __post_init__(self) -> None:
+        coerce_fields(self)
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}.")
         if self.num_beams < 1:
@@ -96,31 +107,38 @@ class EvalConfig:
 
 # ---------------------------------------------------------------------------- models
 def load_for_eval(model: str | None = "default", adapter: str | Path | None = None, dtype: str = "float32",
-                  device: str | None = None, trust_remote_code: bool = False) -> tuple[nn.Module, Any, dict]:
+                  device: str | None = None, trust_remote_code: bool = False,
+                  ignore_base_mismatch: bool = False) -> tuple[nn.Module, Any, dict]:
     """Load ``(model, tokenizer, info)`` for evaluation.
 
     ``adapter``: a MoD folder (``mod_config.json``; loaded with :meth:`MoDModel.from_pretrained`,
     which raises :class:`~modetune.errors.BaseModelMismatchError` on another base), a LoRA-only
-    folder (``adapter_config.json``; peft), or ``None`` for the base model alone. The
+    folder (``adapter_config.json``; peft; its ``modetune_adapter.json`` fingerprint must match
+    too), or ``None`` for the base model alone; ``ignore_base_mismatch`` turns the refusal of
+    another base into a warning. Damaged adapter files are named before the model loads. The
     tokenizer pads on the left. ``info``: ``model``, ``adapter``, ``kind`` (base/lora/mod).
     """
+    from ..config import CONFIG_NAME
+    from ..integrity import check_adapter_base, check_files
+    from ..model import ADAPTER_CONFIG, ADAPTER_WEIGHTS, WEIGHTS_NAME, MoDModel, base_fingerprint
     from ..models import base_model_for, load_model
 
     model = base_model_for(model, adapter)  # None: the base the adapter records (base_model.json)
     adapter_path = Path(adapter) if adapter is not None else None
-    if adapter_path is not None and not adapter_path.is_dir():
-        raise FileNotFoundError(f"Adapter folder {adapter_path} does not exist.")
+    if adapter_path is not None:
+        if not adapter_path.is_dir():
+            raise FileNotFoundError(f"Adapter folder {adapter_path} does not exist.")
+        check_files(adapter_path, (CONFIG_NAME, WEIGHTS_NAME, ADAPTER_CONFIG, ADAPTER_WEIGHTS))
     base, tokenizer = load_model(model, dtype=dtype, trust_remote_code=trust_remote_code, device=device)
     kind = "base"
     if adapter_path is not None:
-        from ..config import CONFIG_NAME
-        from ..model import ADAPTER_CONFIG, MoDModel
-
         if (adapter_path / CONFIG_NAME).exists():
-            base, kind = MoDModel.from_pretrained(base, adapter_path), "mod"
+            base = MoDModel.from_pretrained(base, adapter_path, ignore_base_mismatch=ignore_base_mismatch)
+            kind = "mod"
         elif (adapter_path / ADAPTER_CONFIG).exists():
             from peft import PeftModel
 
+            check_adapter_base(adapter_path, base_fingerprint(base), ignore_base_mismatch)
             try:
                 base = PeftModel.from_pretrained(base, str(adapter_path))
             except (RuntimeError, ValueError, KeyError) as error:
@@ -164,14 +182,32 @@ def _resume_rows(path: Path, ids: list[str]) -> dict[int, dict]:
     return done
 
 
-def _check_run_file(output_dir: Path, run: dict) -> None:
+def _same_run(output_dir: Path, run: dict) -> dict | None:
+    """The ``run.json`` already in ``output_dir`` (``None``: none), refused when it holds another
+    run (other settings, model or adapter): :class:`ConfigError`."""
     path = output_dir / RUN_FILE
-    if path.exists():
-        previous = json.loads(path.read_text())
-        for key in ("settings", "model", "adapter"):
-            if previous.get(key) != run.get(key):
-                raise ConfigError(f"{output_dir} holds a run with other {key} ({previous.get(key)} vs "
-                                  f"{run.get(key)}); use another output folder.")
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(f"Output {output_dir} is a file, not a folder.")
+    if not path.exists():
+        return None
+    previous = read_json(path)
+    for key in ("settings", "model", "adapter"):
+        if previous.get(key) != run.get(key):
+            raise ConfigError(f"{output_dir} holds a run with other {key} ({previous.get(key)} vs "
+                              f"{run.get(key)}); use another output folder, or --overwrite to replace it.")
+    return previous
+
+
+def _check_run_file(output_dir: Path, run: dict, overwrite: bool = False) -> None:
+    """Resume a run folder with the same settings, model and adapter; refuse one holding another
+    run unless ``overwrite`` (then its results go first)."""
+    path = output_dir / RUN_FILE
+    if overwrite and output_dir.is_dir():
+        for old in [path, *output_dir.glob(f"*{RESULTS_SUFFIX}"), *output_dir.glob("*.tmp"),
+                    output_dir / "summary.json", output_dir / "summary.md"]:
+            old.unlink(missing_ok=True)
+    previous = _same_run(output_dir, run)
+    if previous is not None:
         run["label"] = previous.get("label", run["label"])
         if "in_training" in run:  # counts of datasets evaluated into this folder before stay
             run["in_training"] = {**previous.get("in_training", {}), **run["in_training"]}
@@ -280,7 +316,7 @@ def load_datasets(datasets: str | Sequence[str] | list[tuple[str, list[dict]]], 
 def evaluate(model: nn.Module, tokenizer, datasets: str | Sequence[str] | list[tuple[str, list[dict]]],
              config: EvalConfig,
              output_dir: str | Path, data_dir: str | Path | None = None, info: dict | None = None,
-             label: str | None = None) -> dict:
+             label: str | None = None, overwrite: bool = False) -> dict:
     """Evaluate a loaded model on several datasets; write results, ``run.json`` and the summary.
 
     ``datasets``: names (``"gsm8k,svamp"``, ``"all"``), ``name=path.json`` entries, or the
@@ -305,7 +341,7 @@ def evaluate(model: nn.Module, tokenizer, datasets: str | Sequence[str] | list[t
                                                            for name, records in loaded])
     if in_training is not None:  # the adapter's run recorded its training questions
         run["in_training"] = in_training
-    _check_run_file(output_dir, run)
+    _check_run_file(output_dir, run, overwrite)
     timings = {}
     for name, records in loaded:
         timings[name] = evaluate_dataset(model, tokenizer, name, records, config, output_dir)
@@ -325,7 +361,9 @@ def _default_label(info: dict) -> str:
 
 def run_eval(model: str | None = "default", adapter: str | None = None, datasets: str = "all", output: str | None = None,
              data_dir: str | None = None, member: int | None = None, members: str | None = None,
-             label: str | None = None, dtype: str = "float32", device: str | None = None, **options) -> dict:
+             label: str | None = None, dtype: str = "float32", device: str | None = None,
+             trust_remote_code: bool = False, ignore_base_mismatch: bool = False, overwrite: bool = False,
+             **options) -> dict:
     """Load a model (and adapter), evaluate it, and return the summary: the CLI's ``eval``.
 
     ``options`` are :class:`EvalConfig` fields. The output folder defaults to
@@ -335,12 +373,21 @@ def run_eval(model: str | None = "default", adapter: str | None = None, datasets
 
     model = base_model_for(model, adapter)
     config = EvalConfig(**options)
-    data = load_datasets(datasets, data_dir)  # bad names, files, records fail before the model loads
-    quiet_transformers()
-    loaded, tokenizer, info = load_for_eval(model, adapter, dtype=dtype, device=device)
-    config = dataclasses.replace(config, members=parse_members(member, members, loaded))
+    check_dtype(dtype)
+    check_device(device)
     if output is None:
         base = Path(adapter) if adapter else Path("eval") / Path(model).name
         output = str(base / f"eval-{config.decoding}") if adapter else f"{base}-{config.decoding}"
-    return evaluate(loaded, tokenizer, data, config, output, info=info, label=label)
+    if not overwrite:  # a folder holding another run is refused before the model loads
+        _same_run(Path(output), {"settings": config.settings(), "model": model,
+                                 "adapter": None if adapter is None else str(Path(adapter))})
+    elif Path(output).exists() and not Path(output).is_dir():
+        raise ConfigError(f"Output {output} is a file, not a folder.")
+    data = load_datasets(datasets, data_dir)  # bad names, files, records fail before the model loads
+    quiet_transformers()
+    loaded, tokenizer, info = load_for_eval(model, adapter, dtype=dtype, device=device,
+                                            trust_remote_code=trust_remote_code,
+                                            ignore_base_mismatch=ignore_base_mismatch)
+    config = dataclasses.replace(config, members=parse_members(member, members, loaded))
+    return evaluate(loaded, tokenizer, data, config, output, info=info, label=label, overwrite=overwrite)
 

@@ -118,10 +118,12 @@ def load_test_items(dataset: str, data_dir: str | Path | None = None, path: str 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Dataset {info.name}: {path} not found.")
+    if path.suffix != ".json":
+        raise DataError(f"Dataset {info.name}: {path} is not a .json file (a JSON list of LLM-Adapters test items).")
     try:
         records = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path}: not valid JSON ({error.msg} at line {error.lineno}).") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: not valid JSON ({first_line(error)}).") from None
     return validate_test_items(records, info.name, str(path))
 
 

@@ -11,6 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..checks import check_bounds, coerce_fields
 from ..config import MoDConfig
 from ..errors import ConfigError
 from ..train.config import TrainConfig
@@ -60,6 +61,15 @@ class ExperimentConfig:
         "help": "run only these runs of the study (by name, comma-separated), e.g. to run it in parts"})
     output_dir: str | None = field(default=None, metadata={
         "help": "study folder holding every run and report.md (none: runs/experiments/<study>)"})
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        check_bounds(self, positive=("eval_limit", "eval_batch_size", "max_new_tokens", "num_beams"))
+        for name in ("seeds", "key_seeds", "k_values"):
+            if not getattr(self, name):
+                raise ConfigError(f"{name} must list at least one value.")
+        if any(k < 1 for k in self.k_values):
+            raise ConfigError(f"k_values must be positive, got {self.k_values}.")
 
     def to_dict(self) -> dict:
         """Every field by its YAML/flag name (training fields first); ``from_dict`` reads it back."""

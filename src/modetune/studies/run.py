@@ -15,6 +15,7 @@ import torch
 
 from ..config import MoDConfig
 from ..errors import ConfigError
+from ..integrity import read_json
 from ..model import parameter_counts
 from ..train.config import TRAIN_CONFIG_NAME, TrainConfig
 from ..variants import parse_preset
@@ -37,7 +38,7 @@ def _check_same_run(run_dir: Path, train_config: TrainConfig) -> None:
     saved_path = run_dir / "adapter" / TRAIN_CONFIG_NAME
     if not saved_path.exists():
         return
-    saved, wanted = json.loads(saved_path.read_text()), train_config.to_dict()
+    saved, wanted = read_json(saved_path), train_config.to_dict()
     ignored = set(IGNORED_FIELDS)
     if not parse_preset(wanted["preset"]).mod:
         ignored |= {f.name for f in dataclasses.fields(MoDConfig)}
@@ -65,7 +66,7 @@ def run_one(spec: RunSpec, config: ExperimentConfig, root: Path) -> dict:
     if not (adapter / TRAIN_CONFIG_NAME).exists():
         start = time.perf_counter()
         resume = any(run_dir.glob("checkpoint-*"))
-        summary = train(train_config, resume=resume)
+        summary = train(train_config, resume=resume, overwrite=not resume)  # no checkpoint: nothing to keep
         timing["train_s"] = timing.get("train_s", 0.0) + time.perf_counter() - start
         timing["trainable"], timing["total"] = summary["trainable"], summary["total"]
         timing_path.write_text(json.dumps(timing, indent=2))
@@ -75,13 +76,14 @@ def run_one(spec: RunSpec, config: ExperimentConfig, root: Path) -> dict:
     result = {"name": spec.name, "preset": spec.preset, "seed": spec.seed, "mod": spec.mod,
               "val": json.loads(val_path.read_text()), "log": read_log(run_dir), **timing}
     if "trainable" not in result:
-        model, _, _ = load_for_eval(config.train.model, adapter)
+        model, _, _ = load_for_eval(config.train.model, adapter, trust_remote_code=config.train.trust_remote_code)
         result["trainable"], result["total"] = parameter_counts(model)
     if spec.evaluate:
         eval_dir = run_dir / "eval"
         if not (eval_dir / "summary.json").exists():  # written when the evaluation completes
             start = time.perf_counter()
-            model, tokenizer, info = load_for_eval(config.train.model, adapter, device=_device())
+            model, tokenizer, info = load_for_eval(config.train.model, adapter, device=_device(),
+                                                   trust_remote_code=config.train.trust_remote_code)
             eval_config = EvalConfig(batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens,
                                      num_beams=config.num_beams, limit=config.eval_limit,
                                      prompt_style=config.train.prompt_style, progress=True,
@@ -113,11 +115,6 @@ def run_study(study: str, config: ExperimentConfig, smoke: bool = False) -> Path
     if smoke:
         config = ExperimentConfig.from_dict({**config.to_dict(), **SMOKE})
     root = Path(config.output_dir or f"runs/experiments/{study}{'-smoke' if smoke else ''}")
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "experiment.json").write_text(json.dumps({"study": study, "smoke": smoke,
-                                                       "config": config.to_dict()}, indent=2))
-    started = time.perf_counter()
-    results = []
     specs = plan(study, config)
     if config.only:
         unknown = sorted(set(config.only) - {spec.name for spec in specs})
@@ -125,6 +122,13 @@ def run_study(study: str, config: ExperimentConfig, smoke: bool = False) -> Path
             raise ConfigError(f"No run named {', '.join(unknown)} in study {study}; "
                              f"its runs: {', '.join(spec.name for spec in specs)}.")
         specs = [spec for spec in specs if spec.name in config.only]
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"output_dir {root} is a file, not a folder.")
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "experiment.json").write_text(json.dumps({"study": study, "smoke": smoke,
+                                                       "config": config.to_dict()}, indent=2))
+    started = time.perf_counter()
+    results = []
     for index, spec in enumerate(specs, 1):
         print(f"[modetune experiment {study}] run {index}/{len(specs)}: {spec.name}", flush=True)
         results.append(run_one(spec, config, root))

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 
+from ..checks import check_bounds, coerce_fields
 from ..config import MoDConfig
 from ..errors import ConfigError
+from ..prompts import STYLES
 from ..variants import parse_preset
 
 TRAIN_CONFIG_NAME = "train_config.json"
+POSITIVE = ("lora_r", "lora_alpha", "cutoff_len", "batch_size", "micro_batch_size", "learning_rate", "num_epochs",
+            "logging_steps", "save_steps", "save_total_limit", "max_records")
+NON_NEGATIVE = ("val_size", "warmup_steps", "weight_decay", "eval_steps")
 
 
 @dataclass
@@ -79,11 +85,7 @@ class TrainConfig:
     mod: MoDConfig = field(default_factory=MoDConfig, metadata={"help": "the MoD ensemble's settings"})
 
     def __post_init__(self) -> None:
-        parse_preset(self.preset)
-        if self.micro_batch_size < 1 or self.batch_size < 1:
-            raise ConfigError("batch_size and micro_batch_size must be positive.")
-        if self.bf16 and self.fp16:
-            raise ConfigError("Choose at most one of bf16 and fp16.")
+        validate_train_config(self)
 
     def to_dict(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "mod"}
@@ -98,3 +100,38 @@ class TrainConfig:
             raise ConfigError(f"Unknown config field(s): {', '.join(unknown)}.")
         mod = MoDConfig(**{key: value for key, value in data.items() if key in mod_fields})
         return cls(**{key: value for key, value in data.items() if key in own}, mod=mod)
+
+
+def validate_train_config(config: TrainConfig) -> None:
+    """Every check of a :class:`TrainConfig`, run once when it is built (flags, YAML or Python):
+    types coerced or refused, ranges, and the contradictions that would otherwise surface after
+    the model has loaded (a batch that micro-batches cannot make up, an unknown scheduler)."""
+    coerce_fields(config)
+    parse_preset(config.preset)
+    check_bounds(config, POSITIVE, NON_NEGATIVE)
+    if config.max_steps == 0 or config.max_steps < -1:
+        raise ConfigError(f"max_steps must be -1 (use num_epochs) or a positive number, got {config.max_steps}.")
+    if not 0.0 <= config.lora_dropout < 1.0:
+        raise ConfigError(f"lora_dropout must lie in [0, 1), got {config.lora_dropout}.")
+    if config.prompt_style not in STYLES:
+        raise ConfigError(f"Unknown prompt_style {config.prompt_style!r}; choose one of {', '.join(STYLES)}.")
+    if not config.data.strip() or not config.model.strip() or not config.output_dir.strip():
+        raise ConfigError("model, data and output_dir must not be empty.")
+    check_batch(config, world_size=1)  # train() checks again with the processes it was launched with
+    from transformers.trainer_utils import SchedulerType
+
+    schedulers = [s.value for s in SchedulerType]
+    if config.lr_scheduler not in schedulers:
+        raise ConfigError(f"Unknown lr_scheduler {config.lr_scheduler!r}; choose one of {', '.join(schedulers)}.")
+    if config.bf16 and config.fp16:
+        raise ConfigError("Choose at most one of bf16 and fp16.")
+
+
+def check_batch(config: TrainConfig, world_size: int | None = None) -> None:
+    """``batch_size`` must be ``micro_batch_size`` x processes x a whole number of accumulation
+    steps (``world_size`` default: ``$WORLD_SIZE``, else 1)."""
+    world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    per_process, rest = divmod(config.batch_size, world)
+    if rest or per_process % config.micro_batch_size:
+        raise ConfigError(f"batch_size {config.batch_size} must be a multiple of micro_batch_size "
+                          f"{config.micro_batch_size} x {world} process(es): gradient accumulation cannot make it up.")

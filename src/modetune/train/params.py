@@ -5,13 +5,13 @@ from __future__ import annotations
 import torch
 
 from ..config import MoDConfig
-from ..errors import first_line
+from ..errors import ConfigError
 from ..model import parameter_counts
-from ..variants import build_variant
+from ..variants import build_variant, parse_preset
 
 
-def count_parameters(model: str, preset: str, k: int = 3, lora_r: int = 32, lora_targets: list[str] | None = None
-                     ) -> dict:
+def count_parameters(model: str, preset: str, k: int = 3, lora_r: int = 32, lora_targets: list[str] | None = None,
+                     trust_remote_code: bool = False) -> dict:
     """Total and trainable parameters of a preset, from the model config alone (meta device).
 
     ``delta_pct`` is the trainable delta in % relative to ``lora_notk`` with the same LoRA
@@ -19,17 +19,22 @@ def count_parameters(model: str, preset: str, k: int = 3, lora_r: int = 32, lora
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from ..models import resolve_model
+    from ..models import check_remote_code, model_error, resolve_model
 
+    MoDConfig(k=k)  # bad k fails before any download or remote code
+    if lora_r < 1:
+        raise ConfigError(f"lora_r must be >= 1, got {lora_r}.")
+    parse_preset(preset)
     path = resolve_model(model)
+    check_remote_code(model, path, trust_remote_code)
     try:
-        config = AutoConfig.from_pretrained(path)
-    except OSError as error:
-        raise FileNotFoundError(f"Cannot read a model config from {model!r}: {first_line(error)}") from error
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise model_error(model, error) from error
 
     def counts(name: str) -> tuple[int, int]:
         with torch.device("meta"):
-            base = AutoModelForCausalLM.from_config(config)
+            base = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
         variant = build_variant(base, name, MoDConfig(k=k), lora_r=lora_r, lora_alpha=2 * lora_r,
                                 lora_dropout=0.0, lora_targets=lora_targets)
         return parameter_counts(variant)

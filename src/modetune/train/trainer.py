@@ -20,11 +20,14 @@ from transformers import Trainer, TrainerCallback
 
 from ..data import load_training_records, split_validation, tokenize_records
 from ..data.contamination import FINGERPRINT_NAME, warn_training_overlap, write_fingerprint
-from ..errors import NonFiniteLossError
-from ..model import MoDModel, parameter_counts
+from ..errors import ConfigError, NonFiniteLossError
+from ..integrity import check_adapter_base, load_safetensors, stored_fingerprint, write_base_record
+from ..model import MoDModel, base_fingerprint, parameter_counts
 from ..variants import build_variant
-from .config import TRAIN_CONFIG_NAME, TrainConfig
+from ..version import __version__
+from .config import TRAIN_CONFIG_NAME, TrainConfig, check_batch
 from .faults import FaultInjection
+from .rundir import prepare_run_dir
 from .summary import SPARSITY_EPS, format_summary, summarise
 
 
@@ -49,6 +52,7 @@ class MoDTrainer(Trainer):
         self._clock = time.perf_counter()
         self._tokenizer_to_save = tokenizer_to_save
         self._run_config = run_config
+        self._fingerprint: str | None = None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
@@ -109,7 +113,12 @@ class MoDTrainer(Trainer):
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
-        self.accelerator.unwrap_model(self.model).save_pretrained(output_dir)
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        unwrapped.save_pretrained(output_dir)
+        if not isinstance(unwrapped, MoDModel):  # a LoRA-only adapter: record its base beside peft's files
+            if self._fingerprint is None:
+                self._fingerprint = base_fingerprint(unwrapped)
+            write_base_record(output_dir, self._fingerprint, __version__)
         if self._tokenizer_to_save is not None:
             self._tokenizer_to_save.save_pretrained(output_dir)
         if self._run_config is not None:
@@ -148,16 +157,19 @@ class MoDTrainer(Trainer):
         self.accelerator.wait_for_everyone()
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        """Resume: the checkpoint's LoRA weights through peft, its MoD weights through the model."""
+        """Resume: the checkpoint's LoRA weights through peft, its MoD weights through the model,
+        after checking that the checkpoint was trained on this base model."""
         from peft import set_peft_model_state_dict
         from peft.utils import SAFETENSORS_WEIGHTS_NAME
-        from safetensors.torch import load_file
 
         unwrapped = self.accelerator.unwrap_model(model or self.model)
+        fingerprint = unwrapped.base_fingerprint if isinstance(unwrapped, MoDModel) else base_fingerprint(unwrapped)
+        if stored_fingerprint(resume_from_checkpoint) is not None:
+            check_adapter_base(resume_from_checkpoint, fingerprint)
         peft_model = unwrapped.base_model if isinstance(unwrapped, MoDModel) else unwrapped
         adapter = Path(resume_from_checkpoint) / SAFETENSORS_WEIGHTS_NAME
         if adapter.exists() and hasattr(peft_model, "peft_config"):
-            set_peft_model_state_dict(peft_model, load_file(str(adapter)))
+            set_peft_model_state_dict(peft_model, load_safetensors(adapter))
         if isinstance(unwrapped, MoDModel):
             unwrapped.load_mod_weights(resume_from_checkpoint)
 
@@ -211,17 +223,21 @@ def training_arguments(config: TrainConfig, world_size: int = 1):
     )
 
 
-def train(config: TrainConfig, resume: bool = False) -> dict:
-    """Run a training job end to end; returns the summary dict (also written to ``summary.json``)."""
+def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
+    """Run a training job end to end; returns the summary dict (also written to ``summary.json``).
+
+    A folder that already holds a run is refused unless ``resume`` (continue from its newest
+    complete checkpoint, with the same settings) or ``overwrite`` (remove it and start over).
+    """
     from transformers import DataCollatorForSeq2Seq, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
 
     output_dir = Path(config.output_dir)
-    resume_from = None
-    if resume:
-        resume_from = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-        if resume_from is None:
-            raise FileNotFoundError(f"--resume: no checkpoint found in {output_dir}.")
+    is_main = int(os.environ.get("RANK", "0")) == 0
+    if config.fp16 and not torch.cuda.is_available():
+        raise ConfigError(f"fp16 mixed precision needs a CUDA GPU; this torch ({torch.__version__}) has none "
+                          "(use bf16 or neither).")
+    check_batch(config)
+    resume_from = prepare_run_dir(config, resume, overwrite, is_main)
     set_seed(config.seed)
     records = load_training_records(config.data, config.max_records, config.seed)
     is_main = int(os.environ.get("RANK", "0")) == 0
@@ -251,8 +267,6 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     fault = FaultInjection.from_env()  # tests only: MODETUNE_FAULT_AT_STEP
     if fault is not None:
         trainer.add_callback(fault)
-    if is_main and not resume and (output_dir / "log.jsonl").exists():
-        (output_dir / "log.jsonl").unlink()
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume_from)
     final_dir = output_dir / "adapter"

@@ -17,7 +17,8 @@ def validation_metrics(adapter: Path, train_config: TrainConfig) -> dict:
 
     records = load_training_records(train_config.data, train_config.max_records, train_config.seed)
     _, val = split_validation(records, train_config.val_size, train_config.seed)
-    model, tokenizer, info = load_for_eval(train_config.model, adapter, device="cuda" if torch.cuda.is_available() else None)
+    model, tokenizer, info = load_for_eval(train_config.model, adapter, device="cuda" if torch.cuda.is_available() else None,
+                                           trust_remote_code=train_config.trust_remote_code)
     rows = tokenize_records(val, tokenizer, train_config.cutoff_len, train_config.train_on_inputs,
                             train_config.prompt_style)
     total, ensemble, members = 0, 0.0, None

@@ -1,0 +1,134 @@
+"""Config values validated once, at the boundary: every config dataclass's ``__post_init__``
+calls :func:`coerce_fields` (types) and :func:`check_bounds` (ranges), whether the value came
+from a flag, a YAML file or the Python API. :func:`check_device` and :func:`check_dtype` check
+the two runtime choices that are not config fields, before any model is loaded.
+
+Coercion is deliberately narrow: a number written as text (YAML reads ``3e-4`` as the string
+``"3e-4"``) becomes the number; ``"true"``/``"false"`` become booleans; a comma-separated
+string becomes a list. Anything else of the wrong type is refused with one line naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+
+from .errors import ConfigError
+
+TRUE, FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+def _split_optional(hint) -> tuple[typing.Any, bool]:
+    """``(base type, whether None is allowed)`` of a hint such as ``int | None``."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        rest = [a for a in args if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else typing.Any), type(None) in args
+    return hint, False
+
+
+def _number(value, kind: type, name: str):
+    if isinstance(value, bool):
+        raise ConfigError(f"{name} must be a number, got {value!r}.")
+    if isinstance(value, str):
+        try:
+            value = float(value.strip()) if kind is float or not value.strip().lstrip("+-").isdigit() \
+                else int(value.strip())
+        except ValueError:
+            raise ConfigError(f"{name} must be a number, got {value!r}.") from None
+    if not isinstance(value, (int, float)):
+        raise ConfigError(f"{name} must be a number, got {value!r}.")
+    if kind is int:
+        if isinstance(value, float) and not value.is_integer():
+            raise ConfigError(f"{name} must be a whole number, got {value!r}.")
+        return int(value)
+    return float(value)
+
+
+def coerce_value(value, hint, name: str):
+    """``value`` as the type ``hint`` names (see the module docstring), or :class:`ConfigError`."""
+    base, optional = _split_optional(hint)
+    if value is None:
+        if optional or base is typing.Any:
+            return None
+        raise ConfigError(f"{name} must be set (it cannot be none).")
+    origin = typing.get_origin(base)
+    if origin is typing.Literal:
+        if value not in typing.get_args(base):
+            raise ConfigError(f"{name} must be one of {', '.join(map(str, typing.get_args(base)))}, got {value!r}.")
+        return value
+    if base is bool:
+        text = str(value).strip().lower() if isinstance(value, (str, int)) else None
+        if isinstance(value, bool):
+            return value
+        if text in TRUE or text in FALSE:
+            return text in TRUE
+        raise ConfigError(f"{name} must be true or false, got {value!r}.")
+    if base in (int, float):
+        return _number(value, base, name)
+    if base is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be text, got {value!r}.")
+        return value
+    if origin is list:
+        item = (typing.get_args(base) or (str,))[0]
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name} must be a list, got {value!r}.")
+        return [coerce_value(v, item, name) for v in value]
+    if base is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name} must be a mapping, got {value!r}.")
+        return value
+    if isinstance(base, type) and dataclasses.is_dataclass(base) and isinstance(value, dict):
+        return base(**value)
+    return value
+
+
+def coerce_fields(config) -> None:
+    """Coerce every field of a dataclass instance to its type hint, in place (:func:`coerce_value`)."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        setattr(config, f.name, coerce_value(getattr(config, f.name), hints[f.name], f.name))
+
+
+def check_bounds(config, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = ()) -> None:
+    """``positive`` fields must be > 0 and ``non_negative`` ones >= 0 (``None`` values are skipped)."""
+    for names, low, word in ((positive, 0, "> 0"), (non_negative, None, ">= 0")):
+        for name in names:
+            value = getattr(config, name)
+            if value is not None and (value <= 0 if low == 0 else value < 0):
+                raise ConfigError(f"{name} must be {word}, got {value!r}.")
+
+
+def check_dtype(name: str) -> str:
+    """A weights dtype name this project loads models in (``float32``, ``bfloat16``, ...)."""
+    if name not in DTYPES:
+        raise ConfigError(f"Unknown dtype {name!r}; choose one of {', '.join(DTYPES)}.")
+    return name
+
+
+def check_device(device: str | None) -> str | None:
+    """A device this torch can use (``cpu``, ``cuda``, ``cuda:1``, ``mps``), or ``None``."""
+    import torch
+
+    if device is None:
+        return None
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"Unknown device {device!r}; use cpu, cuda, cuda:N or mps.") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"Device {device!r}: this torch ({torch.__version__}) cannot use CUDA "
+                              "(no CUDA build or no GPU visible).")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise ConfigError(f"Device {device!r}: only {torch.cuda.device_count()} CUDA device(s) are visible.")
+    elif parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"Device {device!r}: this torch cannot use MPS.")
+    elif parsed.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"Unsupported device {device!r}; use cpu, cuda, cuda:N or mps.")
+    return device

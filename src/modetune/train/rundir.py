@@ -1,0 +1,141 @@
+"""The run folder of ``modetune train``: never overwritten by accident, resumed only from a
+complete checkpoint trained with the same settings.
+
+- :func:`prepare_run_dir`: a folder that already holds a run is refused unless ``resume``
+  (continue it) or ``overwrite`` (remove the old run first, checkpoints included).
+- :func:`pick_checkpoint`: the newest checkpoint whose every file loads (JSON parses,
+  safetensors load, torch files pass their CRC checks); damaged ones are named and skipped.
+- :func:`check_same_settings`: a resume with other settings names the fields and stops.
+- :func:`trim_log`: ``log.jsonl`` keeps only the steps up to the checkpoint, so a resumed
+  run never logs a step twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+from ..errors import ConfigError, DataError
+from ..integrity import damage, read_json, warn
+from .config import TRAIN_CONFIG_NAME, TrainConfig
+
+LOG_NAME = "log.jsonl"
+# what a training run writes into its folder (removed by --overwrite); plus every checkpoint-N
+RUN_ITEMS = ("adapter", LOG_NAME, "summary.json", "loss.png", "routing.png", "runs", ".staging")
+CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")
+# settings that may change between a run and its resumption (they do not change the weights)
+RESUMABLE_FIELDS = {"output_dir", "report_to", "logging_steps", "save_steps", "save_total_limit", "eval_steps",
+                    "trust_remote_code"}
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """``checkpoint-N`` folders of a run, newest (largest N) first."""
+    if not run_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if p.is_dir() and (m := CHECKPOINT_RE.fullmatch(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def holds_run(run_dir: Path) -> bool:
+    """Whether ``run_dir`` holds (part of) a training run."""
+    return bool(checkpoints(run_dir)) or any((run_dir / name).exists() for name in RUN_ITEMS[:3])
+
+
+def remove_run(run_dir: Path) -> None:
+    """Remove every file a training run wrote into ``run_dir`` (other files stay)."""
+    for path in [*checkpoints(run_dir), *(run_dir / name for name in RUN_ITEMS)]:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def checkpoint_damage(checkpoint: Path) -> str | None:
+    """Why a checkpoint cannot be resumed from (the first damaged or missing file), or ``None``."""
+    if not (checkpoint / "trainer_state.json").is_file():
+        return f"{checkpoint / 'trainer_state.json'} is missing."
+    for path in sorted(checkpoint.iterdir()):
+        problem = damage(path) if path.is_file() else None
+        if problem:
+            return problem
+    return None
+
+
+def pick_checkpoint(run_dir: Path) -> Path:
+    """The newest complete, loadable checkpoint; warns about each damaged one it skips."""
+    found = checkpoints(run_dir)
+    if not found:
+        raise FileNotFoundError(f"--resume: no checkpoint found in {run_dir}.")
+    problems = []
+    for checkpoint in found:
+        problem = checkpoint_damage(checkpoint)
+        if problem is None:
+            for earlier in problems:
+                warn(f"skipping a damaged checkpoint: {earlier}")
+            if problems:
+                print(f"[modetune] resuming from {checkpoint.name}, the newest complete checkpoint", flush=True)
+            return checkpoint
+        problems.append(problem)
+    raise DataError(f"--resume: no complete checkpoint in {run_dir}: {'; '.join(problems)}")
+
+
+def check_same_settings(checkpoint: Path, config: TrainConfig) -> None:
+    """Refuse to resume ``checkpoint`` with settings other than those it was trained with."""
+    path = checkpoint / TRAIN_CONFIG_NAME
+    if not path.is_file():
+        return
+    saved = read_json(path)
+    wanted = json.loads(json.dumps(config.to_dict()))
+    default = json.loads(json.dumps(TrainConfig().to_dict()))  # a field newer than the checkpoint: its default
+    saved = {**{key: value for key, value in default.items() if key not in saved}, **saved}
+    differ = sorted(key for key in set(saved) | set(wanted)
+                    if key not in RESUMABLE_FIELDS and saved.get(key) != wanted.get(key))
+    if differ:
+        detail = ", ".join(f"{key} {saved.get(key)!r} -> {wanted.get(key)!r}" for key in differ)
+        raise ConfigError(f"--resume: the settings differ from those of {checkpoint} ({detail}); resume with the "
+                          "same settings, or pass --overwrite to start over.")
+
+
+def trim_log(run_dir: Path, step: int) -> None:
+    """Keep the rows of ``log.jsonl`` up to ``step`` (dropping any unreadable line), atomically."""
+    path = run_dir / LOG_NAME
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+            kept.append(line + "\n")
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def prepare_run_dir(config: TrainConfig, resume: bool = False, overwrite: bool = False,
+                    is_main: bool = True) -> str | None:
+    """Check (and with ``overwrite``, clear) the run folder before anything loads; returns the
+    checkpoint to resume from (``None``: start afresh). Only the main process removes or edits files."""
+    run_dir = Path(config.output_dir)
+    if resume and overwrite:
+        raise ConfigError("Choose one of --resume (continue the run) and --overwrite (start it over).")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"output_dir {run_dir} is a file, not a folder.")
+    if resume:
+        checkpoint = pick_checkpoint(run_dir)
+        check_same_settings(checkpoint, config)
+        if is_main:
+            trim_log(run_dir, int(CHECKPOINT_RE.fullmatch(checkpoint.name).group(1)))
+        return str(checkpoint)
+    if overwrite:
+        if is_main:
+            remove_run(run_dir)
+    elif holds_run(run_dir):
+        raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to "
+                          "start over (removing it, checkpoints included).")
+    return None
