@@ -240,10 +240,8 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
     resume_from = prepare_run_dir(config, resume, overwrite, is_main)
     set_seed(config.seed)
     records = load_training_records(config.data, config.max_records, config.seed)
-    is_main = int(os.environ.get("RANK", "0")) == 0
-    if is_main:  # the contamination guard: warn now, record the training questions' hashes
+    if is_main:  # the contamination guard: warn before the model loads
         warn_training_overlap(records, config.contamination_warn_at)
-        write_fingerprint(records, output_dir)
     train_records, val_records = split_validation(records, config.val_size, config.seed)
     model, tokenizer = build_model(config)
     tokenizer.padding_side = "right"
@@ -256,6 +254,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
     trainable, total = parameter_counts(model)
     if is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
+        write_fingerprint(records, output_dir)  # the training questions' hashes, once the model has loaded
         print(f"[modetune] {config.preset} on {config.model}: {trainable:,} trainable of {total:,} parameters "
               f"({100 * trainable / total:.4f}%); {len(train_rows)} training records, "
               f"{len(val_rows or [])} validation; global batch "
