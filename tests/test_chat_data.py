@@ -134,4 +134,6 @@ def test_train_on_conversations_and_evaluate_in_chat_style(tmp_path, tiny_model_
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"messages": [{"role": "user", "content": "?"}]}) + "\n")
     args[args.index("--data") + 1] = str(bad)
+    args[args.index("--output-dir") + 1] = str(tmp_path / "run-bad")  # a fresh folder: "run" holds a run now
     fails(capsys, args, "record 1: the conversation has no assistant turn")
+    assert not (tmp_path / "run-bad").exists()
