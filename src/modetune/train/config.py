@@ -54,6 +54,12 @@ class TrainConfig:
         "help": "records per forward pass on one process (gradient accumulation makes up the rest)"})
     warmup_steps: int = field(default=5, metadata={"help": "linear learning-rate warm-up steps"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    router_lr: float | None = field(default=None, metadata={
+        "help": "peak learning rate of the router and the member norms, an optimizer group of their own (none: "
+                "learning_rate; no sweep has set another default yet)"})
+    router_warmup_steps: int = field(default=0, metadata={
+        "help": "first N optimizer steps train only the router and the member norms (body and LoRA frozen); then "
+                "joint tuning, the body's learning-rate schedule starting at step N (0: no warm-up)"})
     lr_scheduler: str = field(default="linear", metadata={
         "help": "learning-rate schedule after warm-up (a transformers scheduler name: linear, cosine, constant, ...)"})
     seed: int = field(default=42, metadata={"help": "seed of the initialisation, data order and validation split"})
@@ -79,6 +85,12 @@ class TrainConfig:
             raise ConfigError("batch_size and micro_batch_size must be positive.")
         if self.bf16 and self.fp16:
             raise ConfigError("Choose at most one of bf16 and fp16.")
+        if self.router_lr is not None and not self.router_lr > 0:
+            raise ConfigError(f"router_lr must be positive (or none), got {self.router_lr}.")
+        if self.router_warmup_steps < 0:
+            raise ConfigError(f"router_warmup_steps must be >= 0, got {self.router_warmup_steps}.")
+        if self.router_warmup_steps and not parse_preset(self.preset).mod:
+            raise ConfigError(f"router_warmup_steps needs a preset with MoD; {self.preset} has no router.")
 
     def to_dict(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "mod"}
