@@ -108,3 +108,51 @@ def test_router_lr_and_warmup_train_save_and_resume(tiny_model_dir, tmp_path, ca
     resumed_logs = [row for row in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "loss" in row]
     assert [r["learning_rate"] for r in resumed_logs[-4:]] == [r["learning_rate"] for r in logs[-4:]]
     assert [r["router_learning_rate"] for r in resumed_logs[-4:]] == [r["router_learning_rate"] for r in logs[-4:]]
+
+
+def test_fit_router_moves_only_router_and_norms_and_lowers_training_ce(tiny_model_dir, tmp_path):
+    from peft import PeftModel
+
+    from modetune import MoDConfig, MoDModel
+    from modetune.models import load_model
+    from modetune.train.fit_router import FitRouterConfig, fit_router
+    from tiny import lora
+
+    lora_dir = tmp_path / "lora"
+    lora(load_model(str(tiny_model_dir))[0]).save_pretrained(str(lora_dir))  # a LoRA-only adapter, B non-zero
+    config = FitRouterConfig(model=str(tiny_model_dir), adapter=str(lora_dir), data="builtin:arithmetic:32",
+                             val_size=2, ce_records=8, steps=8, batch_size=4, learning_rate=3e-2,
+                             output=str(tmp_path / "fitted"), mod=MoDConfig(router_init="uniform"))
+    model, result = fit_router(config, progress=False)
+    assert result["kind"] == "lora"
+    reference = MoDModel(PeftModel.from_pretrained(load_model(str(tiny_model_dir))[0], str(lora_dir)),
+                         MoDConfig(router_init="uniform"))
+    fitted, untouched = dict(model.named_parameters()), dict(reference.named_parameters())
+    assert fitted.keys() == untouched.keys()
+    moved = sorted(name for name in fitted if not torch.equal(fitted[name], untouched[name]))
+    assert moved and all(name.startswith(("router.", "norms.")) for name in moved), moved
+    assert "router.weight" in moved
+    # every other weight bit-identical, LoRA included, and the saved LoRA files unchanged
+    lora_in, lora_out = load_file(str(lora_dir / "adapter_model.safetensors")), \
+        load_file(str(tmp_path / "fitted" / "adapter_model.safetensors"))
+    assert lora_in.keys() == lora_out.keys() and all(torch.equal(lora_in[k], lora_out[k]) for k in lora_in)
+    before, after = result["train_ce_before"]["ensemble_ce"], result["train_ce_after"]["ensemble_ce"]
+    assert after < before - 1e-3, (before, after)
+    assert json.loads((tmp_path / "fitted" / "fit_router.json").read_text())["train_ce_after"]["ensemble_ce"] == after
+    # the fitted adapter loads like any MoD adapter, with the fitted router
+    loaded = MoDModel.from_pretrained(load_model(str(tiny_model_dir))[0], tmp_path / "fitted")
+    assert torch.equal(loaded.router.weight, model.router.weight)
+
+
+def test_fit_router_command_on_a_base_model(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "fit"
+    assert main(["fit-router", "--model", str(tiny_model_dir), "--data", "builtin:arithmetic:24", "--steps", "2",
+                 "--batch-size", "2", "--val-size", "2", "--ce-records", "2", "--objective", "task",
+                 "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "val CE of the ensemble" in printed and "MoD adapter saved to" in printed
+    assert {"mod_config.json", "mod_model.safetensors", "fit_router.json"} <= {p.name for p in out.iterdir()}
+    assert not (out / "adapter_model.safetensors").exists()  # a base model: no LoRA
+    assert json.loads((out / "mod_config.json").read_text())["distill_lambda"] == 1.0  # the objective is not saved
+    fails(capsys, ["fit-router", "--model", str(tiny_model_dir), "--adapter", str(tmp_path / "none")],
+          "does not exist", command="fit-router")

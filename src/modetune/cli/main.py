@@ -62,6 +62,25 @@ def _run_params(args) -> None:
         print(format_parameter_table(result))
 
 
+def _add_fit_router(sub) -> None:
+    from ..train.fit_router import FitRouterConfig
+
+    p = sub.add_parser("fit-router", help="fit only the router and member norms on frozen members (a MoD adapter)",
+                       formatter_class=HelpFormatter,
+                       description="Fit a MoD router and member norms for a base model or an existing adapter, "
+                       "every other weight frozen; writes a MoD adapter and fit_router.json.")
+    p.add_argument("--config", help="YAML file of fit-router fields (flags override it)")
+    add_config_flags(p, FitRouterConfig)
+    p.set_defaults(func=_run_fit_router)
+
+
+def _run_fit_router(args) -> None:
+    from ..train.fit_router import FitRouterConfig, fit_router, format_fit
+
+    _, result = fit_router(config_from_args(args, FitRouterConfig))
+    print(format_fit(result))
+
+
 # ---------------------------------------------------------------- evaluation commands
 # (eval, report, solved, lm-eval are registered here)
 def _add_model_flags(p) -> None:
@@ -210,7 +229,7 @@ def _run_experiment(args) -> None:
 
 
 # ---------------------------------------------------------------- entry point
-COMMANDS = [_add_train, _add_params, _add_experiment, _add_eval, _add_report, _add_solved, _add_lm_eval]
+COMMANDS = [_add_train, _add_fit_router, _add_params, _add_experiment, _add_eval, _add_report, _add_solved, _add_lm_eval]
 
 
 def build_parser() -> argparse.ArgumentParser:
