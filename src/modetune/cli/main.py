@@ -206,6 +206,27 @@ def _run_lm_eval(args) -> None:
     print(summary["table"])
 
 
+def _add_probe(sub) -> None:
+    from ..eval.probe import ProbeConfig
+
+    p = sub.add_parser("probe", help="a late-layer ensemble's headroom on labelled tokens (oracles, fitted router)",
+                       formatter_class=HelpFormatter,
+                       description="Teacher-forced cross-entropy of each member, the model's own ensemble, the "
+                       "per-token oracles (upper bounds), the best global mix and a router fitted on half of the "
+                       "records; writes probe.json, probe.md and probe.png.")
+    p.add_argument("--config", help="YAML file of probe fields (flags override it)")
+    add_config_flags(p, ProbeConfig)
+    p.set_defaults(func=_run_probe)
+
+
+def _run_probe(args) -> None:
+    from ..eval.probe import ProbeConfig, probe_markdown, run_probe
+
+    result = run_probe(config_from_args(args, ProbeConfig))
+    print(probe_markdown(result))
+    print(f"\nWrote probe.json, probe.md and probe.png to {result['config']['output']} in {result['seconds']:.0f} s")
+
+
 # ---------------------------------------------------------------- experiments
 def _add_experiment(sub) -> None:
     from ..studies.plan import STUDIES, ExperimentConfig
@@ -229,7 +250,8 @@ def _run_experiment(args) -> None:
 
 
 # ---------------------------------------------------------------- entry point
-COMMANDS = [_add_train, _add_fit_router, _add_params, _add_experiment, _add_eval, _add_report, _add_solved, _add_lm_eval]
+COMMANDS = [_add_train, _add_fit_router, _add_params, _add_experiment, _add_eval, _add_probe, _add_report,
+            _add_solved, _add_lm_eval]
 
 
 def build_parser() -> argparse.ArgumentParser:
