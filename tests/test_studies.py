@@ -27,6 +27,34 @@ def test_report_pools_seeds_against_the_same_seed_baseline():
     rows = "\n".join(_pooled_rows(results, ["boolq"]))
     assert "| lora_notk_mod  | 1, 2, 3 | 20 | +40.0 [" in rows and "| 8 / 0 | 0.008 |" in rows  # p = 2 / 2**8
     assert _pooled_rows(results[:4], ["boolq"]) == []  # one seed of MoD: nothing to pool
+    # over seeds, beside it: every seed +40 points, so a zero-width t-interval; 3 / 0 seeds, p = 2 / 2**3
+    assert "| +40.0 [+40.0, +40.0] | 3 / 0 | 0.250 | 0.0 |" in rows and "item-level" in rows
+    noisy = results[:3] + [run("lora_notk_mod", s, flags) for s, flags in
+                           ((1, better), (2, base), (3, [True] * 12 + [False] * 8))]
+    row = [line for line in _pooled_rows(noisy, ["boolq"]) if line.startswith("| lora_notk_mod")][0]
+    # per-seed differences 40, 0, 10 points: mean 16.7, t-interval 16.7 ± 4.303 * 20.8 / sqrt(3)
+    assert "| +16.7 [-35.0, +68.4] | 2 / 0 | 0.500 |" in row
+
+
+def test_accuracy_table_has_wilson_intervals_and_baselines(tmp_path):
+    from modetune.studies.report import _accuracy_rows
+
+    def run(name, predictions):
+        folder = tmp_path / name
+        folder.mkdir()
+        gold = ["A"] * 6 + ["B"] * 3 + ["C"]
+        rows = [{"id": str(i), "gold": g, "extracted": p, "correct": g == p}
+                for i, (g, p) in enumerate(zip(gold, predictions))]
+        (folder / "AQuA.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return {"name": name, "preset": "lora_notk", "seed": 1, "mod": {}, "trainable": 10, "eval_dir": str(folder),
+                "val": {"ensemble_ce": 1.0, "final_ce": 1.0}, "correct": {"AQuA": {r["id"]: r["correct"] for r in rows}}}
+
+    lines, _ = _accuracy_rows([run("none", ["E"] * 10), run("bees", ["B"] * 9 + ["C"]), run("more", ["B"] * 10)])
+    text = "\n".join(lines)
+    assert "| 0.0 [0.0, 27.8] |" in text  # Wilson at 0/10, where a bootstrap collapses to [0, 0]
+    assert "| (majority class: most frequent gold answer) |" in text and "| 60.0 |" in text
+    # the runs predict B most often (19 of 30 rows): answering B everywhere scores 3/10
+    assert [line for line in lines if line.startswith("| (constant answer")][0].split("|")[-3].strip() == "30.0"
 
 
 def test_report_flags_answer_collapse(tmp_path):
