@@ -138,9 +138,10 @@ def load_training_records(source: str, limit: int | None = None, seed: int = 0) 
         from .builtin import builtin_arithmetic
 
         kind, _, count = source[len("builtin:"):].partition(":")
-        if kind != "arithmetic":
-            raise DataError(f"Unknown built-in dataset {kind!r}; the built-in source is builtin:arithmetic.")
-        records = builtin_arithmetic(int(count or 2000), seed, "train")
+        if kind not in ("arithmetic", "arithmetic-tn"):
+            raise DataError(f"Unknown built-in dataset {kind!r}; the built-in sources are builtin:arithmetic and "
+                            "builtin:arithmetic-tn (held out by template and numbers).")
+        records = builtin_arithmetic(int(count or 2000), seed, "train", "template" if kind.endswith("-tn") else "question")
     elif source.startswith("hf:"):
         records = load_hf_records(source[3:])
     elif source.startswith("packaged:"):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..plotting import pyplot
 from ..stats import mcnemar, minimum_detectable_effect, over_seeds, paired_difference_ci, paired_over_seeds, wilson_interval
-from .plan import SMOKE, ExperimentConfig
+from .plan import SMOKE, SMOKE_STUDY, ExperimentConfig
 
 TOPK_SPEED_NAME = "topk_speed.json"  # written by benchmarks/bench_topk.py into the topk study's folder
 
@@ -206,7 +206,7 @@ def command_line(study: str, config: ExperimentConfig, smoke: bool = False) -> s
     parts = ["modetune", "experiment", study] + (["--smoke"] if smoke else [])
     default, extra = ExperimentConfig().to_dict(), {}
     for name, value in config.to_dict().items():
-        if value == default.get(name) or (smoke and name in SMOKE):
+        if value == default.get(name) or (smoke and (name in SMOKE or name in SMOKE_STUDY.get(study, {}))):
             continue
         flag = "--" + name.replace("_", "-")
         if isinstance(value, dict):
