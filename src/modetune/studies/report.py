@@ -7,6 +7,7 @@ per-study sections and plots. ``report-<study>.md`` is the same text, kept when 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -240,6 +241,8 @@ def write_study_report(study: str, config: ExperimentConfig, results: list[dict]
                            f"{study}-sparsity.png"))
     if study == "sparsity":
         lines += _sparsity_rows(results, config.train.mod.k)
+    if study in ("router_sweep", "mod_vs_lora"):
+        lines += _router_movement_rows(results, config.train.mod.k)
     if study == "motivation":
         lines += _motivation_venn(results, root)
     if study == "topk":
@@ -303,6 +306,27 @@ def _sparsity_rows(results: list[dict], k: int) -> list[str]:
                 w = statistics.mean(row[f"router_{i}"] for row in last)
                 sp = statistics.mean(row[f"sparsity_{i}"] for row in last)
                 lines.append(f"| {r['name']} | {i} (layer N-{k - 1 - i}) | {w:.3f} | {sp:.3f} |")
+    return lines + [""]
+
+
+def _router_movement_rows(results: list[dict], k: int) -> list[str]:
+    """How far each run's router moved (means over its last five logged steps): mean weight per
+    member, the entropy of the weights (log k = uniform), and the share of tokens on which a
+    non-final member gets the largest weight."""
+    lines = ["## Router movement (last five logged steps)", "",
+             f"| run | val CE ens. | val CE final | mean weights (shallow -> final) | entropy (max {math.log(k):.3f}) | "
+             "share non-final top |", "|---|---|---|---|---|---|"]
+    for r in results:
+        last = [row for row in r["log"] if "router_0" in row][-5:]
+        if not last:
+            continue
+        def mean(key: str, last: list[dict] = last) -> float:
+            values = [row[key] for row in last if key in row]
+            return statistics.mean(values) if values else float("nan")
+
+        weights = ", ".join(f"{mean(f'router_{i}'):.3f}" for i in range(k))
+        lines.append(f"| {r['name']} | {r['val']['ensemble_ce']:.4f} | {r['val']['final_ce']:.4f} | [{weights}] | "
+                     f"{mean('router_entropy'):.3f} | {mean('router_nonfinal_top'):.3f} |")
     return lines + [""]
 
 

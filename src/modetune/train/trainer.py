@@ -100,6 +100,10 @@ class MoDTrainer(Trainer):
                 sparse = float((weights[:, i] < SPARSITY_EPS).float().mean())
                 self._stats.setdefault(f"sparsity_{i}", []).append(sparse)
             self._stats.setdefault("sparsity", []).append(float((weights < SPARSITY_EPS).float().mean()))
+            entropy = -(weights * weights.clamp_min(1e-12).log()).sum(-1).mean()
+            self._stats.setdefault("router_entropy", []).append(float(entropy))
+            top = (weights.argmax(-1) != weights.shape[-1] - 1).float().mean()
+            self._stats.setdefault("router_nonfinal_top", []).append(float(top))
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
         if "loss" in logs:
