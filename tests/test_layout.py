@@ -23,7 +23,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "modetune"
 
 CORE = {f"{PACKAGE}.{name}" for name in
-        "config routing surgery losses model variants models stats probe prompts errors plotting version".split()} | {PACKAGE}
+        "config routing surgery losses model variants models stats probe prompts errors plotting version".split()
+        } | {PACKAGE}
 UPPER = ["data", "eval", "train", "studies", "cli",  # the layers above core, and the old homes of their code:
          "evaluation", "analysis", "training", "experiments", "lm_eval_adapter"]
 MAX_MODULE_LINES = 500

@@ -240,16 +240,18 @@ class LinearRouter:
 
 
 def fit_linear_router(x: Tensor, members: MemberLogits, val_x: Tensor, val_members: MemberLogits, lr: float = 1e-3,
-                      max_epochs: int = 60, patience: int = 4, batch: int = 128, seed: int = 0
-                      ) -> tuple[LinearRouter, list[float]]:
-    """Fit ``W`` (zero start) and ``b`` (zero start: the uniform mix) with Adam on the mean
+                      max_epochs: int = 60, patience: int = 4, batch: int = 128, seed: int = 0,
+                      init: Tensor | None = None) -> tuple[LinearRouter, list[float]]:
+    """Fit ``W`` (zero start) and ``b`` (start ``log init``, a mix such as the best global one;
+    none: zero, the uniform mix) with Adam on the mean
     full-vocabulary ``CE_t(G(x_t))`` over ``members``, in shuffled mini-batches of ``batch``
     tokens; after each epoch score ``val_members`` and keep the best state; stop after
     ``patience`` epochs without improvement. Returns the router and the validation CE per epoch
     (index 0: before training)."""
     mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
     weight = torch.zeros(x.shape[1], members.k, requires_grad=True)
-    bias = torch.zeros(members.k, requires_grad=True)
+    start = torch.zeros(members.k) if init is None else init.clamp_min(1e-4).log()
+    bias = start.clone().requires_grad_(True)
     router = LinearRouter(mean, std, weight, bias)
     optimizer = torch.optim.Adam([weight, bias], lr=lr)
     generator = torch.Generator().manual_seed(seed)

@@ -97,7 +97,7 @@ def collect(model, rows: list[dict], k: int, candidates: int | None = None) -> d
             for r, row in enumerate(rows):
                 ids = torch.tensor([row["input_ids"]], device=model.device)
                 labels = torch.tensor(row["labels"][1:], device=model.device)
-                out = model(input_ids=ids)
+                out = model(input_ids=ids) if is_mod else model(input_ids=ids, logits_to_keep=1)  # members via hooks
                 pos = (labels != -100).nonzero().squeeze(-1)
                 target = labels[pos]
                 zs = [norm(stash[i][0, pos]) for norm, i in zip(norms, indices)]
@@ -157,8 +157,9 @@ def headroom(data: dict, oracle_steps: int = 12) -> dict:
 
 
 def fitted_router(data: dict, config: ProbeConfig) -> dict:
-    """A router of the method's form fitted on half of the records (a fifth of that half for
-    early stopping) and scored on the other half, beside the final member, a global mix fitted
+    """A router of the method's form, starting at the best global mix of its half (``W = 0``,
+    ``b = log w``), fitted on half of the records (a fifth of that half for early stopping)
+    and scored on the other half, beside the final member, a global mix fitted
     on the same half, and the oracle mix, all on the scoring half."""
     records = sorted(set(data["record"].tolist()))
     random.Random(config.seed).shuffle(records)
@@ -169,11 +170,11 @@ def fitted_router(data: dict, config: ProbeConfig) -> dict:
     members = {name: data["members"].select(r) for name, r in rows.items()}
     x = {name: data["x"][r] for name, r in rows.items()}
     start = time.perf_counter()
+    _, global_w = global_mix(MemberLogits.cat([members["fit"], members["val"]]))
     router, history = fit_linear_router(x["fit"], members["fit"], x["val"], members["val"], lr=config.router_lr,
                                         max_epochs=config.router_max_epochs, patience=config.router_patience,
-                                        seed=config.seed)
+                                        seed=config.seed, init=global_w)
     seconds = time.perf_counter() - start
-    _, global_w = global_mix(MemberLogits.cat([members["fit"], members["val"]]))
     score = members["score"]
     _, oracle_w = oracle_mix(score, config.oracle_steps)
     with torch.no_grad():
@@ -247,7 +248,8 @@ def probe_markdown(r: dict) -> str:
         lines.append(f"The trained router's largest weight falls on the oracle's member on "
                      f"{100 * r['router_on_oracle_member_share']:.1f}% of tokens.")
     f = r["fitted_router"]
-    lines += ["", f"Achievable: a router `softmax(x̃ W + b)` (x̃ the standardised final normalised state) fitted on "
+    lines += ["", f"Achievable: a router `softmax(x̃ W + b)` (x̃ the standardised final normalised state; W = 0 and b "
+              "at the best global mix to start) fitted on "
               f"{f['records']['fit']} records ({f['tokens']['fit']} tokens; {f['records']['val']} more for early "
               f"stopping, {f['epochs']} epochs) and scored on {f['records']['score']} other records "
               f"({f['tokens']['score']} tokens):", "", "| scoring half | CE (nats/token) |", "|---|---|",
