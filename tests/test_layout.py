@@ -1,7 +1,7 @@
 """The package's layering rules, checked on its source (``ast``, nothing is imported).
 
 Layers, bottom to top (docs/architecture.md):
-- core: ``config routing surgery losses model variants models stats prompts errors plotting``
+- core: ``config routing surgery losses model variants models stats probe prompts errors plotting``
   (and the package ``__init__``, the public face every submodule import runs first);
 - ``data/`` (training records), then ``eval/`` and ``train/``, then ``studies/`` and ``cli/``.
 
@@ -23,7 +23,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "modetune"
 
 CORE = {f"{PACKAGE}.{name}" for name in
-        "config routing surgery losses model variants models stats prompts errors plotting version".split()} | {PACKAGE}
+        "config routing surgery losses model variants models stats probe prompts errors plotting version".split()
+        } | {PACKAGE}
 UPPER = ["data", "eval", "train", "studies", "cli",  # the layers above core, and the old homes of their code:
          "evaluation", "analysis", "training", "experiments", "lm_eval_adapter"]
 MAX_MODULE_LINES = 500

@@ -27,6 +27,34 @@ def test_report_pools_seeds_against_the_same_seed_baseline():
     rows = "\n".join(_pooled_rows(results, ["boolq"]))
     assert "| lora_notk_mod  | 1, 2, 3 | 20 | +40.0 [" in rows and "| 8 / 0 | 0.008 |" in rows  # p = 2 / 2**8
     assert _pooled_rows(results[:4], ["boolq"]) == []  # one seed of MoD: nothing to pool
+    # over seeds, beside it: every seed +40 points, so a zero-width t-interval; 3 / 0 seeds, p = 2 / 2**3
+    assert "| +40.0 [+40.0, +40.0] | 3 / 0 | 0.250 | 0.0 |" in rows and "item-level" in rows
+    noisy = results[:3] + [run("lora_notk_mod", s, flags) for s, flags in
+                           ((1, better), (2, base), (3, [True] * 12 + [False] * 8))]
+    row = [line for line in _pooled_rows(noisy, ["boolq"]) if line.startswith("| lora_notk_mod")][0]
+    # per-seed differences 40, 0, 10 points: mean 16.7, t-interval 16.7 ± 4.303 * 20.8 / sqrt(3)
+    assert "| +16.7 [-35.0, +68.4] | 2 / 0 | 0.500 |" in row
+
+
+def test_accuracy_table_has_wilson_intervals_and_baselines(tmp_path):
+    from modetune.studies.report import _accuracy_rows
+
+    def run(name, predictions):
+        folder = tmp_path / name
+        folder.mkdir()
+        gold = ["A"] * 6 + ["B"] * 3 + ["C"]
+        rows = [{"id": str(i), "gold": g, "extracted": p, "correct": g == p}
+                for i, (g, p) in enumerate(zip(gold, predictions))]
+        (folder / "AQuA.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return {"name": name, "preset": "lora_notk", "seed": 1, "mod": {}, "trainable": 10, "eval_dir": str(folder),
+                "val": {"ensemble_ce": 1.0, "final_ce": 1.0}, "correct": {"AQuA": {r["id"]: r["correct"] for r in rows}}}
+
+    lines, _ = _accuracy_rows([run("none", ["E"] * 10), run("bees", ["B"] * 9 + ["C"]), run("more", ["B"] * 10)])
+    text = "\n".join(lines)
+    assert "| 0.0 [0.0, 27.8] |" in text  # Wilson at 0/10, where a bootstrap collapses to [0, 0]
+    assert "| (majority class: most frequent gold answer) |" in text and "| 60.0 |" in text
+    # the runs predict B most often (19 of 30 rows): answering B everywhere scores 3/10
+    assert [line for line in lines if line.startswith("| (constant answer")][0].split("|")[-3].strip() == "30.0"
 
 
 def test_report_flags_answer_collapse(tmp_path):
@@ -165,3 +193,45 @@ def test_topk_report_shows_the_benchmarks_timings(tmp_path):
     section = "\n".join(_topk_speed_rows(tmp_path))
     assert section.startswith("## Dense vs Top-K routing: wall-clock")
     assert section in (results / "report-topk.md").read_text()  # the committed report, byte for byte
+
+
+def test_router_sweep_and_mod_vs_lora_plans():
+    config = ExperimentConfig.from_dict({"key_seeds": list(range(42, 50)), "seeds": [42, 43, 44, 45],
+                                         "router_arm_lr": 9e-3, "router_arm_warmup": 10})
+    runs = plan("mod_vs_lora", config)
+    arms = {}
+    for run in runs:
+        arms.setdefault(run.name.rsplit("-s", 1)[0], []).append(run.seed)
+    assert arms == {"lora_notk": list(range(42, 50)), "lora_notk_mod": list(range(42, 50)),
+                    "mod_uniform": [42, 43, 44, 45], "mod_router": [42, 43, 44, 45]}
+    router = next(r for r in runs if r.name == "mod_router-s42")
+    assert router.train == {"router_lr": 9e-3, "router_warmup_steps": 10} and all(r.evaluate for r in runs)
+    assert next(r for r in runs if r.name == "mod_uniform-s43").mod == {"router_init": "uniform",
+                                                                          "distill_through_body": False}
+    from modetune.studies.plan import run_train_config
+
+    train = run_train_config(router, config, Path("x"))
+    assert (train.router_lr, train.router_warmup_steps, train.seed) == (9e-3, 10, 42)
+    sweep = plan("router_sweep", ExperimentConfig())
+    assert [(r.train["router_lr"], r.train["router_warmup_steps"]) for r in sweep] == [
+        (f * 3e-4, w) for f in (1.0, 10.0, 30.0, 100.0) for w in (0, 10)]
+    assert not any(r.evaluate for r in sweep)
+
+
+@pytest.mark.slow
+def test_mod_vs_lora_smoke_runs_end_to_end(tiny_model_dir, tmp_path):
+    from modetune.data.builtin import builtin_arithmetic, template_key
+
+    out = tmp_path / "mod_vs_lora"
+    assert main(["experiment", "mod_vs_lora", "--smoke", "--model", str(tiny_model_dir), "--output-dir", str(out)]) == 0
+    for name in ("lora_notk-s42", "lora_notk_mod-s42", "mod_uniform-s42", "mod_router-s42"):
+        rows = (out / name / "eval" / "builtin.jsonl").read_text().splitlines()
+        assert len(rows) == 4, name  # the study's own held-out file, test_size 4 in the smoke setting
+    saved = json.loads((out / "mod_router-s42" / "adapter" / "train_config.json").read_text())
+    assert (saved["router_lr"], saved["router_warmup_steps"], saved["data"]) == (1e-2, 1, "builtin:arithmetic-tn:40")
+    assert json.loads((out / "mod_uniform-s42" / "adapter" / "mod_config.json").read_text())["router_init"] == "uniform"
+    held_out = json.loads((out / "builtin-tn-test-4.json").read_text())
+    train_keys = {template_key(r["instruction"]) for r in builtin_arithmetic(40, 42, "train", "template")}
+    assert not {template_key(r["instruction"]) for r in held_out} & train_keys
+    report = (out / "report.md").read_text()
+    assert "modetune experiment mod_vs_lora --smoke" in report and "(majority class" in report

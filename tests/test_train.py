@@ -50,13 +50,14 @@ def test_train_end_to_end_writes_adapter_logs_and_plots(tiny_model_dir, tmp_path
     steps = [row for row in logs if "loss" in row]
     assert len(steps) == 4
     for key in ("task_loss", "distill_0", "distill_1", "router_0", "router_2", "sparsity", "learning_rate",
-                "tokens_per_s"):
+                "tokens_per_s", "router_entropy", "router_nonfinal_top"):
         assert key in steps[-1], key
     # per-step losses are whole-batch means: total = task + lambda * sum(distill)
     row = steps[-1]
     assert row["loss"] == pytest.approx(row["task_loss"] + row["distill_0"] + row["distill_1"], rel=1e-4)
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["router_weights"]) == 3 and abs(sum(summary["router_weights"]) - 1) < 1e-4
+    assert 0 < summary["router_entropy"] <= 1.0987 and 0 <= summary["router_nonfinal_top"] <= 1  # entropy <= log 3
 
 
 def test_gradient_accumulation_equals_full_batch(tiny_model_dir, tmp_path):

@@ -67,3 +67,99 @@ def paired_over_seeds(a: Sequence[Sequence[bool]], b: Sequence[Sequence[bool]], 
              for i in range(len(a[0]))]
     n_pos, n_neg = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
     return (*_bootstrap_mean(diffs, level, n_boot, seed), n_pos, n_neg, sign_test(n_pos, n_neg))
+
+
+# ---------------------------------------------------------------- intervals and tests over seeds
+def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float, float, float]:
+    """``(p, low, high)``: the Wilson score interval of a proportion ``p = s / n``,
+    ``(p + z²/2n ± z sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n)`` with ``z`` the normal quantile at
+    ``(1 + level) / 2``. Unlike the bootstrap it does not collapse to ``[0, 0]`` at ``s = 0``."""
+    if n <= 0:
+        return float("nan"), float("nan"), float("nan")
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf((1 + level) / 2)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    return p, low, 1.0 if successes == n else min(1.0, centre + half)
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """The continued fraction of the regularised incomplete beta function (Lentz's method)."""
+    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + num * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """The regularised incomplete beta function ``I_x(a, b)``."""
+    if x <= 0.0 or x >= 1.0:
+        return 0.0 if x <= 0.0 else 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log(1 - x))
+    if x < (a + 1) / (a + b + 2):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1 - x) / b
+
+
+def t_cdf(t: float, df: float) -> float:
+    """Student's t distribution function: ``1 - I_{df/(df+t²)}(df/2, 1/2) / 2`` for ``t >= 0``."""
+    tail = 0.5 * _betainc(df / 2, 0.5, df / (df + t * t))
+    return 1.0 - tail if t >= 0 else tail
+
+
+def t_quantile(p: float, df: float) -> float:
+    """The ``p`` quantile of Student's t with ``df`` degrees of freedom (bisection on :func:`t_cdf`)."""
+    low, high = -1e4, 1e4
+    for _ in range(200):
+        mid = (low + high) / 2
+        low, high = (mid, high) if t_cdf(mid, df) < p else (low, mid)
+    return (low + high) / 2
+
+
+def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:
+    """``(mean, low, high)``: ``mean ± t_{(1+level)/2, n-1} s / sqrt(n)`` (``nan`` bounds for ``n < 2``)."""
+    n = len(values)
+    mean = sum(values) / n if n else float("nan")
+    if n < 2:
+        return mean, float("nan"), float("nan")
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    half = t_quantile((1 + level) / 2, n - 1) * sd / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def over_seeds(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict:
+    """Compare two variants by their per-seed scores (same seeds, same items): the paired
+    differences ``d_s = a_s - b_s``, their t-interval, and the exact two-sided sign test over
+    the seeds with ``d_s != 0``. The seed, not the item, is the unit: training-seed variance is
+    in the interval."""
+    if len(a) != len(b):
+        raise ValueError("The over-seed comparison needs one score per seed for both variants.")
+    diffs = [x - y for x, y in zip(a, b)]
+    mean, low, high = t_interval(diffs, level)
+    n_pos, n_neg = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)) if len(diffs) > 1 else float("nan")
+    return {"seeds": len(diffs), "diffs": diffs, "mean": mean, "low": low, "high": high, "sd": sd,
+            "n_pos": n_pos, "n_neg": n_neg, "sign_p": sign_test(n_pos, n_neg)}
+
+
+def minimum_detectable_effect(sd: float, n: int, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true mean paired difference a two-sided paired t-test at ``alpha`` detects
+    with probability ``power`` over ``n`` pairs whose differences have standard deviation ``sd``:
+    ``MDE = (t_{1-alpha/2, n-1} + t_{power, n-1}) sd / sqrt(n)`` (the usual approximation that
+    ignores the non-centrality's skew)."""
+    if n < 2:
+        return float("inf")
+    return (t_quantile(1 - alpha / 2, n - 1) + t_quantile(power, n - 1)) * sd / math.sqrt(n)

@@ -68,6 +68,25 @@ def _run_params(args) -> None:
         print(format_parameter_table(result))
 
 
+def _add_fit_router(sub) -> None:
+    from ..train.fit_router import FitRouterConfig
+
+    p = sub.add_parser("fit-router", help="fit only the router and member norms on frozen members (a MoD adapter)",
+                       formatter_class=HelpFormatter,
+                       description="Fit a MoD router and member norms for a base model or an existing adapter, "
+                       "every other weight frozen; writes a MoD adapter and fit_router.json.")
+    p.add_argument("--config", help="YAML file of fit-router fields (flags override it)")
+    add_config_flags(p, FitRouterConfig)
+    p.set_defaults(func=_run_fit_router)
+
+
+def _run_fit_router(args) -> None:
+    from ..train.fit_router import FitRouterConfig, fit_router, format_fit
+
+    _, result = fit_router(config_from_args(args, FitRouterConfig))
+    print(format_fit(result))
+
+
 # ---------------------------------------------------------------- evaluation commands
 # (eval, report, solved, lm-eval are registered here)
 def _add_model_flags(p) -> None:
@@ -243,6 +262,27 @@ def _run_data_split(args) -> None:
     print(format_counts(split_arithmetic_source(args.source, args.output), args.output))
 
 
+def _add_probe(sub) -> None:
+    from ..eval.probe import ProbeConfig
+
+    p = sub.add_parser("probe", help="a late-layer ensemble's headroom on labelled tokens (oracles, fitted router)",
+                       formatter_class=HelpFormatter,
+                       description="Teacher-forced cross-entropy of each member, the model's own ensemble, the "
+                       "per-token oracles (upper bounds), the best global mix and a router fitted on half of the "
+                       "records; writes probe.json, probe.md and probe.png.")
+    p.add_argument("--config", help="YAML file of probe fields (flags override it)")
+    add_config_flags(p, ProbeConfig)
+    p.set_defaults(func=_run_probe)
+
+
+def _run_probe(args) -> None:
+    from ..eval.probe import ProbeConfig, probe_markdown, run_probe
+
+    result = run_probe(config_from_args(args, ProbeConfig))
+    print(probe_markdown(result))
+    print(f"\nWrote probe.json, probe.md and probe.png to {result['config']['output']} in {result['seconds']:.0f} s")
+
+
 # ---------------------------------------------------------------- experiments
 def _add_experiment(sub) -> None:
     from ..studies.plan import STUDIES, ExperimentConfig
@@ -330,8 +370,8 @@ def _run_export(args) -> None:
 
 
 # ---------------------------------------------------------------- entry point
-COMMANDS = [_add_train, _add_params, _add_experiment, _add_eval, _add_report, _add_solved, _add_lm_eval,
-            _add_generate, _add_chat, _add_export, _add_data]
+COMMANDS = [_add_train, _add_fit_router, _add_params, _add_experiment, _add_eval, _add_probe, _add_report,
+            _add_solved, _add_lm_eval, _add_generate, _add_chat, _add_export, _add_data]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,13 +2,18 @@
 
 Worked answers end in "The answer is N."; deterministic by seed. One question in ten (by a
 hash of its text) belongs to the test split, which ``modetune eval --datasets builtin`` reads,
-so test questions never occur in training.
+so test questions never occur in training (``holdout="question"``, the default the main job
+uses). Questions that differ only in names and objects can still straddle that split; with
+``holdout="template"`` the split is by a hash of the template and its numbers instead, so no
+held-out item shares both its template and its numbers with a training item
+(``builtin:arithmetic-tn[:N]`` as a training source).
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
+import re
 
 from ..errors import DataError
 from .text import normalise_text
@@ -68,18 +73,37 @@ def _bucket(question: str) -> str:
     return "test" if hashlib.sha1(normalise_text(question).encode()).digest()[0] < 26 else "train"
 
 
-def builtin_arithmetic(n: int, seed: int = 0, split: str = "train") -> list[dict]:
+def template_key(question: str) -> str:
+    """The template and numbers of a question: its text with every name and object word dropped
+    is the template, and its numbers in order. Two questions with the same key differ only in names
+    and objects."""
+    words = set(NAMES) | set(ITEMS)
+    template = " ".join("#" if re.fullmatch(r"\d+", w) else w for w in re.findall(r"\w+", question) if w not in words)
+    return template + "|" + ",".join(re.findall(r"\d+", question))
+
+
+def _template_bucket(question: str) -> str:
+    """``"test"`` for one template-and-numbers key in ten (by a SHA-1 of :func:`template_key`)."""
+    return "test" if hashlib.sha1(template_key(question).encode()).digest()[0] < 26 else "train"
+
+
+def builtin_arithmetic(n: int, seed: int = 0, split: str = "train", holdout: str = "question") -> list[dict]:
     """``n`` distinct generated problems of one split. The split is fixed by a hash of the
-    question, so no test question can ever occur in training, whatever the seeds and sizes."""
-    rng = random.Random(f"{split}-{seed}")
+    question (``holdout="question"``) or of its template and numbers (``"template"``; then the
+    test items also have distinct keys), so no test item can ever occur in training, whatever
+    the seeds and sizes."""
+    if holdout not in ("question", "template"):
+        raise DataError(f"holdout must be 'question' or 'template', got {holdout!r}.")
+    bucket = _bucket if holdout == "question" else _template_bucket
+    rng = random.Random(f"{split}-{seed}" if holdout == "question" else f"{split}-{seed}-template")
     seen: set[str] = set()
     records = []
     for _ in range(n * 200):
         if len(records) == n:
             break
         question, worked, result = _problem(rng)
-        key = normalise_text(question)
-        if key in seen or _bucket(question) != split:
+        key = normalise_text(question) if holdout == "question" or split == "train" else template_key(question)
+        if key in seen or bucket(question) != split:
             continue
         seen.add(key)
         records.append({"instruction": question, "input": "", "output": worked, "answer": str(result)})
@@ -88,6 +112,7 @@ def builtin_arithmetic(n: int, seed: int = 0, split: str = "train") -> list[dict
     return records
 
 
-def builtin_split(n_train: int, n_test: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
+def builtin_split(n_train: int, n_test: int, seed: int = 0, holdout: str = "question"
+                  ) -> tuple[list[dict], list[dict]]:
     """Train and held-out test problems; the test questions never occur in training."""
-    return builtin_arithmetic(n_train, seed, "train"), builtin_arithmetic(n_test, 0, "test")
+    return builtin_arithmetic(n_train, seed, "train", holdout), builtin_arithmetic(n_test, 0, "test", holdout)

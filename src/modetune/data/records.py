@@ -151,12 +151,13 @@ def load_training_records(source: str, limit: int | None = None, seed: int = 0) 
         from .builtin import builtin_arithmetic
 
         kind, _, count = source[len("builtin:"):].partition(":")
-        if kind != "arithmetic":
-            raise DataError(f"Unknown built-in dataset {kind!r}; the built-in source is builtin:arithmetic.")
+        if kind not in ("arithmetic", "arithmetic-tn"):
+            raise DataError(f"Unknown built-in dataset {kind!r}; the built-in sources are builtin:arithmetic and "
+                            "builtin:arithmetic-tn (held out by template and numbers).")
         if count and not (count.isdigit() and int(count) > 0):
-            raise DataError(f"{source}: the count after builtin:arithmetic: must be a positive whole number, "
+            raise DataError(f"{source}: the count after builtin:{kind}: must be a positive whole number, "
                             f"not {count!r}.")
-        records = builtin_arithmetic(int(count or 2000), seed, "train")
+        records = builtin_arithmetic(int(count or 2000), seed, "train", "template" if kind.endswith("-tn") else "question")
     elif source.startswith("hf:"):
         records = load_hf_records(source[3:])
     elif source.startswith("packaged:"):

@@ -2,7 +2,9 @@
 
 Each study is a list of runs (a preset plus MoD overrides and a seed). Studies (docs/method.md,
 "Measurements the paper reports"): ``variants``, ``motivation``, ``sparsity``, ``topk``,
-``ablations``, and ``sweep`` (settle the MoD defaults on the validation split before the main study).
+``ablations``, and ``sweep`` (settle the MoD defaults on the validation split before the main study);
+``router_sweep`` (issue 15: the router's learning rate and warm-up, by validation CE) and ``mod_vs_lora``
+(issue 11: the pre-registered study, docs/results/study-mod-vs-lora/PLAN.md).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from ..config import MoDConfig
 from ..errors import ConfigError
 from ..train.config import TrainConfig
 
-STUDIES = ("variants", "motivation", "sparsity", "topk", "ablations", "sweep")
+STUDIES = ("variants", "motivation", "sparsity", "topk", "ablations", "sweep", "router_sweep", "mod_vs_lora")
 # TrainConfig fields that the study sets for each run itself (not settable for a study)
 RUN_FIELDS = ("preset", "seed", "output_dir", "report_to", "save_steps")
 # where a study's training differs from TrainConfig's defaults
@@ -57,6 +59,16 @@ class ExperimentConfig:
     cut_at_next_response: bool = field(default=True, metadata={
         "help": "score only the text before the next '### Response:' the model writes, as LLM-Adapters does "
                 "(false: the whole generated text)"})
+    test_size: int = field(default=600, metadata={
+        "help": "held-out items of the built-in split by template and numbers (datasets entry 'builtin-tn')"})
+    router_lr_factors: list[float] = field(default_factory=lambda: [1.0, 10.0, 30.0, 100.0], metadata={
+        "help": "router_sweep: router_lr as multiples of learning_rate"})
+    router_warmups: list[int] = field(default_factory=lambda: [0, 10], metadata={
+        "help": "router_sweep: router_warmup_steps values"})
+    router_arm_lr: float = field(default=3e-3, metadata={
+        "help": "mod_vs_lora: router_lr of the mod_router arm (set from router_sweep before the study runs)"})
+    router_arm_warmup: int = field(default=0, metadata={
+        "help": "mod_vs_lora: router_warmup_steps of the mod_router arm (set from router_sweep)"})
     only: list[str] | None = field(default=None, metadata={
         "help": "run only these runs of the study (by name, comma-separated), e.g. to run it in parts"})
     output_dir: str | None = field(default=None, metadata={
@@ -99,6 +111,10 @@ class ExperimentConfig:
                 if key != "k" and value != default[key]}
 
 
+# per-study changes to the smoke setting (the study's own data path, at a tiny size)
+SMOKE_STUDY = {"mod_vs_lora": dict(data="builtin:arithmetic-tn:40", datasets="builtin-tn", test_size=4, seeds=[42],
+                                   router_arm_lr=1e-2, router_arm_warmup=1),
+               "router_sweep": dict(router_lr_factors=[1.0, 10.0], router_warmups=[0, 1])}
 SMOKE = dict(data="builtin:arithmetic:40", max_steps=2, batch_size=2, micro_batch_size=2, warmup_steps=0,
              val_size=4, lora_r=4, lora_alpha=8, seeds=[42], key_seeds=[42], datasets="builtin", data_dir=None,
              eval_limit=4, eval_batch_size=4, max_new_tokens=16, k_values=[1, 2])
@@ -111,6 +127,7 @@ class RunSpec:
     seed: int
     mod: dict = field(default_factory=dict)
     evaluate: bool = True
+    train: dict = field(default_factory=dict)  # TrainConfig fields this run sets (router_lr, router_warmup_steps)
 
 
 def plan(study: str, config: ExperimentConfig) -> list[RunSpec]:
@@ -148,10 +165,36 @@ def plan(study: str, config: ExperimentConfig) -> list[RunSpec]:
                     runs.append(RunSpec(name, "lora_notk_mod", seed, {"distill_lambda": lam, "router_init": init,
                                                                        "distill_through_body": body}, False))
         return runs
+    if study == "router_sweep":
+        seed, lr = config.seeds[0], config.train.learning_rate
+        return [RunSpec(f"rlr{f:g}x-warm{w}-s{seed}", "lora_notk_mod", seed, evaluate=False,
+                        train={"router_lr": f * lr, "router_warmup_steps": w})
+                for f in config.router_lr_factors for w in config.router_warmups]
+    if study == "mod_vs_lora":
+        return _mod_vs_lora(config)
     raise ConfigError(f"Unknown study {study!r}; choose one of {', '.join(STUDIES)}.")
+
+
+def _mod_vs_lora(config: ExperimentConfig) -> list[RunSpec]:
+    """The pre-registered arms (PLAN.md), seed-major so an interrupted study has whole seeds:
+    lora_notk and lora_notk_mod (defaults) over ``key_seeds``; ``mod_uniform`` (uniform router
+    start, distillation on the member norms only) and ``mod_router`` (``router_arm_lr``,
+    ``router_arm_warmup``) over ``seeds``."""
+    runs = []
+    for seed in dict.fromkeys([*config.key_seeds, *config.seeds]):
+        if seed in config.key_seeds:
+            runs += [RunSpec(f"lora_notk-s{seed}", "lora_notk", seed),
+                     RunSpec(f"lora_notk_mod-s{seed}", "lora_notk_mod", seed)]
+        if seed in config.seeds:
+            runs += [RunSpec(f"mod_uniform-s{seed}", "lora_notk_mod", seed,
+                             {"router_init": "uniform", "distill_through_body": False}),
+                     RunSpec(f"mod_router-s{seed}", "lora_notk_mod", seed,
+                             train={"router_lr": config.router_arm_lr, "router_warmup_steps": config.router_arm_warmup})]
+    return runs
 
 
 def run_train_config(spec: RunSpec, config: ExperimentConfig, run_dir: Path) -> TrainConfig:
     """The TrainConfig of one run: the study's training settings, the run's preset, seed and MoD overrides."""
     return dataclasses.replace(config.train, preset=spec.preset, seed=spec.seed, output_dir=str(run_dir),
-                               report_to=["none"], save_steps=20, mod=dataclasses.replace(config.train.mod, **spec.mod))
+                               report_to=["none"], save_steps=20, mod=dataclasses.replace(config.train.mod, **spec.mod),
+                               **spec.train)

@@ -1,4 +1,5 @@
-"""A study's ``report.md``: accuracy with 95% bootstrap intervals, paired differences with McNemar's
+"""A study's ``report.md``: accuracy with 95% Wilson intervals (and the majority-class and constant-answer
+baselines), paired differences with McNemar's
 test against the study's baseline (same items and seeds), pooled-over-seeds tests, answer collapse,
 per-study sections and plots. ``report-<study>.md`` is the same text, kept when studies share a folder.
 """
@@ -6,12 +7,13 @@ per-study sections and plots. ``report-<study>.md`` is the same text, kept when 
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from pathlib import Path
 
 from ..plotting import pyplot
-from ..stats import accuracy_ci, mcnemar, paired_difference_ci, paired_over_seeds
-from .plan import SMOKE, ExperimentConfig
+from ..stats import mcnemar, minimum_detectable_effect, over_seeds, paired_difference_ci, paired_over_seeds, wilson_interval
+from .plan import SMOKE, SMOKE_STUDY, ExperimentConfig
 
 TOPK_SPEED_NAME = "topk_speed.json"  # written by benchmarks/bench_topk.py into the topk study's folder
 
@@ -45,14 +47,46 @@ def _accuracy_rows(results: list[dict]) -> tuple[list[str], list[str]]:
         for d in datasets:
             flags = list(r.get("correct", {}).get(d, {}).values())
             if flags:
-                acc, lo, hi = accuracy_ci(flags)
+                acc, lo, hi = wilson_interval(sum(flags), len(flags))
                 accs.append(acc)
                 cells.append(f"{_pct(acc)} [{_pct(lo)}, {_pct(hi)}]")
             else:
                 cells.append("")
         cells.append(_pct(statistics.mean(accs)) if accs else "")
         lines.append("| " + " | ".join(cells) + " |")
-    return lines, datasets
+    return lines + _baseline_rows(results, datasets, len(header) - len(datasets) - 1), datasets
+
+
+def _baseline_rows(results: list[dict], datasets: list[str], blank: int) -> list[str]:
+    """Two reference rows per accuracy table, from the runs' scored rows: the majority class
+    (always the test set's most frequent gold answer: the best any constant answer can do) and
+    the constant answer (always the answer the runs predict most often, pooled over runs)."""
+    from collections import Counter
+
+    from ..eval.results import read_results
+
+    majority, constant = [], []
+    for d in datasets:
+        rows = {}
+        predicted: Counter = Counter()
+        for r in results:
+            path = Path(r.get("eval_dir", "/nonexistent")) / f"{d}.jsonl"
+            if path.exists():
+                for row in read_results(path):
+                    rows.setdefault(row["id"], str(row["gold"]))
+                    predicted[str(row["extracted"])] += 1
+        if not rows or not predicted:
+            majority.append("")
+            constant.append("")
+            continue
+        gold = Counter(rows.values())
+        majority.append(_pct(gold.most_common(1)[0][1] / len(rows)))
+        constant.append(_pct(gold.get(predicted.most_common(1)[0][0], 0) / len(rows)))
+    if not any(majority):
+        return []
+    pad = [""] * (blank - 1)
+    return ["| (majority class: most frequent gold answer) | " + " | ".join(pad + majority) + " | |",
+            "| (constant answer: the runs' most frequent prediction) | " + " | ".join(pad + constant) + " | |"]
 
 
 def _paired_rows(results: list[dict], datasets: list[str]) -> list[str]:
@@ -96,15 +130,24 @@ def _pooled_rows(results: list[dict], datasets: list[str]) -> list[str]:
         b = [[bases[r["seed"]]["correct"][d][i] for d, i in items] for r in runs]
         diff, lo, hi, n_pos, n_neg, p = paired_over_seeds(a, b)
         verdict = "" if p < 0.05 else " (no significant difference)"
+        seeds = over_seeds([sum(x) / len(x) for x in a], [sum(y) / len(y) for y in b])
+        mde = minimum_detectable_effect(seeds["sd"], seeds["seeds"])
         lines.append(f"| {runs[0]['preset']} {runs[0]['mod'] or ''} | {', '.join(str(r['seed']) for r in runs)} | "
                      f"{len(items)} | {100 * diff:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | {n_pos} / {n_neg} | "
-                     f"{p:.3f}{verdict} |")
+                     f"{p:.3f}{verdict} | {100 * seeds['mean']:+.1f} [{100 * seeds['low']:+.1f}, "
+                     f"{100 * seeds['high']:+.1f}] | {seeds['n_pos']} / {seeds['n_neg']} | {seeds['sign_p']:.3f} | "
+                     f"{100 * mde:.1f} |")
     if not lines:
         return []
-    return ["## Pooled over seeds", "", "Per item, the difference in accuracy averaged over the seeds; 95% bootstrap "
-            "interval over items (seeds kept together) and an exact sign test over the items where the variants "
-            "differ on average.", "", "| variant vs lora_notk | seeds | items | Δ acc (pts) [95% CI] | items better / "
-            "worse | sign test p |", "|---|---|---|---|---|---|", *lines, ""]
+    return ["## Pooled over seeds", "", "Item-level (the first three result columns): per item, the difference in "
+            "accuracy averaged over the seeds; 95% bootstrap interval over items (seeds kept together) and an exact "
+            "sign test over the items where the variants differ on average. Training-seed variance is not in it. "
+            "Over seeds (the last four): per seed, the accuracy difference on the same items; 95% t-interval over "
+            "the seeds, exact sign test over the seeds, and the minimum detectable effect of a paired t-test at "
+            "alpha 0.05 with power 0.8 for this many seeds, at the observed spread of the per-seed differences.", "",
+            "| variant vs lora_notk | seeds | items | item-level Δ acc (pts) [95% CI] | items better / worse | "
+            "item sign test p | over seeds Δ (pts) [95% t-CI] | seeds better / worse | seed sign test p | MDE (pts) |",
+            "|---|---|---|---|---|---|---|---|---|---|", *lines, ""]
 
 
 def _collapse_rows(results: list[dict]) -> list[str]:
@@ -164,7 +207,7 @@ def command_line(study: str, config: ExperimentConfig, smoke: bool = False) -> s
     parts = ["modetune", "experiment", study] + (["--smoke"] if smoke else [])
     default, extra = ExperimentConfig().to_dict(), {}
     for name, value in config.to_dict().items():
-        if value == default.get(name) or (smoke and name in SMOKE):
+        if value == default.get(name) or (smoke and (name in SMOKE or name in SMOKE_STUDY.get(study, {}))):
             continue
         flag = "--" + name.replace("_", "-")
         if isinstance(value, dict):
@@ -182,7 +225,7 @@ def write_study_report(study: str, config: ExperimentConfig, results: list[dict]
     """Write ``report.md`` (and ``report-<study>.md``) of a study into its folder ``root``."""
     lines = _header_lines(study, config, results, seconds, smoke)
     table, datasets = _accuracy_rows(results)
-    lines += ["## Runs", "", "Accuracy in % with 95% bootstrap intervals over items; validation cross-entropy "
+    lines += ["## Runs", "", "Accuracy in % with 95% Wilson intervals; validation cross-entropy "
               "is teacher-forced, nats per answer token, on the held-out validation split.", "", *table, ""]
     paired = _paired_rows(results, datasets)
     if len(paired) > 2:
@@ -198,6 +241,8 @@ def write_study_report(study: str, config: ExperimentConfig, results: list[dict]
                            f"{study}-sparsity.png"))
     if study == "sparsity":
         lines += _sparsity_rows(results, config.train.mod.k)
+    if study in ("router_sweep", "mod_vs_lora"):
+        lines += _router_movement_rows(results, config.train.mod.k)
     if study == "motivation":
         lines += _motivation_venn(results, root)
     if study == "topk":
@@ -261,6 +306,27 @@ def _sparsity_rows(results: list[dict], k: int) -> list[str]:
                 w = statistics.mean(row[f"router_{i}"] for row in last)
                 sp = statistics.mean(row[f"sparsity_{i}"] for row in last)
                 lines.append(f"| {r['name']} | {i} (layer N-{k - 1 - i}) | {w:.3f} | {sp:.3f} |")
+    return lines + [""]
+
+
+def _router_movement_rows(results: list[dict], k: int) -> list[str]:
+    """How far each run's router moved (means over its last five logged steps): mean weight per
+    member, the entropy of the weights (log k = uniform), and the share of tokens on which a
+    non-final member gets the largest weight."""
+    lines = ["## Router movement (last five logged steps)", "",
+             f"| run | val CE ens. | val CE final | mean weights (shallow -> final) | entropy (max {math.log(k):.3f}) | "
+             "share non-final top |", "|---|---|---|---|---|---|"]
+    for r in results:
+        last = [row for row in r["log"] if "router_0" in row][-5:]
+        if not last:
+            continue
+        def mean(key: str, last: list[dict] = last) -> float:
+            values = [row[key] for row in last if key in row]
+            return statistics.mean(values) if values else float("nan")
+
+        weights = ", ".join(f"{mean(f'router_{i}'):.3f}" for i in range(k))
+        lines.append(f"| {r['name']} | {r['val']['ensemble_ce']:.4f} | {r['val']['final_ce']:.4f} | [{weights}] | "
+                     f"{mean('router_entropy'):.3f} | {mean('router_nonfinal_top'):.3f} |")
     return lines + [""]
 
 

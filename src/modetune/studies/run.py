@@ -19,7 +19,7 @@ from ..integrity import read_json
 from ..model import parameter_counts
 from ..train.config import TRAIN_CONFIG_NAME, TrainConfig
 from ..variants import parse_preset
-from .plan import SMOKE, ExperimentConfig, RunSpec, plan, run_train_config
+from .plan import SMOKE, SMOKE_STUDY, ExperimentConfig, RunSpec, plan, run_train_config
 from .report import write_study_report
 
 
@@ -88,13 +88,28 @@ def run_one(spec: RunSpec, config: ExperimentConfig, root: Path) -> dict:
                                      num_beams=config.num_beams, limit=config.eval_limit,
                                      prompt_style=config.train.prompt_style, progress=True,
                                      cut_at_next_response=config.cut_at_next_response)
-            evaluate(model, tokenizer, config.datasets, eval_config, eval_dir, data_dir=config.data_dir, info=info,
-                     label=spec.name)
+            evaluate(model, tokenizer, eval_datasets(config, root), eval_config, eval_dir, data_dir=config.data_dir,
+                     info=info, label=spec.name)
             timing["eval_s"] = timing.get("eval_s", 0.0) + time.perf_counter() - start
             timing_path.write_text(json.dumps(timing, indent=2))
         result["eval_dir"] = str(eval_dir)
         result["correct"] = correct_flags(eval_dir)
     return result
+
+
+def eval_datasets(config: ExperimentConfig, root: Path) -> str:
+    """``config.datasets`` with the entry ``builtin-tn`` replaced by ``builtin=FILE``: the study's
+    held-out built-in items by template and numbers (``test_size`` of them), written once into
+    ``root`` so every run is scored on the same file."""
+    entries = [entry.strip() for entry in config.datasets.split(",")]
+    if "builtin-tn" not in entries:
+        return config.datasets
+    from ..data.builtin import builtin_arithmetic
+
+    path = root / f"builtin-tn-test-{config.test_size}.json"
+    if not path.exists():
+        path.write_text(json.dumps(builtin_arithmetic(config.test_size, 0, "test", "template"), indent=1))
+    return ",".join(f"builtin={path}" if entry == "builtin-tn" else entry for entry in entries)
 
 
 def correct_flags(eval_dir: Path) -> dict[str, dict[str, bool]]:
@@ -113,7 +128,7 @@ def correct_flags(eval_dir: Path) -> dict[str, dict[str, bool]]:
 def run_study(study: str, config: ExperimentConfig, smoke: bool = False) -> Path:
     """Run (or resume) every run of a study and write ``report.md``; returns the study folder."""
     if smoke:
-        config = ExperimentConfig.from_dict({**config.to_dict(), **SMOKE})
+        config = ExperimentConfig.from_dict({**config.to_dict(), **SMOKE, **SMOKE_STUDY.get(study, {})})
     root = Path(config.output_dir or f"runs/experiments/{study}{'-smoke' if smoke else ''}")
     specs = plan(study, config)
     if config.only:

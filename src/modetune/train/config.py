@@ -65,6 +65,12 @@ class TrainConfig:
         "help": "records per forward pass on one process (gradient accumulation makes up the rest)"})
     warmup_steps: int = field(default=5, metadata={"help": "linear learning-rate warm-up steps"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    router_lr: float | None = field(default=None, metadata={
+        "help": "peak learning rate of the router and the member norms, an optimizer group of their own (none: "
+                "learning_rate; no sweep has set another default yet)"})
+    router_warmup_steps: int = field(default=0, metadata={
+        "help": "first N optimizer steps train only the router and the member norms (body and LoRA frozen); then "
+                "joint tuning, the body's learning-rate schedule starting at step N (0: no warm-up)"})
     lr_scheduler: str = field(default="linear", metadata={
         "help": "learning-rate schedule after warm-up (a transformers scheduler name: linear, cosine, constant, ...)"})
     seed: int = field(default=42, metadata={"help": "seed of the initialisation, data order and validation split"})
@@ -125,6 +131,12 @@ def validate_train_config(config: TrainConfig) -> None:
         raise ConfigError(f"Unknown lr_scheduler {config.lr_scheduler!r}; choose one of {', '.join(schedulers)}.")
     if config.bf16 and config.fp16:
         raise ConfigError("Choose at most one of bf16 and fp16.")
+    if config.router_lr is not None and not config.router_lr > 0:
+        raise ConfigError(f"router_lr must be positive (or none), got {config.router_lr}.")
+    if config.router_warmup_steps < 0:
+        raise ConfigError(f"router_warmup_steps must be >= 0, got {config.router_warmup_steps}.")
+    if config.router_warmup_steps and not parse_preset(config.preset).mod:
+        raise ConfigError(f"router_warmup_steps needs a preset with MoD; {config.preset} has no router.")
 
 
 def check_batch(config: TrainConfig, world_size: int | None = None) -> None:

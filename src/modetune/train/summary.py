@@ -30,6 +30,9 @@ def summarise(output_dir: Path, config: TrainConfig, trainable: int, total: int,
         "first_loss": logs[0]["loss"] if logs else None, "last_loss": mean("loss"), "val_loss": val_loss,
         "task_loss": mean("task_loss"), "distill": [mean(f"distill_{i}") for i in range(max(0, k - 1))],
         "router_weights": [mean(f"router_{i}") for i in range(k)], "sparsity": mean("sparsity"),
+        "router_entropy": mean("router_entropy"), "router_nonfinal_top": mean("router_nonfinal_top"),
+        "learning_rate": config.learning_rate, "router_lr": config.router_lr or config.learning_rate,
+        "router_warmup_steps": config.router_warmup_steps,
         "trainable": trainable, "total": total, "adapter": str(adapter), "seconds": seconds,
         "eval_command": f"modetune eval --adapter {adapter} --model {config.model} " + _eval_datasets(config.data),
     }
@@ -54,6 +57,8 @@ def format_summary(s: dict) -> str:
              f"validation loss {fmt(s['val_loss'])}"]
     if s["router_weights"]:
         lines.append(f"  task loss {fmt(s['task_loss'])}; distillation per member {[fmt(x) for x in s['distill']]}")
+        lines.append(f"  learning rate {s['learning_rate']:g}, router and member norms {s['router_lr']:g}; "
+                     f"router warm-up {s['router_warmup_steps']} step(s)")
         lines.append(f"  mean router weight per member (shallow -> final) {[fmt(x) for x in s['router_weights']]}; "
                      f"routing sparsity (share < {SPARSITY_EPS:g}) {fmt(s['sparsity'])}")
     lines.append(f"  adapter saved to {s['adapter']}")

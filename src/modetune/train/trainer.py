@@ -27,6 +27,7 @@ from ..variants import build_variant
 from ..version import __version__
 from .config import TRAIN_CONFIG_NAME, TrainConfig, check_batch
 from .faults import FaultInjection
+from .router_opt import GROUP_KEY, ROUTER, RouterWarmup, body_parameters, optimizer_groups, warmup_scheduler
 from .rundir import prepare_run_dir
 from .summary import SPARSITY_EPS, format_summary, summarise
 
@@ -53,6 +54,26 @@ class MoDTrainer(Trainer):
         self._tokenizer_to_save = tokenizer_to_save
         self._run_config = run_config
         self._fingerprint: str | None = None
+
+    def create_optimizer(self, model=None):
+        """AdamW with the router and member norms in groups of their own at ``router_lr``
+        (:func:`~modetune.train.router_opt.optimizer_groups`)."""
+        if self.optimizer is None:
+            model = self.model if model is None else model
+            config = self._run_config or TrainConfig()
+            groups = optimizer_groups(model, self.args.learning_rate, config.router_lr, self.args.weight_decay,
+                                      set(self.get_decay_parameter_names(model)))
+            optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+            self.optimizer = optimizer_cls(groups, **kwargs)
+        return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        """The run's schedule; with ``router_warmup_steps`` the body's schedule starts after the warm-up."""
+        warmup = self._run_config.router_warmup_steps if self._run_config else 0
+        if self.lr_scheduler is None and warmup > 0:
+            self.lr_scheduler = warmup_scheduler(self.args, optimizer or self.optimizer, num_training_steps, warmup)
+            self._created_lr_scheduler = True
+        return super().create_scheduler(num_training_steps, optimizer)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
@@ -84,6 +105,10 @@ class MoDTrainer(Trainer):
                 sparse = float((weights[:, i] < SPARSITY_EPS).float().mean())
                 self._stats.setdefault(f"sparsity_{i}", []).append(sparse)
             self._stats.setdefault("sparsity", []).append(float((weights < SPARSITY_EPS).float().mean()))
+            entropy = -(weights * weights.clamp_min(1e-12).log()).sum(-1).mean()
+            self._stats.setdefault("router_entropy", []).append(float(entropy))
+            top = (weights.argmax(-1) != weights.shape[-1] - 1).float().mean()
+            self._stats.setdefault("router_nonfinal_top", []).append(float(top))
 
     def log(self, logs: dict, start_time: float | None = None) -> None:
         if "loss" in logs:
@@ -102,6 +127,10 @@ class MoDTrainer(Trainer):
             self._logged_step = self.state.global_step
             now = time.perf_counter()
             logs["tokens_per_s"] = self._tokens / max(now - self._clock, 1e-9)
+            router_rates = [g["lr"] for g in (self.optimizer.param_groups if self.optimizer else [])
+                            if g.get(GROUP_KEY) == ROUTER]
+            if router_rates:
+                logs["router_learning_rate"] = router_rates[0]
             self._stats, self._tokens, self._clock = {}, 0, now
         super().log(logs, start_time)
 
@@ -263,6 +292,11 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
     trainer = MoDTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=val_rows,
                          data_collator=collator, tokenizer_to_save=tokenizer, run_config=config)
     trainer.add_callback(_JsonlLogger(output_dir / "log.jsonl"))
+    if config.router_warmup_steps > 0:
+        if world_size > 1:
+            raise ConfigError("router_warmup_steps freezes the body by requires_grad, which DDP cannot follow: "
+                              "run the warm-up in one process.")
+        trainer.add_callback(RouterWarmup(body_parameters(model), config.router_warmup_steps))
     fault = FaultInjection.from_env()  # tests only: MODETUNE_FAULT_AT_STEP
     if fault is not None:
         trainer.add_callback(fault)

@@ -21,6 +21,13 @@ def validation_metrics(adapter: Path, train_config: TrainConfig) -> dict:
                                            trust_remote_code=train_config.trust_remote_code)
     rows = tokenize_records(val, tokenizer, train_config.cutoff_len, train_config.train_on_inputs,
                             train_config.prompt_style)
+    return teacher_forced_ce(model, rows)
+
+
+def teacher_forced_ce(model, rows: list[dict]) -> dict:
+    """Teacher-forced cross-entropy (nats per labelled token) of the model (the ensemble for
+    MoD) and of each member, over tokenised ``rows``, one record at a time:
+    ``{"tokens", "ensemble_ce", "member_ce" (None without MoD), "final_ce"}``."""
     total, ensemble, members = 0, 0.0, None
     with torch.no_grad():
         for row in rows:

@@ -1,0 +1,184 @@
+"""`modetune fit-router`: fit only the router and the member norms of a MoD ensemble on frozen members.
+
+For a base model, a LoRA-only adapter or a MoD adapter: the members (the logit lens of the
+last ``k`` layers, LoRA included) stay frozen and only ``W_g`` and the member norms ``N_i``
+train, by teacher forcing on labelled records, with Adam on
+
+- ``objective = "mod"``: the MoD loss ``L_task + lambda * L_distill`` (lambda of the MoD config), or
+- ``objective = "task"``: the task cross-entropy of the logit mix alone,
+  ``-(1/n) sum_t log softmax(sum_i G_i(x_t) l_i(t))[y_t]``.
+
+The result is a MoD adapter (``mod_config.json``, ``mod_model.safetensors`` and, for an
+adapter that had LoRA, its LoRA files unchanged) that ``modetune eval`` and ``modetune
+probe`` read, and ``fit_router.json`` with the training and validation cross-entropy before
+and after. Every other weight is left bit-identical (the test checks it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from ..config import CONFIG_NAME, MoDConfig
+from ..errors import ConfigError
+from .validation import teacher_forced_ce
+
+FIT_NAME = "fit_router.json"
+
+
+@dataclass
+class FitRouterConfig:
+    """Every choice of a router pre-fit; each field is a ``modetune fit-router`` flag."""
+
+    model: str = field(default="default", metadata={
+        "help": "base model: 'default' (the embedded SmolLM2-135M-Instruct), a local folder or a hub name"})
+    adapter: str | None = field(default=None, metadata={
+        "help": "a MoD adapter (its router and norms are fitted further) or a LoRA-only adapter (a new router "
+                "and norms are added on top; LoRA stays frozen); none: the base model"})
+    data: str = field(default="packaged:math-split/train.json", metadata={
+        "help": "labelled records to fit on (as for modetune train --data)"})
+    max_records: int | None = field(default=None, metadata={"help": "use only the first N records (none: all)"})
+    val_size: int = field(default=32, metadata={"help": "held-out records for the before/after CE (0: none)"})
+    ce_records: int = field(default=64, metadata={
+        "help": "training records (the first N) on which the before/after training CE is measured"})
+    cutoff_len: int = field(default=256, metadata={"help": "tokens per record after truncation"})
+    prompt_style: str = field(default="alpaca", metadata={"help": "prompt template: 'alpaca' or 'llm-adapters'"})
+    steps: int = field(default=100, metadata={"help": "Adam steps"})
+    batch_size: int = field(default=8, metadata={"help": "records per step"})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Adam learning rate (constant)"})
+    objective: Literal["mod", "task"] = field(default="mod", metadata={
+        "help": "'mod': L_task + lambda L_distill; 'task': the cross-entropy of the logit mix alone"})
+    seed: int = field(default=42, metadata={"help": "seed of the record order and the validation split"})
+    output: str = field(default="runs/fit-router", metadata={"help": "folder of the fitted MoD adapter"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "let transformers run the model's own code"})
+    mod: MoDConfig = field(default_factory=MoDConfig, metadata={
+        "help": "the new ensemble's settings (ignored when --adapter is already a MoD adapter)"})
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or not self.learning_rate > 0:
+            raise ConfigError("steps and batch_size must be positive, and learning_rate > 0.")
+        if self.objective not in ("mod", "task"):
+            raise ConfigError(f"objective must be 'mod' or 'task', got {self.objective!r}.")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> FitRouterConfig:
+        own = {f.name for f in dataclasses.fields(cls)} - {"mod"}
+        mod_fields = {f.name for f in dataclasses.fields(MoDConfig)}
+        unknown = sorted(set(data) - own - mod_fields)
+        if unknown:
+            raise ConfigError(f"Unknown fit-router field(s): {', '.join(unknown)}.")
+        mod = MoDConfig(**{key: value for key, value in data.items() if key in mod_fields})
+        return cls(**{key: value for key, value in data.items() if key in own}, mod=mod)
+
+    def to_dict(self) -> dict:
+        return {**{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "mod"},
+                **self.mod.to_dict()}
+
+
+def load_frozen_members(config: FitRouterConfig):
+    """``(MoDModel, tokenizer, kind)`` with only the router weights and member norms trainable."""
+    from ..model import ADAPTER_CONFIG, MoDModel
+    from ..models import load_model
+
+    base, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code)
+    adapter = Path(config.adapter) if config.adapter else None
+    if adapter is not None and (adapter / CONFIG_NAME).exists():
+        model, kind = MoDModel.from_pretrained(base, adapter), "mod"
+    elif adapter is not None and (adapter / ADAPTER_CONFIG).exists():
+        from peft import PeftModel
+
+        model, kind = MoDModel(PeftModel.from_pretrained(base, str(adapter)), config.mod), "lora"
+    elif adapter is not None:
+        raise ConfigError(f"{adapter} holds neither {CONFIG_NAME} nor {ADAPTER_CONFIG}.")
+    else:
+        model, kind = MoDModel(base, config.mod), "base"
+    for param in model.parameters():
+        param.requires_grad_(False)
+    fitted = list(model.norms.parameters()) + ([] if model.router.fixed is not None else [model.router.weight])
+    for param in fitted:
+        param.requires_grad_(True)
+    model.eval()  # no dropout in the frozen members
+    tokenizer.padding_side = "right"
+    return model, tokenizer, kind
+
+
+def _batches(rows: list[dict], batch_size: int, steps: int, seed: int, pad_id: int):
+    """``steps`` right-padded batches, records drawn without replacement, reshuffled each pass."""
+    rng, order = random.Random(seed), []
+    for _ in range(steps):
+        if len(order) < batch_size:
+            order += rng.sample(range(len(rows)), len(rows))
+        chosen, order = order[:batch_size], order[batch_size:]
+        width = max(len(rows[i]["input_ids"]) for i in chosen)
+        pad = lambda seq, value, width=width: seq + [value] * (width - len(seq))
+        yield (torch.tensor([pad(rows[i]["input_ids"], pad_id) for i in chosen]),
+               torch.tensor([pad(rows[i]["attention_mask"], 0) for i in chosen]),
+               torch.tensor([pad(rows[i]["labels"], -100) for i in chosen]))
+
+
+def fit_router(config: FitRouterConfig, progress: bool = True):
+    """Fit the router and member norms; save the MoD adapter to ``config.output``. Returns ``(model, result)``."""
+    from ..data import load_training_records, split_validation, tokenize_records
+
+    if config.adapter and not Path(config.adapter).is_dir():
+        raise FileNotFoundError(f"Adapter folder {config.adapter} does not exist.")
+    torch.manual_seed(config.seed)
+    records = load_training_records(config.data, config.max_records, config.seed)
+    train_records, val_records = split_validation(records, config.val_size, config.seed)
+    model, tokenizer, kind = load_frozen_members(config)
+    tokenize = lambda recs: tokenize_records(recs, tokenizer, config.cutoff_len, False, config.prompt_style)
+    train_rows = tokenize(train_records)
+    val_rows = tokenize(val_records) if val_records else []
+    probe_rows = train_rows[:config.ce_records]  # the training CE: a fixed subset, before and after
+    saved_config = model.mod_config
+    if config.objective == "task":
+        model.mod_config = dataclasses.replace(saved_config, distill_lambda=0.0)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=config.learning_rate)
+    result = {"kind": kind, "config": config.to_dict(), "train_records": len(train_rows), "val_records": len(val_rows),
+              "train_ce_before": teacher_forced_ce(model, probe_rows), "losses": []}
+    if val_rows:
+        result["val_ce_before"] = teacher_forced_ce(model, val_rows)
+    started = time.perf_counter()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for step, (ids, mask, labels) in enumerate(_batches(train_rows, config.batch_size, config.steps, config.seed,
+                                                        pad_id), 1):
+        out = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                    labels=labels.to(model.device), return_logits=False)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        optimizer.step()
+        result["losses"].append(float(out.loss.detach()))
+        if progress and (step % 10 == 0 or step == config.steps):
+            print(f"[modetune fit-router] step {step}/{config.steps}: loss {result['losses'][-1]:.4f}", flush=True)
+    result["seconds"] = time.perf_counter() - started
+    model.mod_config = saved_config
+    for param in params:
+        param.requires_grad_(False)
+    result["train_ce_after"] = teacher_forced_ce(model, probe_rows)
+    if val_rows:
+        result["val_ce_after"] = teacher_forced_ce(model, val_rows)
+    output = Path(config.output)
+    model.save_pretrained(output)
+    (output / FIT_NAME).write_text(json.dumps(result, indent=2) + "\n")
+    return model, result
+
+
+def format_fit(result: dict) -> str:
+    """Console lines: the ensemble's cross-entropy before -> after, on the fitted and the held-out records."""
+    lines = [f"[modetune fit-router] {result['config']['steps']} steps on {result['train_records']} records "
+             f"({result['kind']} members) in {result['seconds']:.0f} s"]
+    for part in ("train", "val"):
+        if f"{part}_ce_before" in result:
+            before, after = result[f"{part}_ce_before"], result[f"{part}_ce_after"]
+            lines.append(f"  {part} CE of the ensemble {before['ensemble_ce']:.4f} -> {after['ensemble_ce']:.4f} "
+                         f"(final member {after['final_ce']:.4f}; nats/token over {after['tokens']} tokens)")
+    lines.append(f"  MoD adapter saved to {result['config']['output']}")
+    return "\n".join(lines)

@@ -1,0 +1,117 @@
+"""`modetune probe` (issue 11.4): the ensemble-headroom maths on synthetic logits, and the command on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from modetune.cli import main
+from modetune.probe import (
+    MemberLogits,
+    exact_mix_ce,
+    fit_linear_router,
+    global_mix,
+    member_ce,
+    mix_ce,
+    mix_ce_mean,
+    oracle_mix,
+)
+
+pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
+
+
+def _synthetic(n=120, k=3, vocab=200, seed=0):
+    """Members that are noisy copies of a shared signal, each better on a different part of the tokens."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, vocab, (n,), generator=g)
+    base = torch.randn(n, vocab, generator=g)
+    logits = torch.stack([base + 2.0 * torch.randn(n, vocab, generator=g) for _ in range(k)], 1)
+    good = torch.randint(0, k, (n,), generator=g)  # the member that sees the label on each token
+    logits[torch.arange(n), good, labels] += 4.0
+    logits[:, :, labels] += 1.0
+    return logits, labels
+
+
+def test_mix_ce_and_its_gradient_are_the_cross_entropy_of_the_logit_mix():
+    logits, labels = _synthetic(n=20)
+    members = MemberLogits.from_logits(logits, labels)
+    w = torch.softmax(torch.randn(20, 3), -1).requires_grad_(True)
+    reference = torch.nn.functional.cross_entropy(torch.einsum("nk,nkv->nv", w, logits), labels, reduction="none")
+    ce, grad = mix_ce(members.logits, members.label, w.detach(), grad=True)
+    torch.testing.assert_close(ce, reference.detach(), rtol=1e-5, atol=1e-5)
+    reference.sum().backward()
+    torch.testing.assert_close(grad, w.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_the_candidate_surrogate_is_exact_at_the_members_and_an_upper_bound_between():
+    logits, labels = _synthetic()
+    full, small = MemberLogits.from_logits(logits, labels), MemberLogits.from_logits(logits, labels, candidates=16)
+    assert small.logits.shape[-1] == 17  # 16 candidates and the tail column
+    torch.testing.assert_close(member_ce(small), member_ce(full), rtol=1e-5, atol=1e-5)
+    w = torch.softmax(torch.randn(len(full), 3), -1)
+    surrogate, exact = mix_ce(small.logits, small.label, w)[0], mix_ce(full.logits, full.label, w)[0]
+    assert (surrogate >= exact - 1e-5).all() and (surrogate - exact).max() > 1e-4
+    rescored = exact_mix_ce(lambda tokens: full.select(tokens), torch.arange(len(full)), {"w": w})["w"]
+    torch.testing.assert_close(rescored, exact)
+
+
+def test_oracles_and_global_mix_are_ordered_and_optimal():
+    logits, labels = _synthetic()
+    members = MemberLogits.from_logits(logits, labels)
+    each = member_ce(members)
+    pick = each.min(-1).values
+    mix, weights = oracle_mix(members)
+    assert (mix <= pick + 1e-6).all() and (mix < pick - 1e-3).any()  # oracle mix <= oracle pick, often below
+    assert pick.mean() <= each.mean(0).min()  # oracle pick <= every member
+    assert torch.allclose(weights.sum(-1), torch.ones(len(members))) and (weights >= 0).all()
+    glob, w = global_mix(members)
+    assert glob <= float(each.mean(0).min()) + 1e-6  # the global mix <= every member's CE
+    assert float(mix.mean()) <= glob  # a per-token mix can do no worse than one mix for all
+    assert glob == pytest.approx(mix_ce_mean(members, w), abs=1e-5)
+    # optimal: no point of a fine grid over the simplex beats them (k = 3)
+    grid = torch.tensor([(a / 30, b / 30, 1 - (a + b) / 30) for a in range(31) for b in range(31 - a)])
+    best_grid = min(mix_ce_mean(members, g) for g in grid)
+    assert glob <= best_grid + 1e-4
+    token_grid = torch.stack([mix_ce(members.logits, members.label, g)[0] for g in grid], 1).min(-1).values
+    assert (mix <= token_grid + 1e-5).all()
+
+
+def test_fitted_router_learns_a_feature_that_names_the_good_member():
+    logits, labels = _synthetic(n=600, seed=1)
+    members = MemberLogits.from_logits(logits, labels)
+    good = (logits[torch.arange(600), :, labels]).argmax(-1)  # which member was given the label's boost
+    x = torch.nn.functional.one_hot(good, 3).float() + 0.1 * torch.randn(600, 3)
+    fit, val, score = torch.arange(0, 300), torch.arange(300, 400), torch.arange(400, 600)
+    router, history = fit_linear_router(x[fit], members.select(fit), x[val], members.select(val), lr=5e-2,
+                                        max_epochs=40, patience=5)
+    assert all(math.isfinite(h) for h in history) and min(history) < history[0]
+    scored = mix_ce_mean(members.select(score), router(x[score]))
+    assert math.isfinite(scored) and scored < float(member_ce(members.select(score)).mean(0).min())
+
+
+@pytest.mark.slow
+def test_probe_command_on_a_tiny_mod_adapter(tiny_model_dir, tmp_path, capsys):
+    from modetune import MoDConfig, get_mod_model
+    from modetune.models import load_model
+    from tiny import perturb
+
+    adapter = tmp_path / "mod"
+    perturb(get_mod_model(load_model(str(tiny_model_dir))[0], MoDConfig(router_init="uniform"))).save_pretrained(adapter)
+    out = tmp_path / "probe"
+    assert main(["probe", "--model", str(tiny_model_dir), "--adapter", str(adapter), "--data", "builtin:arithmetic:30",
+                 "--records", "6", "--candidates", "64", "--oracle-steps", "5", "--router-max-epochs", "3",
+                 "--output", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "*oracle* per-token convex mix" in printed and "the model's own ensemble" in printed
+    assert {p.name for p in out.iterdir()} >= {"probe.json", "probe.md", "probe.png"}
+    r = json.loads((out / "probe.json").read_text())
+    assert r["kind"] == "mod" and r["records"] == 6 and len(r["member_ce"]) == 3
+    assert r["oracle_pick_ce"] <= min(r["member_ce"]) and r["oracle_mix_ce"] <= r["oracle_pick_ce"]
+    assert r["global_mix_ce"] <= min(r["member_ce"]) + 1e-6 and r["oracle_mix_ce"] <= r["global_mix_ce"]
+    assert 0.0 <= r["router_on_oracle_member_share"] <= 1.0 and r["ensemble_ce"] > 0
+    f = r["fitted_router"]
+    assert all(math.isfinite(f[key]) for key in ("final_ce", "global_mix_ce", "router_ce", "oracle_mix_ce"))
+    assert f["oracle_mix_ce"] <= f["final_ce"] and f["records"]["fit"] + f["records"]["val"] + f["records"]["score"] == 6
