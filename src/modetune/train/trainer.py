@@ -196,6 +196,7 @@ def training_arguments(config: TrainConfig, world_size: int = 1):
         bf16=config.bf16,
         fp16=config.fp16,
         gradient_checkpointing=config.gradient_checkpointing,
+        torch_compile=config.torch_compile,
         gradient_checkpointing_kwargs={"use_reentrant": False},
         report_to=config.report_to,
         remove_unused_columns=False,
@@ -212,6 +213,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     from transformers import DataCollatorForSeq2Seq, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
+    config.check_device(torch.cuda.is_available())
     output_dir = Path(config.output_dir)
     resume_from = None
     if resume:
