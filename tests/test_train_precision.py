@@ -21,7 +21,7 @@ from train_helpers import fails, train_args
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
-# bf16 vs float32, per-step loss over 20 steps of a tiny model: relative difference (seen: <= 2e-3)
+# bf16 vs float32, per-step loss over 20 steps of a tiny model: relative difference (seen: 1.8e-3)
 BF16_LOSS_RTOL = 2e-2
 
 
@@ -45,12 +45,13 @@ def test_bf16_training_tracks_float32_and_gives_a_usable_adapter(tiny_model_dir,
     assert low != full  # autocast did run (bf16 rounding changes the numbers)
     for step, (a, b) in enumerate(zip(low, full)):
         assert a == pytest.approx(b, rel=BF16_LOSS_RTOL), step
-    assert full[-1] < full[0] - 0.5  # the run learns (lr 1e-2): the comparison is over a moving curve
+    assert full[-1] < full[0] - 0.1  # the run learns: the comparison is over a moving curve
     # the adapter loads onto the base and evaluates
-    assert main(["eval", "--adapter", str(tmp_path / "bf16" / "adapter"), "--datasets", "builtin", "--limit", "4",
+    assert main(["eval", "--model", str(tiny_model_dir), "--adapter", str(tmp_path / "bf16" / "adapter"),
+                 "--datasets", "builtin", "--limit", "4",
                  "--max-new-tokens", "8", "--output", str(tmp_path / "eval")]) == 0
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
-    assert summary
+    assert [result["n"] for result in summary["results"]] == [4]
 
 
 def test_fp16_on_cpu_is_refused_before_the_model_loads(tmp_path, capsys, monkeypatch):
