@@ -43,14 +43,14 @@ CASES = {
 }
 
 
-def _build(arch: str, dtype: torch.dtype, impl: str, case: dict):
+def _build(arch: str, dtype: torch.dtype, impl: str, case: dict, device: str = "cpu"):
     base = tiny_model(arch).to(dtype)
     model = get_mod_model(lora(base), MoDConfig(k=3, loss_impl=impl, chunk_size=5, **case))
     perturb(model)
-    return model.train()
+    return model.to(device).train()
 
 
-def _loss_and_grads(model, autocast: torch.dtype | None):
+def _loss_and_grads(model, autocast: torch.dtype | None, device: str = "cpu"):
     """Loss output and float32 copies of the gradients: trainable parameters and member hidden states."""
     parts, states, handles = find_parts(model), {}, []
     for i in model.member_layers:
@@ -60,8 +60,9 @@ def _loss_and_grads(model, autocast: torch.dtype | None):
             states[f"hidden.{i}"] = hidden
 
         handles.append(parts.layers[i].register_forward_hook(keep))
-    ids, mask, labels = batch(batch=4, length=16)
-    context = torch.autocast("cpu", dtype=autocast) if autocast else torch.autocast("cpu", enabled=False)
+    ids, mask, labels = (t.to(device) for t in batch(batch=4, length=16))
+    kind = torch.device(device).type
+    context = torch.autocast(kind, dtype=autocast) if autocast else torch.autocast(kind, enabled=False)
     try:
         with context:
             out = model(ids, attention_mask=mask, labels=labels)
@@ -74,10 +75,10 @@ def _loss_and_grads(model, autocast: torch.dtype | None):
     return out, grads
 
 
-def _low_and_reference(arch, precision, case):
+def _low_and_reference(arch, precision, case, device="cpu"):
     weights, autocast = PRECISIONS[precision]
-    low = _build(arch, weights, "chunked", case)
-    reference = _build(arch, torch.float32, "naive", case)
+    low = _build(arch, weights, "chunked", case, device)
+    reference = _build(arch, torch.float32, "naive", case, device)
     reference.load_state_dict(low.state_dict())  # the same (rounded) values, held in float32
     assert all(p.dtype == torch.float32 for p in reference.parameters())
     return low, reference, autocast, autocast or weights
@@ -86,10 +87,15 @@ def _low_and_reference(arch, precision, case):
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_low_precision_loss_and_grads_match_float32_reference(precision, case):
-    low, reference, autocast, dtype = _low_and_reference("llama", precision, case)
+    check_against_float32("llama", precision, case)
+
+
+def check_against_float32(arch: str, precision: str, case: dict, device: str = "cpu") -> None:
+    """The comparison of the module docstring, on ``device`` (tests/test_device.py runs it on a GPU)."""
+    low, reference, autocast, dtype = _low_and_reference(arch, precision, case, device)
     value_rtol, grad_rtol = TOLERANCE[dtype]
-    a, ga = _loss_and_grads(low, autocast)
-    b, gb = _loss_and_grads(reference, None)
+    a, ga = _loss_and_grads(low, autocast, device)
+    b, gb = _loss_and_grads(reference, None, device)
     for got, expected in [(a.loss, b.loss), (a.task_loss, b.task_loss)]:
         assert got.dtype == torch.float32
         torch.testing.assert_close(got, expected, rtol=value_rtol, atol=0)
