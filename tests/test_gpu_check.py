@@ -65,4 +65,10 @@ def test_bench_7b_tiny_projects_to_32_layers(tmp_path):
             for depth, value in measured.items():
                 assert split["fixed"] + (depth - 3) * split["per_layer"] == pytest.approx(value, rel=1e-9)
             assert split["projected"] == pytest.approx(split["fixed"] + 29 * split["per_layer"], rel=1e-9)
-    assert data["generation"]["mod"]["tokens_per_s"] > 0 and "projected to 32 layers" in data["markdown"]
+    for which in ("base", "mod"):  # seconds per token, split and projected the same way (tiny timings are noise)
+        gen = data["generation"][which]
+        per_token = {int(d): 1 / r["generation"][f"{which}-1"][0] for d, r in data["by_depth"].items()}
+        for depth, value in per_token.items():
+            assert gen["fixed"] + (depth - 3) * gen["per_layer"] == pytest.approx(value, rel=1e-9)
+        assert gen["tokens_per_s"] == pytest.approx(1 / (gen["fixed"] + 29 * gen["per_layer"]), rel=1e-9)
+    assert "projected to 32 layers" in data["markdown"]
