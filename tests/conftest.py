@@ -10,6 +10,22 @@ sys.path.insert(0, str(Path(__file__).parent))
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_addoption(parser):
+    parser.addoption("--device", default="cpu",
+                     help="where the tests marked `device` run (cpu, cuda); benchmarks/gpu_check.sh passes cuda")
+
+
+@pytest.fixture(scope="session")
+def device(request) -> str:
+    """The ``--device`` of the run; asking for CUDA on a machine without it is an error, not a skip."""
+    import torch
+
+    name = request.config.getoption("--device")
+    if torch.device(name).type == "cuda" and not torch.cuda.is_available():
+        pytest.fail(f"--device {name}: this machine has no CUDA device")
+    return name
+
+
 @pytest.fixture(scope="session")
 def packaged_data() -> Path:
     """The datasets shipped in the package (``llm-adapters/``, ``math-split/``): every clone has them."""

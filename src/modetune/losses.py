@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import MoDConfig
+from .precision import projection_dtype, without_autocast
 
 
 @dataclass
@@ -47,8 +48,8 @@ class HeadSpec:
     softcap: float | None = None
 
     def logits(self, z: Tensor) -> Tensor:
-        """``cap(z W^T + b)`` in float32."""
-        out = F.linear(z, self.weight, self.bias)
+        """``cap(z W^T + b)`` in float32 (the projection itself in the weight's dtype)."""
+        out = F.linear(z.to(self.weight.dtype), self.weight, self.bias)
         out = out.to(torch.promote_types(out.dtype, torch.float32))
         if self.softcap is not None:
             out = torch.tanh(out / self.softcap) * self.softcap
@@ -234,7 +235,7 @@ def _run_chunks(hs, router_input, labels, norms, router, head, config, normalise
             r_in = None if router_input is None else router_input[sl].detach().requires_grad_(need_grad)
             weights = router(zs[-1] if r_in is None else r_in)
         all_weights.append(weights.detach())
-        with torch.no_grad():
+        with torch.no_grad(), without_autocast(labels.device.type):  # the loss arithmetic stays in float32
             t, kl, mce, dz_task, dz_distill, d_weights = _chunk_grads(
                 [z.detach() for z in zs], weights.detach(), labels[sl], head, config, scale, member_stats, need_grad)
         task += t
@@ -248,11 +249,11 @@ def _run_chunks(hs, router_input, labels, norms, router, head, config, normalise
             if dz_distill[i] is None or config.distill_through_body:
                 dz = dz_task[i] if dz_distill[i] is None else dz_task[i] + dz_distill[i]
                 outputs.append(zs[i])
-                grads.append(dz)
+                grads.append(dz.to(zs[i].dtype))
             else:  # L_distill reaches the norm's parameters only: a second norm call on detached input
                 with torch.enable_grad():  # (Function.forward runs with grad mode off)
                     outputs += [zs[i], norms[i](h_in[i].detach())]
-                grads += [dz_task[i], dz_distill[i]]
+                grads += [dz_task[i].to(zs[i].dtype), dz_distill[i].to(zs[i].dtype)]
         inputs = [*h_in, *([r_in] if r_in is not None else []), *params]
         pairs = [(o, g) for o, g in zip(outputs, grads) if o.requires_grad]
         got = torch.autograd.grad([o for o, _ in pairs], inputs, [g for _, g in pairs], allow_unused=True)
@@ -311,11 +312,16 @@ def fused_mod_loss(hs: list[Tensor], router_input: Tensor | None, labels: Tensor
     """Chunked MoD loss with the same contract as :func:`naive_mod_loss` (see module docstring).
 
     Gradients flow to ``hs``, ``router_input`` and every trainable parameter of ``norms``
-    and ``router``; the head is frozen.
+    and ``router``; the head is frozen. Mixed precision (:mod:`modetune.precision`): the head
+    projections run in the weights' dtype, or the autocast dtype under autocast; the router,
+    the softmaxes, CE, KL and their gradients stay in float32, with autocast switched off.
     """
     if head.weight.requires_grad or (head.bias is not None and head.bias.requires_grad):
         raise ValueError("The MoD loss keeps the shared LM head frozen, but its weight requires grad.")
     normaliser = float(normaliser or labels.numel())
+    compute = projection_dtype(head.weight)  # under autocast: one cast of the head, not one per chunk
+    if compute != head.weight.dtype:
+        head = HeadSpec(head.weight.to(compute), None if head.bias is None else head.bias.to(compute), head.softcap)
     seen, params = set(), []
     for module in [*norms, router]:
         for p in module.parameters():

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .precision import without_autocast
+
 
 def route(logits: Tensor, top_k: int | None = None) -> Tensor:
     """Mixing weights from router logits: ``softmax(TopK(logits))`` over the last dim.
@@ -38,7 +40,7 @@ def prior_logits(k: int, init: str, final_weight: float) -> Tensor:
 class Router(nn.Module):
     """``G(x) = softmax(TopK(x W_g + prior))`` with ``W_g`` (d x k, no bias) zero-initialised.
 
-    Kept and computed in float32 whatever the model's dtype; ``fixed`` (a member index)
+    Kept and computed in float32 whatever the model's dtype, autocast included; ``fixed`` (a member index)
     bypasses the learned weights and puts all weight on that member (logit-lens runs).
     """
 
@@ -57,4 +59,5 @@ class Router(nn.Module):
         if self.fixed is not None:
             weights = torch.zeros(*x.shape[:-1], self.weight.shape[0], device=x.device)
             return weights.index_fill_(-1, torch.tensor([self.fixed], device=x.device), 1.0)
-        return route(F.linear(x.to(self.weight.dtype), self.weight) + self.prior, self.top_k)
+        with without_autocast(x.device.type):  # autocast would run the linear map in bf16/fp16
+            return route(F.linear(x.to(self.weight.dtype), self.weight) + self.prior, self.top_k)

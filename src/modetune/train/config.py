@@ -77,7 +77,12 @@ class TrainConfig:
     gradient_checkpointing: bool = field(default=False, metadata={
         "help": "recompute activations in the backward pass (less memory, slower)"})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision"})
-    fp16: bool = field(default=False, metadata={"help": "float16 mixed precision"})
+    fp16: bool = field(default=False, metadata={
+        "help": "float16 mixed precision with loss scaling (CUDA only: refused on CPU, where the Trainer "
+                "would silently train in float32; use bf16 there)"})
+    torch_compile: bool = field(default=False, metadata={
+        "help": "compile the model with torch.compile (the Trainer's torch_compile; the fused MoD loss runs "
+                "eagerly between compiled graphs, docs/scaling.md)"})
     # output
     output_dir: str = field(default="runs/default", metadata={
         "help": "run folder: checkpoints, logs, plots, summary.json and the final adapter/"})
@@ -92,6 +97,15 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         validate_train_config(self)
+
+    def check_device(self, cuda_available: bool) -> None:
+        """Refuse, before any model loads, what this machine cannot run: fp16 without CUDA.
+
+        On CPU the Trainer (accelerate) applies no float16 autocast and no loss scaler, so
+        ``fp16`` would silently train in float32."""
+        if self.fp16 and not cuda_available:
+            raise ConfigError("fp16 needs a CUDA GPU (on CPU the Trainer would silently train in float32); "
+                              "use --bf16 for mixed precision on CPU.")
 
     def to_dict(self) -> dict:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "mod"}

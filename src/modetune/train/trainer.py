@@ -241,6 +241,7 @@ def training_arguments(config: TrainConfig, world_size: int = 1):
         bf16=config.bf16,
         fp16=config.fp16,
         gradient_checkpointing=config.gradient_checkpointing,
+        torch_compile=config.torch_compile,
         gradient_checkpointing_kwargs={"use_reentrant": False},
         report_to=config.report_to,
         remove_unused_columns=False,
@@ -260,11 +261,9 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
     """
     from transformers import DataCollatorForSeq2Seq, set_seed
 
+    config.check_device(torch.cuda.is_available())
     output_dir = Path(config.output_dir)
     is_main = int(os.environ.get("RANK", "0")) == 0
-    if config.fp16 and not torch.cuda.is_available():
-        raise ConfigError(f"fp16 mixed precision needs a CUDA GPU; this torch ({torch.__version__}) has none "
-                          "(use bf16 or neither).")
     check_batch(config)
     resume_from = prepare_run_dir(config, resume, overwrite, is_main)
     set_seed(config.seed)
