@@ -113,13 +113,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
-        own = {f.name for f in dataclasses.fields(cls)} - {"mod"}
-        mod_fields = {f.name for f in dataclasses.fields(MoDConfig)}
-        unknown = sorted(set(data) - own - mod_fields)
-        if unknown:
-            raise ConfigError(f"Unknown config field(s): {', '.join(unknown)}.")
-        mod = MoDConfig(**{key: value for key, value in data.items() if key in mod_fields})
-        return cls(**{key: value for key, value in data.items() if key in own}, mod=mod)
+        return cls(**flat_kwargs(cls, data, "config"))
 
 
 def validate_train_config(config: TrainConfig) -> None:
@@ -161,3 +155,15 @@ def check_batch(config: TrainConfig, world_size: int | None = None) -> None:
     if rest or per_process % config.micro_batch_size:
         raise ConfigError(f"batch_size {config.batch_size} must be a multiple of micro_batch_size "
                           f"{config.micro_batch_size} x {world} process(es): gradient accumulation cannot make it up.")
+
+
+def flat_kwargs(cls, data: dict, what: str) -> dict:
+    """Keyword arguments for a config dataclass with a nested ``mod: MoDConfig`` from a flat dict
+    (its own fields and MoDConfig's side by side, as in YAML and on the command line)."""
+    own = {f.name for f in dataclasses.fields(cls)} - {"mod"}
+    mod_fields = {f.name for f in dataclasses.fields(MoDConfig)}
+    unknown = sorted(set(data) - own - mod_fields)
+    if unknown:
+        raise ConfigError(f"Unknown {what} field(s): {', '.join(unknown)}.")
+    mod = MoDConfig(**{key: value for key, value in data.items() if key in mod_fields})
+    return {**{key: value for key, value in data.items() if key in own}, "mod": mod}

@@ -28,6 +28,7 @@ import torch
 
 from ..config import CONFIG_NAME, MoDConfig
 from ..errors import ConfigError
+from .config import flat_kwargs
 from .validation import teacher_forced_ce
 
 FIT_NAME = "fit_router.json"
@@ -69,13 +70,7 @@ class FitRouterConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> FitRouterConfig:
-        own = {f.name for f in dataclasses.fields(cls)} - {"mod"}
-        mod_fields = {f.name for f in dataclasses.fields(MoDConfig)}
-        unknown = sorted(set(data) - own - mod_fields)
-        if unknown:
-            raise ConfigError(f"Unknown fit-router field(s): {', '.join(unknown)}.")
-        mod = MoDConfig(**{key: value for key, value in data.items() if key in mod_fields})
-        return cls(**{key: value for key, value in data.items() if key in own}, mod=mod)
+        return cls(**flat_kwargs(cls, data, "fit-router"))
 
     def to_dict(self) -> dict:
         return {**{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "mod"},
