@@ -265,6 +265,10 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
     output_dir = Path(config.output_dir)
     is_main = int(os.environ.get("RANK", "0")) == 0
     check_batch(config)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if config.router_warmup_steps > 0 and world_size > 1:  # a contradiction: refused before the model loads
+        raise ConfigError("router_warmup_steps freezes the body by requires_grad, which DDP cannot follow: "
+                          "run the warm-up in one process.")
     resume_from = prepare_run_dir(config, resume, overwrite, is_main)
     set_seed(config.seed)
     records = load_training_records(config.data, config.max_records, config.seed)
@@ -277,7 +281,6 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
     val_rows = (tokenize_records(val_records, tokenizer, config.cutoff_len, config.train_on_inputs, config.prompt_style)
                 if val_records else None)
 
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
     args = training_arguments(config, world_size)
     trainable, total = parameter_counts(model)
     if is_main:
@@ -292,9 +295,6 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
                          data_collator=collator, tokenizer_to_save=tokenizer, run_config=config)
     trainer.add_callback(_JsonlLogger(output_dir / "log.jsonl"))
     if config.router_warmup_steps > 0:
-        if world_size > 1:
-            raise ConfigError("router_warmup_steps freezes the body by requires_grad, which DDP cannot follow: "
-                              "run the warm-up in one process.")
         trainer.add_callback(RouterWarmup(body_parameters(model), config.router_warmup_steps))
     fault = FaultInjection.from_env()  # tests only: MODETUNE_FAULT_AT_STEP
     if fault is not None:
