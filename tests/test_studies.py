@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -181,7 +183,8 @@ def test_shipped_experiment_config_and_command_line_round_trip(tmp_path):
     config = ExperimentConfig.from_dict({**config.to_dict(), "bf16": True, "member_norms": False, "only": ["a-s42"]})
     argv = shlex.split(command_line("variants", config))[1:]
     assert "--bf16" in argv and "--no-member-norms" in argv
-    assert config_from_args(build_parser().parse_args(argv), ExperimentConfig) == config
+    assert "--only" not in argv  # the command reproduces the whole study, not one invocation's part of it
+    assert config_from_args(build_parser().parse_args(argv), ExperimentConfig) == dataclasses.replace(config, only=None)
 
 
 def test_topk_report_shows_the_benchmarks_timings(tmp_path):
@@ -235,3 +238,25 @@ def test_mod_vs_lora_smoke_runs_end_to_end(tiny_model_dir, tmp_path):
     assert not {template_key(r["instruction"]) for r in held_out} & train_keys
     report = (out / "report.md").read_text()
     assert "modetune experiment mod_vs_lora --smoke" in report and "(majority class" in report
+
+    # every table regenerates from the rows alone: no adapters, no checkpoints
+    rows = tmp_path / "rows-only"
+    for path in out.rglob("*"):
+        parts = path.relative_to(out).parts
+        if path.is_file() and "adapter" not in parts and not any(p.startswith("checkpoint-") for p in parts):
+            (rows / path.relative_to(out)).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, rows / path.relative_to(out))
+    assert (rows / "lora_notk-s42" / "train_config.json").exists()
+    argv = ["experiment", "mod_vs_lora", "--smoke", "--model", str(tiny_model_dir), "--report-only"]
+    assert main([*argv, "--output-dir", str(out)]) == 0
+    assert main([*argv, "--output-dir", str(rows)]) == 0
+    tables = lambda path: path.read_text().split("## Runs", 1)[1]  # noqa: E731 (the header names the folder)
+    assert tables(rows / "report.md") == tables(out / "report.md")
+    assert "report-only" not in (rows / "report.md").read_text()
+    assert json.loads((rows / "experiment.json").read_text())["config"]["report_only"] is False
+
+
+def test_report_only_without_rows_is_one_line(tmp_path, capsys):
+    assert main(["experiment", "router_sweep", "--report-only", "--output-dir", str(tmp_path / "none")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "has rows" in err

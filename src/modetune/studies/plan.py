@@ -73,6 +73,9 @@ class ExperimentConfig:
         "help": "run only these runs of the study (by name, comma-separated), e.g. to run it in parts"})
     output_dir: str | None = field(default=None, metadata={
         "help": "study folder holding every run and report.md (none: runs/experiments/<study>)"})
+    report_only: bool = field(default=False, metadata={
+        "help": "write report.md from the runs' rows alone (val.json, log.jsonl, timing.json, eval/*.jsonl): "
+                "nothing trains or evaluates, adapters are not needed"})
 
     def __post_init__(self) -> None:
         coerce_fields(self)

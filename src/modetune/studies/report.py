@@ -183,6 +183,53 @@ def _collapse_rows(results: list[dict]) -> list[str]:
     return lines
 
 
+def _arm(name: str) -> str:
+    """A run's arm: its name without the ``-s<seed>`` suffix."""
+    head, _, tail = name.rpartition("-s")
+    return head if head and tail.isdigit() else name
+
+
+def _plot_loss(results: list[dict], root: Path, filename: str) -> str | None:
+    """Like with like: every run's task cross-entropy on one panel (MoD's ``task_loss``; a run
+    without MoD logs only ``loss``, which is that cross-entropy), MoD's distillation terms and
+    its mean router weights on their own panels. Runs of one arm share a colour."""
+    def series(r: dict, key: str) -> list[tuple[int, float]]:
+        return [(row["step"], row[key]) for row in r["log"] if key in row]
+
+    task = [(r["name"], series(r, "task_loss") or series(r, "loss")) for r in results]
+    if not any(points for _, points in task):
+        return None
+
+    def final_weight(r: dict) -> list[tuple[int, float]]:  # the last member's router_<i>
+        keys = sorted({key for row in r["log"] for key in row if key.startswith("router_") and key[7:].isdigit()})
+        return series(r, max(keys, key=lambda key: int(key[7:]))) if keys else []
+
+    distill = [(r["name"], [(row["step"], sum(v for key, v in row.items() if key.startswith("distill_")))
+                            for row in r["log"] if "distill_0" in row]) for r in results]
+    panels = [("task cross-entropy (nats/token)", task), ("distillation KL, summed over members", distill),
+              ("router weight on the final member", [(r["name"], final_weight(r)) for r in results])]
+    panels = [(label, [(n, p) for n, p in lines if p]) for label, lines in panels]
+    panels = [(label, lines) for label, lines in panels if lines]
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    arms = list(dict.fromkeys(_arm(r["name"]) for r in results))
+    colours = {arm: f"C{i % 10}" for i, arm in enumerate(arms)}
+    for ax, (label, lines) in zip(axes[0], panels):
+        seen = set()
+        for name, points in lines:
+            arm = _arm(name)
+            ax.plot([p[0] for p in points], [p[1] for p in points], color=colours[arm], alpha=0.8, lw=1,
+                    label=None if arm in seen else arm)
+            seen.add(arm)
+        ax.set_xlabel("step")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(root / filename, dpi=100)
+    plt.close(fig)
+    return filename
+
+
 def _plot(results: list[dict], root: Path, key: str, ylabel: str, filename: str) -> str | None:
     plt = pyplot()
     series = [(r["name"], [(row["step"], row[key]) for row in r["log"] if key in row]) for r in results]
@@ -200,6 +247,7 @@ def _plot(results: list[dict], root: Path, key: str, ylabel: str, filename: str)
     plt.close(fig)
     return filename
 
+
 def command_line(study: str, config: ExperimentConfig, smoke: bool = False) -> str:
     """The ``modetune experiment`` command that reproduces ``config`` (non-default fields as flags)."""
     import shlex
@@ -207,7 +255,8 @@ def command_line(study: str, config: ExperimentConfig, smoke: bool = False) -> s
     parts = ["modetune", "experiment", study] + (["--smoke"] if smoke else [])
     default, extra = ExperimentConfig().to_dict(), {}
     for name, value in config.to_dict().items():
-        if value == default.get(name) or (smoke and (name in SMOKE or name in SMOKE_STUDY.get(study, {}))):
+        invocation = name in ("only", "report_only")  # how this invocation ran, not what the study is
+        if invocation or value == default.get(name) or (smoke and (name in SMOKE or name in SMOKE_STUDY.get(study, {}))):
             continue
         flag = "--" + name.replace("_", "-")
         if isinstance(value, dict):
@@ -235,7 +284,7 @@ def write_study_report(study: str, config: ExperimentConfig, results: list[dict]
     lines += _spread_rows(results)
     if study == "variants":
         lines += _paper_rows()
-    plots = [_plot(results, root, "loss", "training loss", f"{study}-loss.png")]
+    plots = [_plot_loss(results, root, f"{study}-loss.png")]
     if study in ("sparsity", "variants", "ablations", "topk", "sweep"):
         plots.append(_plot(results, root, "sparsity", "routing sparsity (share of weights < 1e-5)",
                            f"{study}-sparsity.png"))

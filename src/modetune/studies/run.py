@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -37,6 +38,8 @@ def _check_same_run(run_dir: Path, train_config: TrainConfig) -> None:
     MoD fields are ignored for presets without MoD (``lora_notk``, ``lora_all``)."""
     saved_path = run_dir / "adapter" / TRAIN_CONFIG_NAME
     if not saved_path.exists():
+        saved_path = run_dir / TRAIN_CONFIG_NAME  # the committed copy (adapters are not committed)
+    if not saved_path.exists():
         return
     saved, wanted = read_json(saved_path), train_config.to_dict()
     ignored = set(IGNORED_FIELDS)
@@ -53,7 +56,6 @@ def _check_same_run(run_dir: Path, train_config: TrainConfig) -> None:
 def run_one(spec: RunSpec, config: ExperimentConfig, root: Path) -> dict:
     """Train, validate and evaluate one run, skipping whatever is already done."""
     from ..eval.runner import EvalConfig, evaluate, load_for_eval
-    from ..train.summary import read_log
     from ..train.trainer import train
     from ..train.validation import validation_metrics
 
@@ -70,11 +72,12 @@ def run_one(spec: RunSpec, config: ExperimentConfig, root: Path) -> dict:
         timing["train_s"] = timing.get("train_s", 0.0) + time.perf_counter() - start
         timing["trainable"], timing["total"] = summary["trainable"], summary["total"]
         timing_path.write_text(json.dumps(timing, indent=2))
+    if not (run_dir / TRAIN_CONFIG_NAME).exists():  # the run's settings beside its rows
+        shutil.copyfile(adapter / TRAIN_CONFIG_NAME, run_dir / TRAIN_CONFIG_NAME)
     val_path = run_dir / "val.json"
     if not val_path.exists():
         val_path.write_text(json.dumps(validation_metrics(adapter, train_config), indent=2))
-    result = {"name": spec.name, "preset": spec.preset, "seed": spec.seed, "mod": spec.mod,
-              "val": json.loads(val_path.read_text()), "log": read_log(run_dir), **timing}
+    result = collect_result(spec, run_dir)
     if "trainable" not in result:
         model, _, _ = load_for_eval(config.train.model, adapter, trust_remote_code=config.train.trust_remote_code)
         result["trainable"], result["total"] = parameter_counts(model)
@@ -92,6 +95,25 @@ def run_one(spec: RunSpec, config: ExperimentConfig, root: Path) -> dict:
                      info=info, label=spec.name)
             timing["eval_s"] = timing.get("eval_s", 0.0) + time.perf_counter() - start
             timing_path.write_text(json.dumps(timing, indent=2))
+        result.update(collect_result(spec, run_dir))
+    return result
+
+
+def collect_result(spec: RunSpec, run_dir: Path) -> dict | None:
+    """One run's result from its rows alone: ``val.json``, ``log.jsonl``, ``timing.json`` and the
+    evaluation's per-item ``eval/*.jsonl`` (what a study commits; adapters and checkpoints are
+    not needed). ``None`` when the run has no ``val.json`` yet."""
+    from ..train.summary import read_log
+
+    val_path = run_dir / "val.json"
+    if not val_path.exists():
+        return None
+    timing_path = run_dir / "timing.json"
+    result = {"name": spec.name, "preset": spec.preset, "seed": spec.seed, "mod": spec.mod,
+              "val": read_json(val_path), "log": read_log(run_dir),
+              **(read_json(timing_path) if timing_path.exists() else {})}
+    eval_dir = run_dir / "eval"
+    if spec.evaluate and (eval_dir / "summary.json").exists():
         result["eval_dir"] = str(eval_dir)
         result["correct"] = correct_flags(eval_dir)
     return result
@@ -140,13 +162,23 @@ def run_study(study: str, config: ExperimentConfig, smoke: bool = False) -> Path
     if root.exists() and not root.is_dir():
         raise ConfigError(f"output_dir {root} is a file, not a folder.")
     root.mkdir(parents=True, exist_ok=True)
-    (root / "experiment.json").write_text(json.dumps({"study": study, "smoke": smoke,
-                                                       "config": config.to_dict()}, indent=2))
+    recorded = {**config.to_dict(), "only": None, "report_only": False}  # the study, not this invocation
+    (root / "experiment.json").write_text(json.dumps({"study": study, "smoke": smoke, "config": recorded}, indent=2))
     started = time.perf_counter()
     results = []
-    for index, spec in enumerate(specs, 1):
+    if config.report_only:  # the report from the committed rows; nothing trains or evaluates
+        for spec in specs:
+            _check_same_run(root / spec.name, run_train_config(spec, config, root / spec.name))
+        results = [result for spec in specs if (result := collect_result(spec, root / spec.name)) is not None]
+        missing = [spec.name for spec in specs if not (root / spec.name / "val.json").exists()]
+        if missing:
+            print(f"[modetune experiment {study}] no rows yet for: {', '.join(missing)}", flush=True)
+        if not results:
+            raise ConfigError(f"No run of study {study} has rows (val.json) under {root}.")
+    for index, spec in enumerate([] if config.report_only else specs, 1):
         print(f"[modetune experiment {study}] run {index}/{len(specs)}: {spec.name}", flush=True)
         results.append(run_one(spec, config, root))
-    write_study_report(study, config, results, root, time.perf_counter() - started, smoke)
+    seconds = 0.0 if config.report_only else time.perf_counter() - started
+    write_study_report(study, config, results, root, seconds, smoke)
     print(f"[modetune experiment {study}] report: {root / 'report.md'}")
     return root
