@@ -27,7 +27,7 @@ def test_report_pools_seeds_against_the_same_seed_baseline():
     better = [True] * 18 + [False] * 2  # right on 8 more items with every seed
     results = [run("lora_notk", s, base) for s in (1, 2, 3)] + [run("lora_notk_mod", s, better) for s in (1, 2, 3)]
     rows = "\n".join(_pooled_rows(results, ["boolq"]))
-    assert "| lora_notk_mod  | 1, 2, 3 | 20 | +40.0 [" in rows and "| 8 / 0 | 0.008 |" in rows  # p = 2 / 2**8
+    assert "| lora_notk_mod | 1, 2, 3 | 20 | +40.0 [" in rows and "| 8 / 0 | 0.008 |" in rows  # p = 2 / 2**8
     assert _pooled_rows(results[:4], ["boolq"]) == []  # one seed of MoD: nothing to pool
     # over seeds, beside it: every seed +40 points, so a zero-width t-interval; 3 / 0 seeds, p = 2 / 2**3
     assert "| +40.0 [+40.0, +40.0] | 3 / 0 | 0.250 | 0.0 |" in rows and "item-level" in rows
@@ -36,6 +36,25 @@ def test_report_pools_seeds_against_the_same_seed_baseline():
     row = [line for line in _pooled_rows(noisy, ["boolq"]) if line.startswith("| lora_notk_mod")][0]
     # per-seed differences 40, 0, 10 points: mean 16.7, t-interval 16.7 ± 4.303 * 20.8 / sqrt(3)
     assert "| +16.7 [-35.0, +68.4] | 2 / 0 | 0.500 |" in row
+    # two arms with one preset and no MoD overrides (mod_router differs in router_lr): one group each
+    router = [{**run("lora_notk_mod", s, base), "name": f"mod_router-s{s}"} for s in (1, 2, 3)]
+    rows = _pooled_rows(results + router, ["boolq"])
+    assert any(line.startswith("| lora_notk_mod | 1, 2, 3 | 20 | +40.0") for line in rows)
+    assert any(line.startswith("| mod_router | 1, 2, 3 | 20 | +0.0") for line in rows)
+
+
+def test_report_compares_test_ce_over_seeds():
+    from modetune.studies.report import _test_ce_rows
+
+    def run(name, seed, ces):
+        return {"name": f"{name}-s{seed}", "preset": "lora_notk" if name == "lora_notk" else "lora_notk_mod",
+                "seed": seed, "mod": {}, "test_ce": {("builtin", str(i)): c for i, c in enumerate(ces)}}
+
+    results = [run("lora_notk", s, [1.0, 2.0]) for s in (1, 2, 3)]
+    results += [run("mod", s, [1.0 - d, 2.0 - d]) for s, d in ((1, 0.1), (2, 0.2), (3, 0.3))]
+    rows = "\n".join(_test_ce_rows(results))
+    # per-seed differences -0.1, -0.2, -0.3: mean -0.2, t-interval -0.2 ± 4.303 * 0.1 / sqrt(3); 3 seeds lower
+    assert "| mod | 1, 2, 3 | 2 | 1.4000 / 1.3000 / 1.2000 | -0.2000 [-0.4484, +0.0484] | 3 / 0 | 0.250 |" in rows
 
 
 def test_accuracy_table_has_wilson_intervals_and_baselines(tmp_path):
@@ -238,6 +257,10 @@ def test_mod_vs_lora_smoke_runs_end_to_end(tiny_model_dir, tmp_path):
     assert not {template_key(r["instruction"]) for r in held_out} & train_keys
     report = (out / "report.md").read_text()
     assert "modetune experiment mod_vs_lora --smoke" in report and "(majority class" in report
+    ce_rows = [json.loads(line) for line in (out / "lora_notk-s42" / "test_ce.jsonl").read_text().splitlines()]
+    assert len(ce_rows) == 4 and all(row["tokens"] > 0 and row["ce"] > 0 for row in ce_rows)
+    assert len(json.loads((out / "mod_router-s42" / "test_ce.jsonl").read_text().splitlines()[0])["member_ce"]) == 3
+    assert "## Teacher-forced CE on the test items" in report
 
     # every table regenerates from the rows alone: no adapters, no checkpoints
     rows = tmp_path / "rows-only"

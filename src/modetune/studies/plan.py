@@ -59,6 +59,9 @@ class ExperimentConfig:
     cut_at_next_response: bool = field(default=True, metadata={
         "help": "score only the text before the next '### Response:' the model writes, as LLM-Adapters does "
                 "(false: the whole generated text)"})
+    test_ce: bool = field(default=True, metadata={
+        "help": "also write each evaluated run's teacher-forced cross-entropy of every test item's gold response "
+                "(test_ce.jsonl; one forward pass per item)"})
     test_size: int = field(default=600, metadata={
         "help": "held-out items of the built-in split by template and numbers (datasets entry 'builtin-tn')"})
     router_lr_factors: list[float] = field(default_factory=lambda: [1.0, 10.0, 30.0, 100.0], metadata={

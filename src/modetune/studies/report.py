@@ -117,9 +117,9 @@ def _pooled_rows(results: list[dict], datasets: list[str]) -> list[str]:
     pooled: per-item mean difference over seeds, bootstrap over items, exact sign test."""
     bases = {r["seed"]: r for r in results if r["preset"] == "lora_notk" and r.get("correct")}
     groups: dict[str, list[dict]] = {}
-    for r in results:
+    for r in results:  # one group per arm (the run name without its seed: arms may share preset and MoD fields)
         if r["preset"] != "lora_notk" and r.get("correct") and r["seed"] in bases:
-            groups.setdefault(r["preset"] + json.dumps(r["mod"], sort_keys=True), []).append(r)
+            groups.setdefault(_arm(r["name"]), []).append(r)
     lines = []
     for runs in groups.values():
         if len(runs) < 2:
@@ -132,7 +132,7 @@ def _pooled_rows(results: list[dict], datasets: list[str]) -> list[str]:
         verdict = "" if p < 0.05 else " (no significant difference)"
         seeds = over_seeds([sum(x) / len(x) for x in a], [sum(y) / len(y) for y in b])
         mde = minimum_detectable_effect(seeds["sd"], seeds["seeds"])
-        lines.append(f"| {runs[0]['preset']} {runs[0]['mod'] or ''} | {', '.join(str(r['seed']) for r in runs)} | "
+        lines.append(f"| {_arm(runs[0]['name'])} | {', '.join(str(r['seed']) for r in runs)} | "
                      f"{len(items)} | {100 * diff:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | {n_pos} / {n_neg} | "
                      f"{p:.3f}{verdict} | {100 * seeds['mean']:+.1f} [{100 * seeds['low']:+.1f}, "
                      f"{100 * seeds['high']:+.1f}] | {seeds['n_pos']} / {seeds['n_neg']} | {seeds['sign_p']:.3f} | "
@@ -148,6 +148,42 @@ def _pooled_rows(results: list[dict], datasets: list[str]) -> list[str]:
             "| variant vs lora_notk | seeds | items | item-level Δ acc (pts) [95% CI] | items better / worse | "
             "item sign test p | over seeds Δ (pts) [95% t-CI] | seeds better / worse | seed sign test p | MDE (pts) |",
             "|---|---|---|---|---|---|---|---|---|---|", *lines, ""]
+
+
+def _test_ce_rows(results: list[dict]) -> list[str]:
+    """The secondary metric: each run's mean teacher-forced CE of the gold responses of the test
+    items (``test_ce.jsonl``; per item nats/token, averaged over items), and per arm vs
+    ``lora_notk`` with the same seeds the paired difference over seeds (t-interval, sign test)."""
+    runs = [r for r in results if r.get("test_ce")]
+    bases = {r["seed"]: r for r in runs if r["preset"] == "lora_notk"}
+    if not runs:
+        return []
+    groups: dict[str, list[dict]] = {}
+    for r in runs:
+        groups.setdefault(_arm(r["name"]), []).append(r)
+    lines = ["## Teacher-forced CE on the test items (secondary)", "",
+             "Per run, the mean over test items of the gold response's cross-entropy (nats per token; lower is "
+             "better). Against `lora_notk`: per seed the difference on the same items, 95% t-interval over seeds "
+             "and the exact sign test over seeds.", "",
+             "| arm | seeds | items | mean CE per run | Δ CE vs lora_notk [95% t-CI] | seeds lower / higher | sign p |",
+             "|---|---|---|---|---|---|---|"]
+    for arm, group in groups.items():
+        means = [sum(r["test_ce"].values()) / len(r["test_ce"]) for r in group]
+        cells = [arm, ", ".join(str(r["seed"]) for r in group), str(len(group[0]["test_ce"])),
+                 " / ".join(f"{m:.4f}" for m in means)]
+        paired = [r for r in group if r["seed"] in bases and r is not bases[r["seed"]]]
+        if len(paired) >= 2:
+            diffs = []
+            for r in paired:
+                common = sorted(set(r["test_ce"]) & set(bases[r["seed"]]["test_ce"]))
+                diffs.append(sum(r["test_ce"][i] - bases[r["seed"]]["test_ce"][i] for i in common) / len(common))
+            seeds = over_seeds(diffs, [0.0] * len(diffs))
+            cells += [f"{seeds['mean']:+.4f} [{seeds['low']:+.4f}, {seeds['high']:+.4f}]",
+                      f"{seeds['n_neg']} / {seeds['n_pos']}", f"{seeds['sign_p']:.3f}"]
+        else:
+            cells += ["", "", ""]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _collapse_rows(results: list[dict]) -> list[str]:
@@ -280,6 +316,7 @@ def write_study_report(study: str, config: ExperimentConfig, results: list[dict]
     if len(paired) > 2:
         lines += ["## Paired comparisons", "", *paired, ""]
     lines += _pooled_rows(results, datasets)
+    lines += _test_ce_rows(results)
     lines += _collapse_rows(results)
     lines += _spread_rows(results)
     if study == "variants":

@@ -95,6 +95,8 @@ def run_one(spec: RunSpec, config: ExperimentConfig, root: Path) -> dict:
                      info=info, label=spec.name)
             timing["eval_s"] = timing.get("eval_s", 0.0) + time.perf_counter() - start
             timing_path.write_text(json.dumps(timing, indent=2))
+        if config.test_ce and not (run_dir / TEST_CE_NAME).exists():
+            write_test_ce(adapter, train_config, config, root, run_dir / TEST_CE_NAME)
         result.update(collect_result(spec, run_dir))
     return result
 
@@ -116,7 +118,43 @@ def collect_result(spec: RunSpec, run_dir: Path) -> dict | None:
     if spec.evaluate and (eval_dir / "summary.json").exists():
         result["eval_dir"] = str(eval_dir)
         result["correct"] = correct_flags(eval_dir)
+    if (run_dir / TEST_CE_NAME).exists():
+        rows = [json.loads(line) for line in (run_dir / TEST_CE_NAME).read_text().splitlines() if line.strip()]
+        result["test_ce"] = {(row["dataset"], row["id"]): row["ce"] for row in rows}
     return result
+
+
+TEST_CE_NAME = "test_ce.jsonl"
+
+
+def write_test_ce(adapter: Path, train_config: TrainConfig, config: ExperimentConfig, root: Path, path: Path) -> None:
+    """The secondary metric: per test item, the teacher-forced cross-entropy (nats per token) of
+    its gold response (``output``) under the trained adapter, ensemble and members; one JSON row
+    per item (``dataset``, ``id``, ``tokens``, ``ce``, ``member_ce``), the same items the
+    evaluation scores (``eval_limit`` of each set)."""
+    from ..data import tokenize_record
+    from ..eval.protocol import item_id
+    from ..eval.runner import load_datasets, load_for_eval
+    from ..train.validation import teacher_forced_ce
+
+    model, tokenizer, _ = load_for_eval(train_config.model, adapter, device=_device(),
+                                        trust_remote_code=train_config.trust_remote_code)
+    lines = []
+    for name, records in load_datasets(eval_datasets(config, root), config.data_dir):
+        kept, rows = [], []
+        for record in records[: config.eval_limit or None]:
+            tok = tokenize_record(record, tokenizer, train_config.cutoff_len, False, train_config.prompt_style)
+            if record.get("output") and any(label != -100 for label in tok.labels[1:]):  # (kept whole or not at all)
+                kept.append(record)
+                rows.append({"input_ids": tok.input_ids, "labels": tok.labels})
+        if not rows:
+            continue
+        measured = teacher_forced_ce(model, rows, per_row=True)["rows"]
+        records = kept
+        lines += [json.dumps({"dataset": name, "id": item_id(r), **m}) for r, m in zip(records, measured)]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    tmp.replace(path)  # whole or absent
 
 
 def eval_datasets(config: ExperimentConfig, root: Path) -> str:

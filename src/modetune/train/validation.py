@@ -24,11 +24,13 @@ def validation_metrics(adapter: Path, train_config: TrainConfig) -> dict:
     return teacher_forced_ce(model, rows)
 
 
-def teacher_forced_ce(model, rows: list[dict]) -> dict:
+def teacher_forced_ce(model, rows: list[dict], per_row: bool = False) -> dict:
     """Teacher-forced cross-entropy (nats per labelled token) of the model (the ensemble for
     MoD) and of each member, over tokenised ``rows``, one record at a time:
-    ``{"tokens", "ensemble_ce", "member_ce" (None without MoD), "final_ce"}``."""
-    total, ensemble, members = 0, 0.0, None
+    ``{"tokens", "ensemble_ce", "member_ce" (None without MoD), "final_ce"}``; with ``per_row``
+    also ``"rows"``: each row's ``{"tokens", "ce", "member_ce"}`` (the pooled values are their
+    token-weighted means)."""
+    total, ensemble, members, each = 0, 0.0, None, []
     with torch.no_grad():
         for row in rows:
             ids = torch.tensor([row["input_ids"]], device=model.device)
@@ -36,11 +38,16 @@ def teacher_forced_ce(model, rows: list[dict]) -> dict:
             out = model(input_ids=ids, labels=labels)
             n = int((labels[:, 1:] != -100).sum())
             total += n
-            ensemble += float(out.loss if getattr(out, "task_loss", None) is None else out.task_loss) * n
+            row_ce = float(out.loss if getattr(out, "task_loss", None) is None else out.task_loss)
+            ensemble += row_ce * n
             ce = getattr(out, "member_ce", None)
             if ce is not None:
                 members = [m + float(c) * n for m, c in zip(members or [0.0] * len(ce), ce)]
+            if per_row:
+                each.append({"tokens": n, "ce": row_ce, "member_ce": None if ce is None else [float(c) for c in ce]})
     result = {"tokens": total, "ensemble_ce": ensemble / total}
+    if per_row:
+        result["rows"] = each
     result["member_ce"] = [m / total for m in members] if members else None
     result["final_ce"] = result["member_ce"][-1] if members else result["ensemble_ce"]
     return result
