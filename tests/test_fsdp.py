@@ -3,7 +3,7 @@ the fused loss reads the whole LM head, and `configs/accelerate_fsdp.yaml` is wh
 
 The 2 processes are started by `accelerate launch --config_file configs/accelerate_fsdp.yaml`
 (`tests/fsdp_worker.py`). The HF Trainer itself is not the loop here: on CPU, accelerate never
-enables FSDP (see `test_trainer_with_fsdp_config_on_cpu_is_refused` and docs/scaling.md), so the
+enables FSDP (see `test_trainer_with_sharding_config_on_cpu_is_refused` and docs/scaling.md), so the
 worker runs the Trainer's sharding (accelerate's `fsdp2_prepare_model` with the plugin the
 launcher built from the config) and `modetune.sharding.shard_mod_model` in a plain loop.
 """
@@ -104,8 +104,11 @@ def test_accelerate_fsdp_config_is_fsdp2(monkeypatch):
     assert plugin.auto_wrap_policy.__name__ == "transformer_auto_wrap_policy"
 
 
-def test_trainer_with_fsdp_config_on_cpu_is_refused(tiny_model_dir, tmp_path, capsys, monkeypatch):
-    """accelerate turns FSDP on for GPUs only: on CPU the Trainer would train unsharded (plain
-    data parallel), silently. `modetune train` says so instead, before the model loads."""
-    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    fails(capsys, train_args(tiny_model_dir, tmp_path / "run", "--max-steps", "1"), "FSDP")
+@pytest.mark.parametrize("name,key", [("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED")])
+def test_trainer_with_sharding_config_on_cpu_is_refused(tiny_model_dir, tmp_path, capsys, monkeypatch, name, key):
+    """accelerate turns FSDP and DeepSpeed on only off CPU: on CPU the Trainer would train
+    unsharded (plain data parallel), silently. `modetune train` says so, before the model loads."""
+    monkeypatch.setenv(key, "true")
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    fails(capsys, train_args(tiny_model_dir, tmp_path / "run", "--max-steps", "1"), f"{name} through accelerate")
+    assert not (tmp_path / "run").exists()

@@ -2,7 +2,8 @@
 
 The HF Trainer shards through accelerate (``accelerate launch --config_file
 configs/accelerate_fsdp.yaml``), which accelerate only does on GPUs; for a custom training loop,
-or on CPU processes (gloo), :func:`shard_mod_model` applies the same layout:
+or on CPU processes (gloo), :func:`shard_mod_model` applies a layout like accelerate's
+(which puts embeddings, final norm and head in a unit of their own, also kept gathered):
 
 - one FSDP unit per decoder layer (LoRA weights included), resharded after forward by default;
 - the root unit (the ``MoDModel``) holds the rest: embeddings, final norm, LM head (one tensor
@@ -17,12 +18,8 @@ its own that reshards after forward), ``MoDModel`` gathers it (``DTensor.full_te
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
-from torch import Tensor
-
-if TYPE_CHECKING:
-    from .model import MoDModel
+from torch import Tensor, nn
 
 
 def full_weight(weight: Tensor) -> Tensor:
@@ -33,9 +30,10 @@ def full_weight(weight: Tensor) -> Tensor:
     return weight.full_tensor() if isinstance(weight, DTensor) else weight
 
 
-def shard_mod_model(model: MoDModel, mesh=None, reshard_after_forward: bool = True, mp_policy=None,
-                    offload_policy=None) -> MoDModel:
-    """Apply ``fully_shard`` to each decoder layer, then to the whole ``model`` (in place; returned).
+def shard_mod_model(model: nn.Module, mesh=None, reshard_after_forward: bool = True, mp_policy=None,
+                    offload_policy=None) -> nn.Module:
+    """Apply ``fully_shard`` to each decoder layer of a ``MoDModel``, then to the whole ``model``
+    (in place; returned).
 
     Call it in every process after ``torch.distributed.init_process_group`` and before building
     the optimizer (whose parameters must be the sharded ones). ``mesh``, ``mp_policy`` and
@@ -55,14 +53,15 @@ def shard_mod_model(model: MoDModel, mesh=None, reshard_after_forward: bool = Tr
 
 
 def check_launcher_sharding(cuda_available: bool, environ: dict | None = None) -> None:
-    """Refuse an FSDP launch (``accelerate launch`` with an FSDP config sets
-    ``ACCELERATE_USE_FSDP=true``) on a machine without CUDA: accelerate (1.x) enables FSDP only for
-    GPU-like devices, so on CPU processes the Trainer would silently train unsharded (plain data
-    parallel) while the user believes the model is sharded."""
+    """Refuse an FSDP or DeepSpeed launch (``accelerate launch`` with such a config sets
+    ``ACCELERATE_USE_FSDP`` / ``ACCELERATE_USE_DEEPSPEED``) on a machine without CUDA: accelerate
+    (1.15) enables FSDP only for GPU-like devices and DeepSpeed only when not on CPU, so on CPU
+    processes the Trainer would silently train unsharded (plain data parallel)."""
     from .errors import ConfigError
 
     environ = os.environ if environ is None else environ
-    if environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and not cuda_available:
-        raise ConfigError("FSDP through accelerate needs GPUs: on CPU accelerate ignores the FSDP config and the "
-                          "Trainer would train unsharded (data parallel) without saying so. Launch without the FSDP "
-                          "config, or shard a custom loop with modetune.sharding.shard_mod_model (docs/scaling.md).")
+    for name, key in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED")):
+        if environ.get(key, "false").lower() == "true" and not cuda_available:
+            raise ConfigError(f"{name} through accelerate needs GPUs: on CPU accelerate ignores the {name} config and "
+                              "the Trainer would train unsharded (data parallel) without saying so. Launch without "
+                              "it, or shard a custom loop with modetune.sharding.shard_mod_model (docs/scaling.md).")
