@@ -29,6 +29,7 @@ from .errors import ConfigError, DataError
 from .integrity import check_adapter_base, check_files, load_safetensors
 from .losses import HeadSpec, MoDLossOutput, fused_mod_loss, naive_mod_loss
 from .routing import Router
+from .sharding import full_weight
 from .surgery import find_parts, unwrap
 from .version import __version__
 
@@ -194,8 +195,10 @@ class MoDModel(nn.Module):
         return sum(weights[..., i : i + 1] * lg for i, lg in enumerate(logits)).to(output.dtype)
 
     def _head_spec(self) -> HeadSpec:
+        """The head as the loss reads it: whole, even where a sharding wrapper left it sharded."""
         head = self._parts.head
-        return HeadSpec(head.weight, head.bias, self.softcap)
+        bias = None if head.bias is None else full_weight(head.bias)
+        return HeadSpec(full_weight(head.weight), bias, self.softcap)
 
     # ------------------------------------------------------------------ forward
     def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,

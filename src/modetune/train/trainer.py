@@ -23,6 +23,7 @@ from ..data.contamination import FINGERPRINT_NAME, warn_training_overlap, write_
 from ..errors import ConfigError, NonFiniteLossError
 from ..integrity import check_adapter_base, load_safetensors, stored_fingerprint, write_base_record
 from ..model import MoDModel, base_fingerprint, parameter_counts
+from ..sharding import check_launcher_sharding
 from ..variants import build_variant
 from ..version import __version__
 from .config import TRAIN_CONFIG_NAME, TrainConfig, check_batch
@@ -262,6 +263,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
     from transformers import DataCollatorForSeq2Seq, set_seed
 
     config.check_device(torch.cuda.is_available())
+    check_launcher_sharding(torch.cuda.is_available())
     output_dir = Path(config.output_dir)
     is_main = int(os.environ.get("RANK", "0")) == 0
     check_batch(config)

@@ -1,0 +1,67 @@
+"""Sharded training of a :class:`~modetune.model.MoDModel` with FSDP2 (``torch.distributed.fsdp.fully_shard``).
+
+The HF Trainer shards through accelerate (``accelerate launch --config_file
+configs/accelerate_fsdp.yaml``), which accelerate only does on GPUs; for a custom training loop,
+or on CPU processes (gloo), :func:`shard_mod_model` applies a layout like accelerate's
+(which puts embeddings, final norm and head in a unit of their own, also kept gathered):
+
+- one FSDP unit per decoder layer (LoRA weights included), resharded after forward by default;
+- the root unit (the ``MoDModel``) holds the rest: embeddings, final norm, LM head (one tensor
+  when tied), member norms and router. FSDP2 keeps the root gathered from its forward to the
+  end of its backward, so the fused loss, which runs inside ``MoDModel.forward`` and reads the
+  head's weight outside the head's own forward, sees the full ``[V, d]`` weight.
+
+Should a different wrapping leave the head sharded when the loss reads it (the head in a unit of
+its own that reshards after forward), ``MoDModel`` gathers it (``DTensor.full_tensor``) instead.
+"""
+
+from __future__ import annotations
+
+import os
+
+from torch import Tensor, nn
+
+
+def full_weight(weight: Tensor) -> Tensor:
+    """The whole tensor of a possibly sharded parameter: a ``DTensor`` is all-gathered
+    (``full_tensor``), anything else is returned as it is."""
+    from torch.distributed.tensor import DTensor
+
+    return weight.full_tensor() if isinstance(weight, DTensor) else weight
+
+
+def shard_mod_model(model: nn.Module, mesh=None, reshard_after_forward: bool = True, mp_policy=None,
+                    offload_policy=None) -> nn.Module:
+    """Apply ``fully_shard`` to each decoder layer of a ``MoDModel``, then to the whole ``model``
+    (in place; returned).
+
+    Call it in every process after ``torch.distributed.init_process_group`` and before building
+    the optimizer (whose parameters must be the sharded ones). ``mesh``, ``mp_policy`` and
+    ``offload_policy`` go to ``fully_shard`` unchanged (defaults: all processes, no mixed
+    precision, no offloading). Gradients are averaged over processes: to normalise the loss by
+    the global number of labelled tokens (``num_items_in_batch``), multiply each process's loss
+    by the number of processes, as the Trainer does.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, OffloadPolicy, fully_shard
+
+    kwargs = {"mesh": mesh, "mp_policy": mp_policy or MixedPrecisionPolicy(),
+              "offload_policy": offload_policy or OffloadPolicy()}
+    for layer in model._parts.layers:
+        fully_shard(layer, reshard_after_forward=reshard_after_forward, **kwargs)
+    fully_shard(model, reshard_after_forward=False, **kwargs)
+    return model
+
+
+def check_launcher_sharding(cuda_available: bool, environ: dict | None = None) -> None:
+    """Refuse an FSDP or DeepSpeed launch (``accelerate launch`` with such a config sets
+    ``ACCELERATE_USE_FSDP`` / ``ACCELERATE_USE_DEEPSPEED``) on a machine without CUDA: accelerate
+    (1.15) enables FSDP only for GPU-like devices and DeepSpeed only when not on CPU, so on CPU
+    processes the Trainer would silently train unsharded (plain data parallel)."""
+    from .errors import ConfigError
+
+    environ = os.environ if environ is None else environ
+    for name, key in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED")):
+        if environ.get(key, "false").lower() == "true" and not cuda_available:
+            raise ConfigError(f"{name} through accelerate needs GPUs: on CPU accelerate ignores the {name} config and "
+                              "the Trainer would train unsharded (data parallel) without saying so. Launch without "
+                              "it, or shard a custom loop with modetune.sharding.shard_mod_model (docs/scaling.md).")

@@ -1,0 +1,144 @@
+"""Sharded MoD + LoRA training for `tests/test_fsdp.py`: the shared loop, and one process of the
+2-process run (``accelerate launch --config_file configs/accelerate_fsdp.yaml tests/fsdp_worker.py OUT``).
+
+Each process trains the same tiny MoD + LoRA models as the 1-process reference (same seeds, same
+global batches; each process takes its half of every batch) under several FSDP2 wrappings, and
+records per step the global loss and the gradient norm, the LM head weight the fused loss reads
+at every call (a spy on ``modetune.model.fused_mod_loss``), and how the model is sharded. It
+writes ``OUT/rank<R>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+from torch.distributed.tensor import DTensor
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from modetune import model as model_module  # noqa: E402
+from modetune.config import MoDConfig  # noqa: E402
+from modetune.model import get_mod_model  # noqa: E402
+from tiny import batch, lora, perturb, tiny_model  # noqa: E402
+
+STEPS, ROWS = 3, 4  # optimizer steps; rows of a global batch
+# (name, architecture, wrapping): llama ties its head to the embeddings (as SmolLM2 does), mistral does not
+RUNS = [("modetune-tied", "llama", "modetune"), ("modetune-untied", "mistral", "modetune"),
+        ("accelerate-tied", "llama", "accelerate"), ("head-unit-tied", "llama", "head_unit")]
+
+
+def build(arch: str):
+    """Tiny MoD + LoRA model (router and member norms perturbed), identical in every process."""
+    return perturb(get_mod_model(lora(tiny_model(arch, seed=0)), MoDConfig()))
+
+
+def run_steps(model, rank: int = 0, world: int = 1) -> list[dict]:
+    """``STEPS`` AdamW steps with gradient clipping at 1; this process takes rows
+    ``rank::world`` of every global batch, its loss normalised by the global label count."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    model.train()
+    steps = []
+    for step in range(STEPS):
+        ids, mask, labels = batch(seed=step, batch=ROWS, length=9)
+        count = int((labels[:, 1:] != -100).sum())
+        rows = slice(rank, None, world)
+        out = model(input_ids=ids[rows], attention_mask=mask[rows], labels=labels[rows], num_items_in_batch=count)
+        (out.loss * world).backward()  # FSDP averages gradients over processes
+        norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
+        norm = norm.full_tensor() if isinstance(norm, DTensor) else norm
+        loss = out.loss.detach().clone()
+        if world > 1:
+            torch.distributed.all_reduce(loss)
+        optimizer.step()
+        optimizer.zero_grad()
+        steps.append({"loss": float(loss), "grad_norm": float(norm)})
+    return steps
+
+
+def _accelerate_wrap(model):
+    """The wrapping ``accelerate launch --config_file configs/accelerate_fsdp.yaml`` gives the
+    Trainer on GPUs: accelerate's own ``fsdp2_prepare_model``, its plugin read from the
+    environment that the launcher derived from the config file."""
+    from types import SimpleNamespace
+
+    from accelerate import FullyShardedDataParallelPlugin
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
+
+    assert os.environ.get("ACCELERATE_USE_FSDP") == "true", "not launched with the FSDP config"
+    plugin = FullyShardedDataParallelPlugin()
+    assert plugin.fsdp_version == 2
+    stub = SimpleNamespace(state=SimpleNamespace(fsdp_plugin=plugin), mixed_precision="no",
+                           is_main_process=int(os.environ["RANK"]) == 0, device=torch.device("cpu"))
+    return fsdp2_prepare_model(stub, model)
+
+
+def _head_unit_wrap(model):
+    """The head (with its tied embedding) in a unit of its own that reshards after forward:
+    the loss then finds the head sharded and must gather it."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in model._parts.layers:
+        fully_shard(layer)
+    fully_shard([model.get_input_embeddings(), model._parts.head], reshard_after_forward=True)
+    fully_shard(model)
+    return model
+
+
+def _sharding(model) -> dict:
+    from torch.distributed.fsdp import FSDPModule
+
+    head = model._parts.head.weight
+    return {
+        "backend": torch.distributed.get_backend(),
+        "world_size": torch.distributed.get_world_size(),
+        "root_is_fsdp": isinstance(model, FSDPModule),
+        "layers_fsdp": [isinstance(layer, FSDPModule) for layer in model._parts.layers],
+        "all_dtensor": all(isinstance(p, DTensor) for p in model.parameters()),
+        "head_is_dtensor": isinstance(head, DTensor),
+        "head_shape": list(head.shape),
+        "head_local_shape": list(head.to_local().shape) if isinstance(head, DTensor) else None,
+        "head_tied": head is model.get_input_embeddings().weight,
+    }
+
+
+def main(out: Path) -> None:
+    from modetune.sharding import shard_mod_model
+
+    torch.distributed.init_process_group("gloo")
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    calls: list[dict] = []
+    original = model_module.fused_mod_loss
+
+    def spy(hs, router_input, labels, norms, router, head, *args, **kwargs):
+        weight = head.weight
+        calls.append({"is_dtensor": isinstance(weight, DTensor), "shape": list(weight.shape),
+                      # the head module's own parameter at that moment: sharded again or not
+                      "module_weight_is_dtensor": isinstance(model._parts.head.weight, DTensor),
+                      "equals_full": not isinstance(weight, DTensor) and weight.shape == full.shape
+                      and torch.equal(weight.detach(), full)})
+        return original(hs, router_input, labels, norms, router, head, *args, **kwargs)
+
+    model_module.fused_mod_loss = spy
+    wraps = {"modetune": shard_mod_model, "accelerate": _accelerate_wrap, "head_unit": _head_unit_wrap}
+    record = {}
+    for name, arch, wrapping in RUNS:
+        model = build(arch)
+        full = model._parts.head.weight.detach().clone()  # the unsharded head, before sharding
+        calls.clear()
+        model = wraps[wrapping](model)
+        sharding = _sharding(model)
+        steps = run_steps(model, rank, world)
+        record[name] = {"steps": steps, "loss_calls": list(calls), "sharding": sharding,
+                        "vocab_rows": full.shape[0]}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"rank{rank}.json").write_text(json.dumps(record))
+    torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
