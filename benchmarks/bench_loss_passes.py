@@ -50,18 +50,29 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--hidden", type=int, default=576)
     parser.add_argument("--vocab", type=int, default=49152)
     parser.add_argument("--k", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--row-blocks", default="0,256",
                         help="MoDConfig.row_block settings of the current code, comma-separated (0 = automatic)")
     parser.add_argument("--baseline-rev", default=BASELINE_REV, help="git revision of the baseline ('' = none)")
+    parser.add_argument("--skip-chunk", action="store_true", help="time the element-wise part only")
     parser.add_argument("--json", help="also write the results here")
     return parser
 
 
-def measure(args) -> dict:
+def _timed(fn, inputs) -> tuple[float, float]:
+    """``(wall seconds, this thread's CPU seconds)`` of ``fn(inputs)``; CPU time leaves out the time
+    the scheduler gave the other processes on a busy machine."""
+    wall, cpu = time.perf_counter(), time.thread_time()
+    fn(inputs)
+    return time.perf_counter() - wall, time.thread_time() - cpu
+
+
+def _tasks(args, baseline) -> dict:
+    """``name -> (prepare, run)``: ``prepare()`` makes fresh inputs (untimed), ``run(inputs)`` is timed."""
     import torch
 
     from modetune.config import MoDConfig
+    from modetune.logit_grads import logit_grads, row_block_size
     from modetune.losses import HeadSpec, _chunk_grads
 
     torch.manual_seed(0)
@@ -70,64 +81,76 @@ def measure(args) -> dict:
     zs = [torch.randn(n, d) for _ in range(k)]
     weights = torch.softmax(torch.randn(n, k), -1)
     labels = torch.randint(0, V, (n,))
-    variants = {}
-    if args.baseline_rev:
-        variants["baseline"] = (load_baseline(args.baseline_rev)._chunk_grads, MoDConfig(k=k, chunk_size=n))
+    logits = [head.logits(z) for z in zs]
+    fresh = lambda: [lg.clone() for lg in logits]  # noqa: E731 (the element-wise code consumes its logits)
+    tasks = {}
+    if baseline is not None:
+        config = MoDConfig(k=k, chunk_size=n)
+
+        def old_elementwise(ls):  # the baseline's [n, V] passes: its two functions without their projections
+            baseline._task_grads(zs, ls, weights, labels, head, 1.0 / n, False)
+            baseline._distill_grads(k, ls, labels, head.weight, config, 1.0 / n, None, False)
+
+        tasks["elementwise/baseline"] = (fresh, old_elementwise)
+        if not args.skip_chunk:
+            tasks["chunk/baseline"] = (list, lambda _: baseline._chunk_grads(zs, weights, labels, head, config,
+                                                                              1.0 / n, True, True))
     for block in [int(b) for b in args.row_blocks.split(",")]:
-        variants[f"row_block={block}"] = (_chunk_grads, MoDConfig(k=k, chunk_size=n, row_block=block))
+        config = MoDConfig(k=k, chunk_size=n, row_block=block)
+        rows = row_block_size(config, n, labels.device)
+        tasks[f"elementwise/row_block={block}"] = (
+            fresh, lambda ls, config=config, rows=rows: logit_grads(ls, weights, labels, config, None, True, True, rows))
+        if not args.skip_chunk:
+            tasks[f"chunk/row_block={block}"] = (
+                list, lambda _, config=config: _chunk_grads(zs, weights, labels, head, config, 1.0 / n, True, True))
+    if not args.skip_chunk:
+        grad = torch.randn(n, V)
 
-    def projections() -> float:
-        """Seconds of ``k`` forward and ``k`` backward head projections (the random gradient untimed)."""
-        start = time.perf_counter()
-        for z in zs:
-            z @ head.weight.T
-        forward = time.perf_counter() - start
-        g = torch.randn(n, V)
-        start = time.perf_counter()
-        for _ in range(k):
-            g @ head.weight
-        return forward + time.perf_counter() - start
+        def projections(_):  # k forward and k input-gradient backward projections: the floor's count
+            for z in zs:
+                z @ head.weight.T
+            for _ in range(k):
+                grad @ head.weight
 
-    names = [*variants, "projections"]
-    seconds = {name: [] for name in names}
-    values = {}
-    for rep in range(args.repeats + 1):  # the first round warms up
+        tasks["chunk/projections only"] = (list, projections)
+    return tasks
+
+
+def measure(args) -> dict:
+    import torch
+
+    baseline = load_baseline(args.baseline_rev) if args.baseline_rev else None
+    tasks = _tasks(args, baseline)
+    names = list(tasks)
+    wall, cpu = {name: [] for name in names}, {name: [] for name in names}
+    for rep in range(args.repeats + 1):  # the first round warms up; the order rotates every round
         for name in names[rep % len(names):] + names[: rep % len(names)]:
-            if name == "projections":
-                spent = projections()
-            else:
-                fn, config = variants[name]
-                start = time.perf_counter()
-                task, kls, _, _, _, _ = fn(zs, weights, labels, head, config, 1.0 / n, True, True)
-                spent = time.perf_counter() - start
-                values[name] = [float(task), *map(float, kls)]
+            prepare, run = tasks[name]
+            w, c = _timed(run, prepare())
             if rep:
-                seconds[name].append(spent)
-    per_1k = 1024 / n * 1e3  # seconds per chunk -> ms per 1,024 tokens
-    result = {"shape": dict(tokens=n, hidden=d, vocab=V, k=k), "baseline_rev": args.baseline_rev,
-              "torch_threads": torch.get_num_threads(), "values": values, "variants": {}}
-    for name in variants:
-        elementwise = [(a - b) * per_1k for a, b in zip(seconds[name], seconds["projections"])]
-        result["variants"][name] = {
-            "chunk_ms_per_1k": [s * per_1k for s in seconds[name]],
-            "elementwise_ms_per_1k": elementwise,
-            "elementwise_median": statistics.median(elementwise),
-            "elementwise_range": [min(elementwise), max(elementwise)],
-        }
-    result["projections_ms_per_1k"] = [s * per_1k for s in seconds["projections"]]
+                wall[name].append(w)
+                cpu[name].append(c)
+    per_1k = 1024 / args.tokens * 1e3  # seconds per chunk -> ms per 1,024 tokens
+    result = {"shape": dict(tokens=args.tokens, hidden=args.hidden, vocab=args.vocab, k=args.k),
+              "baseline_rev": args.baseline_rev, "torch_threads": torch.get_num_threads(), "repeats": args.repeats,
+              "ms_per_1024_tokens": {}}
+    for name in names:
+        entry = {}
+        for clock, values in (("wall", wall[name]), ("cpu", cpu[name])):
+            ms = [v * per_1k for v in values]
+            entry[clock] = {"median": statistics.median(ms), "min": min(ms), "max": max(ms), "all": ms}
+        result["ms_per_1024_tokens"][name] = entry
     return result
 
 
 def report(result: dict) -> str:
-    proj = result["projections_ms_per_1k"]
-    rows = [f"{result['shape']}, {result['torch_threads']} thread(s); projections alone: "
-            f"median {statistics.median(proj):.0f} ms per 1,024 tokens (range {min(proj):.0f}-{max(proj):.0f})", "",
-            "| variant | chunk, ms per 1,024 tokens (median) | element-wise, ms per 1,024 tokens: median | range |",
-            "|---|---|---|---|"]
-    for name, r in result["variants"].items():
-        lo, hi = r["elementwise_range"]
-        rows.append(f"| {name} | {statistics.median(r['chunk_ms_per_1k']):.0f} | {r['elementwise_median']:.0f} | "
-                    f"{lo:.0f}-{hi:.0f} |")
+    rows = [f"{result['shape']}, {result['torch_threads']} thread(s), {result['repeats']} interleaved repetitions; "
+            "ms per 1,024 tokens", "",
+            "| measured | wall median | wall range | CPU median | CPU range |", "|---|---|---|---|---|"]
+    for name, r in result["ms_per_1024_tokens"].items():
+        w, c = r["wall"], r["cpu"]
+        rows.append(f"| {name} | {w['median']:.0f} | {w['min']:.0f}-{w['max']:.0f} | {c['median']:.0f} | "
+                    f"{c['min']:.0f}-{c['max']:.0f} |")
     return "\n".join(rows)
 
 
