@@ -2,11 +2,14 @@
 
 For one chunk of ``n`` tokens the members' logits ``l_i`` are ``[n, V]`` tensors (``V`` =
 49152 for the default model: 48 MiB each at ``n = 256``). Every softmax, exponential and KL
-term over them is a pass through memory; done over the whole chunk, each pass streams the
-tensors through RAM. Here the passes run on blocks of ``block`` rows (tokens), whose
-temporaries fit in the CPU cache, so each logit is read from RAM about once and each gradient
-written once. Rows are independent, so the block size changes no formula, only the order in
-which rows are visited.
+term over them is a pass through memory; done over the whole chunk, each pass streams (and
+each temporary newly allocates) tensors of that size through RAM. Here the passes run on blocks
+of ``block`` rows (tokens) whose temporaries are allocated once and stay in the CPU cache, so
+each logit is read from RAM about once and each gradient written once into the logits' own
+memory. Each softmax takes one exponential per entry (its log-sum-exp comes with it), and row
+dot products use ``linalg.vecdot`` (a batched matmul of ``1 x V`` rows was ~4x slower per entry
+on CPU). Rows are independent, so the block size changes no formula, only the order in which
+rows are visited (benchmarks/bench_loss_passes.py measures it).
 
 Formulas (docs/method.md; ``P = softmax(l / tau)``, ``e = sum_i G_i l_i`` the ensemble logits):
 
@@ -32,6 +35,11 @@ from .config import MoDConfig
 # Tokens per block on CPU when MoDConfig.row_block is 0: 8 rows of 49152 float32 logits are
 # 1.5 MiB per temporary, so a block's ~8 temporaries stay in a server CPU's L2/L3 cache.
 CPU_ROW_BLOCK = 8
+
+
+def _vdot(a: Tensor, b: Tensor) -> Tensor:
+    """Row-wise dot product ``<a_r, b_r>`` of ``[r, V]`` tensors."""
+    return torch.linalg.vecdot(a, b)
 
 
 def row_block_size(config: MoDConfig, n: int, device: torch.device) -> int:
@@ -92,7 +100,7 @@ def logit_grads(logits: list[Tensor], weights: Tensor, labels: Tensor, config: M
         if softcap is not None:  # g first: dG needs the logits, which the distillation overwrites
             g = _softmax_grad(e, y, rows, e, sums)
             sech2 = [1.0 - (lg / softcap).square() for lg in ls]
-            d_weights[rb] = torch.stack([torch.linalg.vecdot(lg, g) for lg in ls], -1)
+            d_weights[rb] = torch.stack([_vdot(lg, g) for lg in ls], -1)
         if distill or members:
             _distill_block(ls, y, rows, config, sech2, distill, live_teacher, work[1:, : y.numel()], sums)
         if sech2 is None:  # written straight into its place (the last logits are read by now)
@@ -162,7 +170,7 @@ def _distill_block(ls: list[Tensor], y: Tensor, rows: Tensor, config: MoDConfig,
         torch.sub(ls[i], ls[-1], out=D)
         if tau != 1.0:
             D.div_(tau)
-        a = torch.linalg.vecdot(p_s if reverse else p_t, D)[:, None]
+        a = _vdot(p_s if reverse else p_t, D)[:, None]
         kl = a - (lse_s - lse_t) if reverse else (lse_s - lse_t) - a
         if reverse:
             if teacher is not None:
