@@ -72,3 +72,22 @@ def test_row_block_rule_and_validation():
     assert row_block_size(MoDConfig(row_block=32), 5, cpu) == 5
     with pytest.raises(ConfigError, match="row_block"):
         MoDConfig(row_block=-1)
+
+
+def test_blocks_run_on_one_thread_and_restore_the_count(monkeypatch):
+    """The row blocks run single-threaded (small ops; a busy machine would stall them), then the
+    thread count is back as it was."""
+    import modetune.logit_grads as logit_grads
+
+    seen = []
+    real = logit_grads.softmax_into
+    monkeypatch.setattr(logit_grads, "softmax_into", lambda *a, **k: seen.append(torch.get_num_threads()) or real(*a, **k))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        out = fused_mod_loss(*_with_block(_problem((22, 6, 13, 3, 11), CASES["defaults"]), 3))  # 2 chunks of 4 blocks
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {1}
+    assert torch.isfinite(out.loss)

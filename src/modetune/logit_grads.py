@@ -25,6 +25,7 @@ Formulas (docs/method.md; ``P = softmax(l / tau)``, ``e = sum_i G_i l_i`` the en
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -88,7 +89,42 @@ def logit_grads(logits: list[Tensor], weights: Tensor, labels: Tensor, config: M
     sums = torch.zeros(1 + k + (k - 1), device=device, dtype=dtype)  # task, k CEs, k-1 KLs
     d_weights = torch.empty(n, k, device=device, dtype=dtype) if softcap is not None else None
     work = torch.empty(4 + int(live_teacher), min(block, n), V, device=device, dtype=dtype)  # reused per block
-    for start in range(0, n, block):
+    with _one_thread(device, block < n):
+        _blocks(logits, weights, labels, config, softcap, distill, members, block, work, task_grads, d_weights, sums)
+    distill_grads: list[Tensor | None] = [None] * k
+    if distill:
+        distill_grads[: k - 1] = logits[: k - 1]
+        if live_teacher:
+            distill_grads[-1] = logits[-1]
+    ce_sums = sums[1 : 1 + k] if members else None
+    kl_sums = sums[1 + k :] if distill else sums.new_zeros(0)
+    return LogitGrads(sums[0], kl_sums, ce_sums, task_grads, distill_grads, d_weights)
+
+
+@contextmanager
+def _one_thread(device: torch.device, blocked: bool):
+    """Run the row blocks on one CPU thread: each block's ops are too small to share out, and on a
+    busy machine every op would wait for a descheduled worker thread (two threads on a loaded 2-core
+    machine: 20-40x slower, benchmarks/bench_loss_passes.py)."""
+    threads = torch.get_num_threads()
+    if not blocked or device.type != "cpu" or threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _blocks(logits: list[Tensor], weights: Tensor, labels: Tensor, config: MoDConfig, softcap: float | None,
+            distill: bool, members: bool, block: int, work: Tensor, task_grads: list[Tensor],
+            d_weights: Tensor | None, sums: Tensor) -> None:
+    """The loop of :func:`logit_grads` over row blocks (arguments as there; ``work`` holds a block's
+    temporaries, ``task_grads``, ``d_weights`` and ``sums`` receive the results)."""
+    k, device = len(logits), labels.device
+    live_teacher = distill and not config.detach_teacher
+    for start in range(0, labels.numel(), block):
         rb = slice(start, start + block)
         ls, y = [lg[rb] for lg in logits], labels[rb]
         rows = torch.arange(y.numel(), device=device)
@@ -108,14 +144,6 @@ def logit_grads(logits: list[Tensor], weights: Tensor, labels: Tensor, config: M
         else:
             for i in range(k):
                 torch.mul(g, sech2[i], out=task_grads[i][rb])
-    distill_grads: list[Tensor | None] = [None] * k
-    if distill:
-        distill_grads[: k - 1] = logits[: k - 1]
-        if live_teacher:
-            distill_grads[-1] = logits[-1]
-    ce_sums = sums[1 : 1 + k] if members else None
-    kl_sums = sums[1 + k :] if distill else sums.new_zeros(0)
-    return LogitGrads(sums[0], kl_sums, ce_sums, task_grads, distill_grads, d_weights)
 
 
 def softmax_into(x: Tensor, tau: float, out: Tensor, normalise: bool = True) -> Tensor:
