@@ -19,7 +19,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import modetune.losses as losses
+import modetune.logit_grads as logit_grads
 import modetune.routing as routing
 from modetune import MoDConfig, get_mod_model
 from modetune.surgery import find_parts
@@ -123,21 +123,6 @@ def test_soft_capped_head_in_bfloat16_matches_float32(precision):
         assert error < TOLERANCE[dtype][1], (name, error)
 
 
-class _Spy:
-    """Stands in for ``torch.nn.functional`` inside modetune.losses, recording log-softmax dtypes."""
-
-    def __init__(self, functional, seen: list):
-        self._f, self._seen = functional, seen
-
-    def log_softmax(self, x, *args, **kwargs):
-        out = self._f.log_softmax(x, *args, **kwargs)
-        self._seen.append(("log_softmax", x.dtype, out.dtype))
-        return out
-
-    def __getattr__(self, name):
-        return getattr(self._f, name)
-
-
 @pytest.mark.parametrize("precision", PRECISIONS)
 def test_router_and_loss_arithmetic_stay_float32(precision, monkeypatch):
     weights, autocast = PRECISIONS[precision]
@@ -145,8 +130,13 @@ def test_router_and_loss_arithmetic_stay_float32(precision, monkeypatch):
     assert model.router.weight.dtype == torch.float32
     assert {p.dtype for p in model.norms.parameters()} == {weights}
     seen: list = []
-    monkeypatch.setattr(losses, "F", _Spy(losses.F, seen))
-    vdot, route = losses._vdot, routing.route
+    softmax_into, vdot, route = logit_grads.softmax_into, logit_grads._vdot, routing.route
+
+    def spy_softmax(x, tau, out, normalise=True):  # the loss's softmaxes and log-sum-exps
+        lse = softmax_into(x, tau, out, normalise)
+        seen.append(("softmax", x.dtype, out.dtype))
+        seen.append(("logsumexp", x.dtype, lse.dtype))
+        return lse
 
     def spy_vdot(a, b):
         out = vdot(a, b)
@@ -158,11 +148,12 @@ def test_router_and_loss_arithmetic_stay_float32(precision, monkeypatch):
         seen.append(("route", logits.dtype, out.dtype))
         return out
 
-    monkeypatch.setattr(losses, "_vdot", spy_vdot)
+    monkeypatch.setattr(logit_grads, "softmax_into", spy_softmax)
+    monkeypatch.setattr(logit_grads, "_vdot", spy_vdot)
     monkeypatch.setattr(routing, "route", spy_route)
     out, _ = _loss_and_grads(model, autocast)
     kinds = {kind for kind, _, _ in seen}
-    assert {"log_softmax", "vdot", "route"} <= kinds, kinds
+    assert {"softmax", "logsumexp", "vdot", "route"} <= kinds, kinds
     assert all(a == b == torch.float32 for _, a, b in seen), seen
     assert out.router_weights.dtype == torch.float32
     assert out.loss.dtype == out.task_loss.dtype == out.distill_losses.dtype == torch.float32

@@ -52,6 +52,9 @@ class MoDConfig:
                 "frozen N_p (the 'without N_k' ablation)"})
     chunk_size: int = field(default=256, metadata={
         "help": "tokens per chunk of the fused head + loss (memory/speed trade-off)"})
+    row_block: int = field(default=0, metadata={
+        "help": "tokens per block of the fused loss's element-wise softmax/KL passes inside a chunk (blocks small "
+                "enough to stay in the CPU cache); 0 = automatic: 8 on CPU, the whole chunk on a GPU"})
     loss_impl: Literal["chunked", "naive"] = field(default="chunked", metadata={
         "help": "'chunked' (fused, low memory) or 'naive' (materialises every member's logits; the reference, "
                 "for tests and benchmarks)"})
@@ -86,6 +89,8 @@ class MoDConfig:
             raise bad("temperature must be > 0")
         if self.chunk_size < 1:
             raise bad("chunk_size must be >= 1")
+        if self.row_block < 0:
+            raise bad("row_block must be >= 0 (0 = automatic)")
         if self.loss_layer is not None and not 0 <= self.loss_layer < self.k:
             raise bad(f"loss_layer j needs 0 <= j < k={self.k}, got {self.loss_layer}")
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import MoDConfig
+from .logit_grads import logit_grads, row_block_size
 from .precision import projection_dtype, without_autocast
 
 
@@ -94,11 +95,6 @@ def naive_mod_loss(hs: list[Tensor], router_input: Tensor | None, labels: Tensor
     return MoDLossOutput(loss, task.detach(), distill.detach(), member_ce, weights.detach())
 
 
-def _vdot(a: Tensor, b: Tensor) -> Tensor:
-    """Row-wise dot product of ``[n, V]`` tensors without an ``[n, V]`` temporary."""
-    return (a.unsqueeze(1) @ b.unsqueeze(2)).view(-1)
-
-
 def _chunk_grads(zs: list[Tensor], weights: Tensor, labels: Tensor, head: HeadSpec, config: MoDConfig,
                  scale: float, want_members: bool = False, need_grad: bool = True):
     """Values and hand-written gradients of one chunk, w.r.t. member states ``z_i`` and weights ``G``.
@@ -110,107 +106,42 @@ def _chunk_grads(zs: list[Tensor], weights: Tensor, labels: Tensor, head: HeadSp
     ``(P_N - P_i) / tau``. Forward KL: student ``(P_i - P_N) / tau``, teacher
     ``P_N (log P_N - log P_i - KL) / tau``. ``dz = dl W`` (times ``1 - (l/c)^2`` first under
     soft-capping); constant factors are applied to the ``[n, d]`` results, not to ``[n, V]``.
+    The element-wise ``[n, V]`` part runs in cache-sized row blocks (:mod:`modetune.logit_grads`).
 
     Returns the task CE sum, per-member KL sums, per-member CE sums (``None`` on the
-    one-projection path), task ``dz`` list, distillation ``dz`` list, ``dG``. Every
-    ``[n, V]`` tensor is its own allocation, reused in place where possible.
-    """
-    k = len(zs)
-    distill = config.distill_lambda > 0 and k > 1
-    explicit = distill or head.softcap is not None or want_members  # (want_members: report each member's CE)
-    logits = [head.logits(z) for z in zs] if explicit else []  # k x [n, V]
-    task_sum, dz_task, d_weights, sech2 = _task_grads(zs, logits, weights, labels, head, scale, need_grad)
-    kl_sums, member_ce, dz_distill = _distill_grads(k, logits, labels, head.weight, config, scale, sech2, need_grad)
-    return task_sum, kl_sums, member_ce, dz_task, dz_distill, d_weights
-
-
-def _task_grads(zs: list[Tensor], logits: list[Tensor], weights: Tensor, labels: Tensor, head: HeadSpec,
-                scale: float, need_grad: bool):
-    """``L_task``'s CE sum over the chunk, ``dz_i`` and ``dG`` (formulas: :func:`_chunk_grads`).
-
-    ``logits`` are the members' explicit logits, or ``[]`` for the one-projection shortcut
-    ``sum_i G_i phi(z_i) = phi(sum_i G_i z_i)``. Also returns the soft-capping factors
-    ``1 - (l_i/c)^2`` (``None`` without soft-capping), which the distillation gradients reuse.
+    one-projection path), task ``dz`` list, distillation ``dz`` list, ``dG``.
     """
     k, cap, W = len(zs), head.softcap, head.weight
-    rows = torch.arange(labels.numel(), device=labels.device)
-    if logits:
-        ensemble = logits[0] * weights[:, :1]
-        for i in range(1, k):
-            ensemble.addcmul_(logits[i], weights[:, i : i + 1])
+    distill = config.distill_lambda > 0 and k > 1
+    block = row_block_size(config, labels.numel(), labels.device)
+    if distill or cap is not None or want_members:  # (want_members: report each member's CE)
+        logits = [head.logits(z) for z in zs]  # k x [n, V], consumed by logit_grads
+        out = logit_grads(logits, weights, labels, config, cap, distill, True, block)
     else:  # the exact one-projection shortcut: sum_i G_i phi(z_i) = phi(sum_i G_i z_i)
         mixed = torch.einsum("nk,knd->nd", weights.to(zs[0].dtype), torch.stack(zs))
         ensemble = head.logits(mixed)
-    g = F.log_softmax(ensemble, -1)
-    del ensemble
-    task_sum = -g[rows, labels].sum()
-    g.exp_()[rows, labels] -= 1.0  # softmax(l) - onehot(y); `scale` is applied after projecting
-
-    sech2 = [1.0 - (lg / cap).square() for lg in logits] if cap is not None else None
+        out = logit_grads([ensemble], ensemble.new_ones(labels.numel(), 1), labels, config, None, False, False, block)
     dz_task: list[Tensor | None] = [None] * k  # (with need_grad false: values only, no gradient projections)
+    dz_distill: list[Tensor | None] = [None] * k
     d_weights = None
-    if need_grad and cap is None:
+    if not need_grad:
+        return out.task_sum, out.kl_sums, out.ce_sums, dz_task, dz_distill, d_weights
+    if cap is None:
+        g = out.task_grads[0]
         gW = (g.to(W.dtype) @ W).mul_(scale)
         g_bias = (g @ head.bias.to(g.dtype)) * scale if head.bias is not None else 0.0
         acc = torch.promote_types(gW.dtype, torch.float32)
         d_weights = torch.stack([(gW.to(acc) * z.to(acc)).sum(-1).to(g.dtype) + g_bias for z in zs], -1)
         dz_task = [weights[:, i : i + 1].to(W.dtype) * gW for i in range(k)]
-    elif need_grad:
-        d_weights = torch.stack([_vdot(lg, g) for lg in logits], -1) * scale
-        dz_task = [((g * sech2[i]).to(W.dtype) @ W).mul_(weights[:, i : i + 1].to(W.dtype) * scale)
-                   for i in range(k)]
-    return task_sum, dz_task, d_weights, sech2
-
-
-def _distill_grads(k: int, logits: list[Tensor], labels: Tensor, W: Tensor, config: MoDConfig, scale: float,
-                   sech2: list[Tensor] | None, need_grad: bool):
-    """``L_distill``'s per-member KL sums, each member's CE sum and the distillation ``dz_i``
-    (formulas: :func:`_chunk_grads`); with no explicit ``logits`` there is nothing to compute."""
-    lam, tau = config.distill_lambda, config.temperature
-    rows = torch.arange(labels.numel(), device=labels.device)
-    distill = lam > 0 and k > 1
-    kl_sums = torch.zeros(k - 1 if lam > 0 else 0, device=labels.device, dtype=torch.promote_types(W.dtype, torch.float32))
-    member_ce = None
-    dz_distill: list[Tensor | None] = [None] * k
-    if logits:
-        log_t = F.log_softmax(logits[-1] / tau if tau != 1.0 else logits[-1], -1)
-        ces = [None] * (k - 1) + [-log_t[rows, labels].sum()]
-        need_p_t = distill and (config.distill_direction == "forward" or not config.detach_teacher)
-        p_t = log_t.exp() if need_p_t else None
-        teacher = None if config.detach_teacher or not distill else torch.zeros_like(log_t)
-        coef = lam * scale / tau
-        for i in range(k - 1):
-            log_s = F.log_softmax(logits[i] / tau if tau != 1.0 else logits[i], -1)
-            ces[i] = -log_s[rows, labels].sum()
-            if not distill:
-                continue
-            p_s = log_s.exp()
-            diff = log_s.sub_(log_t)  # log P_i - log P_N, in log_s's memory
-            if config.distill_direction == "reverse":
-                kl = _vdot(p_s, diff)
-                if teacher is not None:
-                    teacher.add_(p_t).sub_(p_s)
-                d_student = diff.sub_(kl[:, None]).mul_(p_s)
-            else:
-                kl = -_vdot(p_t, diff)
-                if teacher is not None:
-                    teacher.sub_((diff + kl[:, None]).mul_(p_t))
-                d_student = p_s.sub_(p_t)
-            kl_sums[i] = kl.sum()
-            if sech2 is not None:
-                d_student.mul_(sech2[i])
-            if need_grad:
-                dz_distill[i] = (d_student.to(W.dtype) @ W).mul_(coef)
-            del log_s, p_s, diff, d_student
-        if teacher is not None and need_grad:
-            if sech2 is not None:
-                teacher.mul_(sech2[-1])
-            dz_distill[-1] = (teacher.to(W.dtype) @ W).mul_(coef)
-        if tau == 1.0:
-            member_ce = torch.stack(ces)
-        else:  # the members' own cross-entropy is at temperature 1
-            member_ce = torch.stack([-F.log_softmax(lg, -1)[rows, labels].sum() for lg in logits])
-    return kl_sums, member_ce, dz_distill
+    else:
+        d_weights = out.d_weights * scale
+        dz_task = [(tg.to(W.dtype) @ W).mul_(weights[:, i : i + 1].to(W.dtype) * scale)
+                   for i, tg in enumerate(out.task_grads)]
+    coef = config.distill_lambda * scale / config.temperature
+    for i, d in enumerate(out.distill_grads):  # (one entry on the one-projection path)
+        if d is not None:
+            dz_distill[i] = (d.to(W.dtype) @ W).mul_(coef)
+    return out.task_sum, out.kl_sums, out.ce_sums, dz_task, dz_distill, d_weights
 
 
 def _run_chunks(hs, router_input, labels, norms, router, head, config, normaliser, params, need_grad):
