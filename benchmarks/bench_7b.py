@@ -61,12 +61,55 @@ def analyse(by_depth: dict[int, dict]) -> dict:
         per_token = {d: 1.0 / r["generation"][f"{which}-1"][0] for d, r in by_depth.items()}
         split = project(per_token)
         result["generation"][which] = {**split, "tokens_per_s": 1.0 / split["projected"]}
+    result["shared"] = {
+        "train": shared_projection({v: {d: r["train"][v]["step_s"] for d, r in by_depth.items()} for v in VARIANTS}),
+        "generation": shared_projection({w: {d: 1.0 / r["generation"][f"{w}-1"][0] for d, r in by_depth.items()}
+                                         for w in ("base", "mod")}),
+    }
     return result
 
 
-def markdown(result: dict, depths: list[int], spec: str) -> str:
+def shared_projection(costs: dict[str, dict[int, float]], depth: int = FULL_DEPTH) -> dict:
+    """The variants differ only above the body (LoRA layers are the same in each), so one
+    per-layer cost serves them all: ``per_layer`` is the mean of the variants' own slopes (each
+    a noisy estimate of it), each variant's ``fixed`` the mean over depths of
+    ``t(L) - (L - 3) per_layer``, projected ``fixed + (depth - 3) per_layer``. Sturdier than a
+    line per variant when two short timings carry seconds of noise."""
+    slopes = [project(values)["per_layer"] for values in costs.values()]
+    per_layer = sum(slopes) / len(slopes)
+    out = {"per_layer": per_layer, "variants": {}}
+    for name, values in costs.items():
+        fixed = sum(c - (layers - K) * per_layer for layers, c in values.items()) / len(values)
+        out["variants"][name] = {"fixed": fixed, "projected": fixed + (depth - K) * per_layer}
+    return out
+
+
+def markdown(result: dict, depths: list[int], spec: str, by_depth: dict[int, dict] | None = None) -> str:
     ref = result["train"]["lora_notk"]
-    rows = [f"LLaMA-7B shapes ({spec}), measured at depths {depths}, projected to {FULL_DEPTH} layers", "",
+    rows = [f"LLaMA-7B shapes ({spec}), measured at depths {depths}, projected to {FULL_DEPTH} layers", ""]
+    if by_depth:
+        rows += ["Measured (median step, s; peak RSS, MiB):", "",
+                 "| depth | " + " | ".join(VARIANTS) + " | " + " | ".join(f"{v} vs lora_notk" for v in VARIANTS[1:])
+                 + " | peak MiB (" + ", ".join(VARIANTS) + ") |", "|---" * (2 * len(VARIANTS) + 1) + "|"]
+        for d, r in sorted(by_depth.items()):
+            t = {v: r["train"][v]["step_s"] for v in VARIANTS}
+            rows.append(f"| {d} | " + " | ".join(f"{t[v]:.2f}" for v in VARIANTS) + " | "
+                        + " | ".join(f"{t[v] / t['lora_notk']:.3f}x ({t[v] - t['lora_notk']:+.2f} s)"
+                                     for v in VARIANTS[1:])
+                        + " | " + ", ".join(f"{r['train'][v]['peak_mib']:.0f}" for v in VARIANTS) + " |")
+        rows.append("")
+    shared = result["shared"]["train"]
+    base = shared["variants"]["lora_notk"]["projected"]
+    rows += [f"Projected to {FULL_DEPTH} layers with one per-layer cost for every variant "
+             f"({shared['per_layer']:.3f} s per LoRA layer, the mean of the variants' slopes):", "",
+             "| variant | head, loss and fixed part (s) | step at 32 layers (s) | vs lora_notk |", "|---|---|---|---|"]
+    for name, v in shared["variants"].items():
+        rows.append(f"| {name} | {v['fixed']:.3f} | {v['projected']:.2f} | {v['projected'] / base:.3f}x |")
+    gen = result["shared"]["generation"]["variants"]
+    rows += ["", f"Greedy generation, batch 1, projected the same way: base {1 / gen['base']['projected']:.2f} tokens/s, "
+             f"MoD {1 / gen['mod']['projected']:.2f} tokens/s "
+             f"({gen['base']['projected'] / gen['mod']['projected']:.3f}x).", "",
+             "A line per variant (each with its own per-layer cost; noisier):", "",
             "| variant | per LoRA layer (s) | embeddings + 3 member layers + head/loss (s) | step at 32 layers (s) "
             "| vs lora_notk | peak memory at 32 layers (MiB) | vs lora_notk |", "|---|---|---|---|---|---|---|"]
     for name, r in result["train"].items():
@@ -94,6 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tiny", action="store_true", help="a tiny shape, one step: checks the script itself")
     parser.add_argument("--workdir", default="runs/bench_7b", help="per-depth results go here")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--reanalyse", action="store_true", help="analyse the depth<L>.json files already in --workdir")
     args = parser.parse_args(argv)
     args.shape = "tiny" if args.tiny else "llama7b"
     if args.tiny:
@@ -102,9 +146,13 @@ def main(argv: list[str] | None = None) -> None:
     if len(depths) != 2 or min(depths) <= K or depths[0] == depths[1]:
         parser.error(f"--depths takes two different depths above k = {K} (e.g. 4,6)")
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
-    by_depth = {d: measure_depth(d, args) for d in depths}
+    if args.reanalyse:  # the measurements already in --workdir (depth<L>.json), analysed again
+        by_depth = {d: json.loads((Path(args.workdir) / f"depth{d}.json").read_text()) for d in depths}
+    else:
+        by_depth = {d: measure_depth(d, args) for d in depths}
     result = analyse(by_depth)
-    result["markdown"] = markdown(result, depths, f"{args.shape}, {args.dtype}, {args.device}, 1 x {args.tokens} tokens")
+    result["markdown"] = markdown(result, depths, f"{args.shape}, {args.dtype}, {args.device}, 1 x {args.tokens} tokens",
+                                  by_depth)
     result["by_depth"] = by_depth
     print(result["markdown"])
     if args.json:

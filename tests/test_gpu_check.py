@@ -71,4 +71,16 @@ def test_bench_7b_tiny_projects_to_32_layers(tmp_path):
         for depth, value in per_token.items():
             assert gen["fixed"] + (depth - 3) * gen["per_layer"] == pytest.approx(value, rel=1e-9)
         assert gen["tokens_per_s"] == pytest.approx(1 / (gen["fixed"] + 29 * gen["per_layer"]), rel=1e-9)
-    assert "projected to 32 layers" in data["markdown"]
+    shared = data["shared"]["train"]  # one per-layer cost (the mean slope), a fixed part per variant
+    slopes = [data["train"][v]["step_s"]["per_layer"] for v in VARIANTS]
+    assert shared["per_layer"] == pytest.approx(sum(slopes) / len(slopes), rel=1e-9)
+    for variant in VARIANTS:
+        measured = {int(d): r["train"][variant]["step_s"] for d, r in data["by_depth"].items()}
+        fixed = sum(t - (d - 3) * shared["per_layer"] for d, t in measured.items()) / 2
+        assert shared["variants"][variant]["projected"] == pytest.approx(fixed + 29 * shared["per_layer"], rel=1e-9)
+    assert "projected to 32 layers" in data["markdown"] and "one per-layer cost" in data["markdown"]
+    # --reanalyse reads the measurements back and gives the same analysis
+    again = tmp_path / "again.json"
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_7b.py"), "--tiny", "--reanalyse", "--workdir",
+                    str(tmp_path / "work"), "--json", str(again)], check=True, capture_output=True, env=_env())
+    assert json.loads(again.read_text())["shared"] == data["shared"]
