@@ -5,7 +5,8 @@ Each process trains the same tiny MoD + LoRA models as the 1-process reference (
 global batches; each process takes its half of every batch) under several FSDP2 wrappings, and
 records per step the global loss and the gradient norm, the LM head weight the fused loss reads
 at every call (a spy on ``modetune.model.fused_mod_loss``), and how the model is sharded. It
-writes ``OUT/rank<R>.json``.
+writes ``OUT/rank<R>.json``; after training, each run's adapter is saved from the gathered full
+state dict by ``MoDTrainer._save`` into ``OUT/<run>/rank<R>`` (only the main process writes).
 """
 
 from __future__ import annotations
@@ -89,6 +90,37 @@ def _head_unit_wrap(model):
     return model
 
 
+def _save_gathered(model, directory: Path, rank: int) -> int:
+    """Save as the Trainer does under FSDP2: every process gathers the full state dict as
+    ``accelerator.get_state_dict`` does, then calls ``MoDTrainer._save`` with it (which writes on
+    the main process only). Returns how many tensors this process received."""
+    from types import SimpleNamespace
+
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    from modetune.train.trainer import MoDTrainer
+
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, cpu_offload=True)
+    state = get_model_state_dict(model, options=options)
+    trainer = SimpleNamespace(model=model, args=SimpleNamespace(should_save=rank == 0, output_dir=str(directory)),
+                              accelerator=SimpleNamespace(unwrap_model=lambda m: m),
+                              _tokenizer_to_save=None, _run_config=None, _fingerprint=None)
+    MoDTrainer._save(trainer, str(directory), state_dict=state)
+    torch.distributed.barrier()
+    return len(state)
+
+
+def _refusal(model, directory: Path) -> str:
+    """What saving from the sharded model's own state dict (``DTensor`` shards) raises."""
+    from modetune.errors import DataError
+
+    try:
+        model.save_pretrained(directory, state_dict=model.state_dict())
+    except DataError as error:
+        return str(error)
+    return "saved"
+
+
 def _sharding(model) -> dict:
     from torch.distributed.fsdp import FSDPModule
 
@@ -133,8 +165,10 @@ def main(out: Path) -> None:
         model = wraps[wrapping](model)
         sharding = _sharding(model)
         steps = run_steps(model, rank, world)
+        gathered = _save_gathered(model, out / name / f"rank{rank}", rank)
         record[name] = {"steps": steps, "loss_calls": list(calls), "sharding": sharding,
-                        "vocab_rows": full.shape[0]}
+                        "vocab_rows": full.shape[0], "gathered_tensors": gathered,
+                        "shards_refused": _refusal(model, out / name / f"shards{rank}")}
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank{rank}.json").write_text(json.dumps(record))
     torch.distributed.destroy_process_group()

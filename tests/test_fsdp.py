@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import fsdp_worker
 from train_helpers import fails, train_args
@@ -34,8 +35,8 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def sharded(tmp_path_factory) -> dict[int, dict]:
-    """What each of the 2 sharded processes recorded, by rank."""
+def sharded_out(tmp_path_factory) -> Path:
+    """The folder the 2 sharded processes wrote to (their records, their adapter saves)."""
     out = tmp_path_factory.mktemp("fsdp")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
@@ -43,13 +44,31 @@ def sharded(tmp_path_factory) -> dict[int, dict]:
            "--main_process_port", str(_free_port()), str(Path(__file__).parent / "fsdp_worker.py"), str(out)]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    return {rank: json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)}
+    return out
 
 
 @pytest.fixture(scope="module")
-def reference() -> dict[str, list[dict]]:
-    """The same training in one process, unsharded, on the whole global batches."""
-    return {arch: fsdp_worker.run_steps(fsdp_worker.build(arch)) for arch in {a for _, a, _ in fsdp_worker.RUNS}}
+def sharded(sharded_out) -> dict[int, dict]:
+    """What each of the 2 sharded processes recorded, by rank."""
+    return {rank: json.loads((sharded_out / f"rank{rank}.json").read_text()) for rank in (0, 1)}
+
+
+@pytest.fixture(scope="module")
+def reference_runs(tmp_path_factory) -> dict[str, tuple[list[dict], Path]]:
+    """The same training in one process, unsharded, on the whole global batches: its steps, and
+    the folder its adapter was saved to (the unsharded save path, from the model's parameters)."""
+    out = tmp_path_factory.mktemp("reference")
+    runs = {}
+    for arch in sorted({a for _, a, _ in fsdp_worker.RUNS}):
+        model = fsdp_worker.build(arch)
+        runs[arch] = (fsdp_worker.run_steps(model), out / arch)
+        model.save_pretrained(out / arch)
+    return runs
+
+
+@pytest.fixture(scope="module")
+def reference(reference_runs) -> dict[str, list[dict]]:
+    return {arch: steps for arch, (steps, _) in reference_runs.items()}
 
 
 @pytest.mark.parametrize("name,arch,wrapping", fsdp_worker.RUNS)
@@ -82,6 +101,55 @@ def test_fused_loss_reads_the_full_head_weight(sharded, name, arch, wrapping):
         # the root unit keeps the head gathered through the loss; a head unit that reshards after
         # its forward leaves the head sharded, and MoDModel gathers it for the loss
         assert {c["module_weight_is_dtensor"] for c in calls} == {wrapping == "head_unit"}
+
+
+@pytest.mark.parametrize("name,arch,wrapping", fsdp_worker.RUNS)
+def test_trainer_save_of_gathered_state_dict_equals_unsharded_save(sharded_out, sharded, reference_runs,
+                                                                   name, arch, wrapping):
+    """`MoDTrainer._save` given the full state dict gathered after sharded training (as the
+    Trainer's FSDP path calls it) writes the adapter the 1-process run writes, on the main process
+    only, and modetune's loader reads it."""
+    from safetensors.torch import load_file
+
+    from modetune.model import ADAPTER_WEIGHTS, WEIGHTS_NAME, MoDModel
+
+    saved, want = sharded_out / name / "rank0", reference_runs[arch][1]
+    assert sharded[0][name]["gathered_tensors"] > 0 and sharded[1][name]["gathered_tensors"] == 0
+    assert not (sharded_out / name / "rank1").exists()  # the other process wrote nothing
+    for rank in (0, 1):  # the sharded model's own state dict (DTensor shards) is refused, not saved
+        assert "holds shards" in sharded[rank][name]["shards_refused"]
+    assert {p.name for p in saved.iterdir()} == {p.name for p in want.iterdir()}
+    for file in (ADAPTER_WEIGHTS, WEIGHTS_NAME):
+        got, expected = load_file(str(saved / file)), load_file(str(want / file))
+        assert set(got) == set(expected), file
+    loaded = MoDModel.from_pretrained(fsdp_worker.tiny_model(arch, seed=0), saved)
+    unsharded = MoDModel.from_pretrained(fsdp_worker.tiny_model(arch, seed=0), want)
+    start = dict(fsdp_worker.build(arch).named_parameters())
+    trained = [n for n, p in start.items() if p.requires_grad]
+    assert any("lora_" in n for n in trained) and "router.weight" in trained and "norms.0.weight" in trained
+    got, expected = dict(loaded.named_parameters()), dict(unsharded.named_parameters())
+    for param in trained:
+        torch.testing.assert_close(got[param], expected[param], rtol=1e-5, atol=1e-6, msg=param)
+        assert not torch.equal(got[param], start[param]), param  # the trained weights, not the initial ones
+
+
+def test_save_from_state_dict_refuses_missing_or_sharded_tensors(tmp_path):
+    """A state dict that lacks a trainable tensor, or holds a shard, is refused by name, and
+    wrapper prefixes (FSDP, torch.compile) in its keys are understood. (A state dict of shards is
+    refused in the sharded run: `test_trainer_save_of_gathered_state_dict_equals_unsharded_save`.)"""
+    from modetune.errors import DataError
+
+    model = fsdp_worker.build("llama")
+    state = {f"_orig_mod.{key}": t for key, t in model.state_dict().items()}
+    model.save_pretrained(tmp_path / "ok", state_dict=state)
+    assert (tmp_path / "ok" / "adapter_model.safetensors").exists()
+    missing = {key: t for key, t in state.items() if not key.endswith("router.weight")}
+    with pytest.raises(DataError, match="lacks 1 .*'router.weight'"):
+        model.save_pretrained(tmp_path / "missing", state_dict=missing)
+    lora_key = next(key for key in state if "lora_A" in key)
+    with pytest.raises(DataError, match="lacks 1 .*lora_A"):
+        model.save_pretrained(tmp_path / "missing", state_dict={k: t for k, t in state.items() if k != lora_key})
+    assert not (tmp_path / "missing").exists()
 
 
 def test_accelerate_fsdp_config_is_fsdp2(monkeypatch):

@@ -71,6 +71,22 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
+_WRAPPER_PARTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def gathered_key(name: str) -> str:
+    """A parameter's name without the parts FSDP, activation checkpointing and ``torch.compile``
+    insert (``_fsdp_wrapped_module.``, ``_checkpoint_wrapped_module.``, ``_orig_mod.``)."""
+    for part in _WRAPPER_PARTS:
+        name = name.replace(part, "")
+    return name
+
+
+def gathered_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``state_dict`` keyed by :func:`gathered_key` (torch's ``get_model_state_dict`` already strips these)."""
+    return {gathered_key(key): tensor for key, tensor in state_dict.items()}
+
+
 def base_fingerprint(model: nn.Module) -> str:
     """A short hash of a base model: its config shape, parameter names, shapes and a strided
     sample of every parameter (rounded to bfloat16, so fp32 and bf16 loads agree). LoRA
@@ -287,21 +303,62 @@ class MoDModel(nn.Module):
         return self.base_model
 
     # ------------------------------------------------------------------ save / load
-    def mod_state_dict(self) -> dict[str, Tensor]:
-        """The MoD weights: member norms, router, and the final norm when it is trained."""
-        state = {f"norms.{name}": t for name, t in self.norms.state_dict().items()}
-        state["router.weight"] = self.router.weight
-        if self.mod_config.train_final_norm:
-            state.update({f"final_norm.{name}": t for name, t in self._parts.final_norm.state_dict().items()})
-        return {name: t.detach().contiguous().cpu() for name, t in state.items()}
+    def mod_state_dict(self, state_dict: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """The MoD weights: member norms, router, and the final norm when it is trained.
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        """Write ``mod_config.json`` and ``mod_model.safetensors`` (and peft's adapter files, if any)."""
+        Read from this model's parameters, or from ``state_dict``: a full state dict of this
+        model gathered by a sharding wrapper (:func:`gathered_state_dict` keys; see
+        :meth:`save_pretrained`)."""
+        source = self.state_dict() if state_dict is None else self._checked_state_dict(state_dict)
+        return {entry: source[key].detach().contiguous().cpu() for entry, key in self._mod_entries().items()}
+
+    def _mod_entries(self) -> dict[str, str]:
+        """Each entry of ``mod_model.safetensors`` -> its key in this model's own ``state_dict``."""
+        entries = {f"norms.{name}": f"norms.{name}" for name in self.norms.state_dict()}
+        entries["router.weight"] = "router.weight"
+        if self.mod_config.train_final_norm:
+            final = self._parts.final_norm
+            prefix = next(name for name, module in self.named_modules() if module is final)
+            entries.update({f"final_norm.{name}": f"{prefix}.{name}" for name in final.state_dict()})
+        return entries
+
+    def _checked_state_dict(self, state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``state_dict`` with wrapper prefixes removed, after checking that it holds every
+        trainable parameter of this model as a whole tensor (not a shard)."""
+        from torch.distributed.tensor import DTensor
+
+        given = gathered_state_dict(state_dict)
+        wanted = list(dict.fromkeys([*(gathered_key(name) for name, p in self.named_parameters() if p.requires_grad),
+                                     *self._mod_entries().values()]))
+        missing = [key for key in wanted if key not in given]
+        if missing:
+            raise DataError(f"The state dict to save lacks {len(missing)} of this model's trainable tensors "
+                            f"(first: {missing[0]!r}); pass a full state dict of the whole MoD model.")
+        sharded = [key for key in wanted if isinstance(given[key], DTensor)]
+        if sharded:
+            raise DataError(f"The state dict to save holds shards ({sharded[0]!r} is a DTensor): gather a full "
+                            "state dict first (full_state_dict=True).")
+        return given
+
+    def save_pretrained(self, directory: str | Path, state_dict: dict[str, Tensor] | None = None) -> None:
+        """Write ``mod_config.json`` and ``mod_model.safetensors`` (and peft's adapter files, if any).
+
+        ``state_dict``: a full state dict of this model to take the weights from instead of its
+        parameters, as the HF Trainer gathers under FSDP (``accelerator.get_state_dict``; the
+        parameters are then ``DTensor`` shards). Its keys are this model's own, FSDP and
+        ``torch.compile`` prefixes allowed; a missing trainable tensor raises ``DataError``.
+        """
         directory = Path(directory)
+        given = None if state_dict is None else self._checked_state_dict(state_dict)
+        mod_weights = self.mod_state_dict(given)
         directory.mkdir(parents=True, exist_ok=True)
         if self.base_model is not unwrap(self.base_model):
-            self.base_model.save_pretrained(str(directory))
-        save_file(self.mod_state_dict(), str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
+            if given is None:
+                self.base_model.save_pretrained(str(directory))
+            else:  # peft selects its adapter's tensors from the wrapped model's own keys
+                inner = {key.removeprefix("base_model."): t for key, t in given.items() if key.startswith("base_model.")}
+                self.base_model.save_pretrained(str(directory), state_dict=inner)
+        save_file(mod_weights, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
         self.mod_config.save(directory, base_fingerprint=self.base_fingerprint, modetune_version=__version__)
 
     @classmethod

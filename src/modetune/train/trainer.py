@@ -22,7 +22,7 @@ from ..data import load_training_records, split_validation, tokenize_records
 from ..data.contamination import FINGERPRINT_NAME, warn_training_overlap, write_fingerprint
 from ..errors import ConfigError, NonFiniteLossError
 from ..integrity import check_adapter_base, load_safetensors, stored_fingerprint, write_base_record
-from ..model import MoDModel, base_fingerprint, parameter_counts
+from ..model import MoDModel, base_fingerprint, gathered_state_dict, parameter_counts
 from ..sharding import check_launcher_sharding
 from ..variants import build_variant
 from ..version import __version__
@@ -54,7 +54,8 @@ class MoDTrainer(Trainer):
         self._clock = time.perf_counter()
         self._tokenizer_to_save = tokenizer_to_save
         self._run_config = run_config
-        self._fingerprint: str | None = None
+        # a LoRA-only model's base, fingerprinted before any sharding wrapper splits its weights
+        self._fingerprint = None if isinstance(self.model, MoDModel) else base_fingerprint(self.model)
 
     def create_optimizer(self, model=None):
         """AdamW with the router and member norms in groups of their own at ``router_lr``
@@ -141,13 +142,21 @@ class MoDTrainer(Trainer):
         return get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """Write the adapter (main process only). ``state_dict``: the full state dict the Trainer
+        gathers under FSDP (``save_model`` calls this in every process; only the main one holds
+        the gathered tensors); the weights are then taken from it, not from the sharded model."""
+        if not self.args.should_save:
+            return
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
         unwrapped = self.accelerator.unwrap_model(self.model)
-        unwrapped.save_pretrained(output_dir)
+        if state_dict is None:
+            unwrapped.save_pretrained(output_dir)
+        elif isinstance(unwrapped, MoDModel):
+            unwrapped.save_pretrained(output_dir, state_dict=state_dict)
+        else:  # peft selects the adapter's tensors from its own keys
+            unwrapped.save_pretrained(output_dir, state_dict=gathered_state_dict(state_dict))
         if not isinstance(unwrapped, MoDModel):  # a LoRA-only adapter: record its base beside peft's files
-            if self._fingerprint is None:
-                self._fingerprint = base_fingerprint(unwrapped)
             write_base_record(output_dir, self._fingerprint, __version__)
         if self._tokenizer_to_save is not None:
             self._tokenizer_to_save.save_pretrained(output_dir)
