@@ -59,8 +59,10 @@ def test_compiled_mod_lora_model_trains_like_eager():
     b2, _ = _step(compiled, inputs, run)
     torch.testing.assert_close(b2.loss, a2.loss, rtol=1e-5, atol=0)
     # the graph breaks are the documented ones (docs/scaling.md)
-    reasons = " ".join(counters["graph_break"])
-    assert "nonzero" in reasons and "autograd.grad" in reasons, reasons
+    documented = ("aten.nonzero", "get_num_threads", "autograd.grad")
+    assert "aten.nonzero" in " ".join(counters["graph_break"])
+    for reason in counters["graph_break"]:
+        assert any(name in reason for name in documented), reason
     torch._dynamo.reset()
 
 
