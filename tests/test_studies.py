@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from modetune.cli import main
 from modetune.studies.plan import STUDIES, ExperimentConfig, plan
@@ -283,3 +284,28 @@ def test_report_only_without_rows_is_one_line(tmp_path, capsys):
     assert main(["experiment", "router_sweep", "--report-only", "--output-dir", str(tmp_path / "none")]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "has rows" in err
+
+
+def test_mod_vs_lora_prefit_arm_fits_the_router_of_the_same_seed(tiny_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "prefit"
+    argv = ["experiment", "mod_vs_lora", "--smoke", "--model", str(tiny_model_dir), "--output-dir", str(out),
+            "--router-arm", "prefit", "--prefit-steps", "3"]
+    assert main([*argv, "--only", "mod_prefit-s42"]) == 1  # its base run has not trained yet: one line, nothing run
+    assert main(argv) == 0
+    names = sorted(p.name for p in out.iterdir() if p.is_dir())
+    assert names == ["lora_notk-s42", "lora_notk_mod-s42", "mod_prefit-s42", "mod_uniform-s42"]
+    fitted, base = out / "mod_prefit-s42", out / "lora_notk_mod-s42"
+    fit = json.loads((fitted / "adapter" / "fit_router.json").read_text())
+    assert fit["config"]["adapter"] == str(base / "adapter") and fit["config"]["objective"] == "task"
+    assert len(fit["losses"]) == 3
+    lora_a, lora_b = (load_file(str(d / "adapter" / "adapter_model.safetensors")) for d in (fitted, base))
+    assert lora_a.keys() == lora_b.keys() and all(torch.equal(lora_a[k], lora_b[k]) for k in lora_a)  # LoRA frozen
+    mod_a, mod_b = (load_file(str(d / "adapter" / "mod_model.safetensors")) for d in (fitted, base))
+    assert not torch.equal(mod_a["router.weight"], mod_b["router.weight"])  # the router was fitted
+    assert (fitted / "eval" / "builtin.jsonl").exists() and (fitted / "test_ce.jsonl").exists()
+    assert json.loads((fitted / "train_config.json").read_text()) == json.loads((base / "train_config.json").read_text())
+    assert "| mod_prefit-s42 |" in (out / "report.md").read_text()
+    assert main(argv) == 0  # a rerun finds it done
+    assert json.loads((fitted / "adapter" / "fit_router.json").read_text())["losses"] == fit["losses"]

@@ -72,6 +72,11 @@ class ExperimentConfig:
         "help": "mod_vs_lora: router_lr of the mod_router arm (set from router_sweep before the study runs)"})
     router_arm_warmup: int = field(default=0, metadata={
         "help": "mod_vs_lora: router_warmup_steps of the mod_router arm (set from router_sweep)"})
+    router_arm: str = field(default="train", metadata={
+        "help": "mod_vs_lora: the fourth arm: 'train' (mod_router: router_arm_lr and router_arm_warmup in training) or "
+                "'prefit' (mod_prefit: lora_notk_mod's adapter of the same seed with its router and member norms "
+                "fitted afterwards on frozen members, as modetune fit-router --objective task)"})
+    prefit_steps: int = field(default=200, metadata={"help": "mod_vs_lora: fit-router steps of the mod_prefit arm"})
     only: list[str] | None = field(default=None, metadata={
         "help": "run only these runs of the study (by name, comma-separated), e.g. to run it in parts"})
     output_dir: str | None = field(default=None, metadata={
@@ -86,6 +91,10 @@ class ExperimentConfig:
         for name in ("seeds", "key_seeds", "k_values"):
             if not getattr(self, name):
                 raise ConfigError(f"{name} must list at least one value.")
+        if self.router_arm not in ("train", "prefit"):
+            raise ConfigError(f"router_arm must be 'train' or 'prefit', got {self.router_arm!r}.")
+        if self.prefit_steps < 1:
+            raise ConfigError(f"prefit_steps must be positive, got {self.prefit_steps}.")
         if any(k < 1 for k in self.k_values):
             raise ConfigError(f"k_values must be positive, got {self.k_values}.")
 
@@ -134,6 +143,7 @@ class RunSpec:
     mod: dict = field(default_factory=dict)
     evaluate: bool = True
     train: dict = field(default_factory=dict)  # TrainConfig fields this run sets (router_lr, router_warmup_steps)
+    prefit_from: str | None = None  # a post-hoc arm: this run's router and norms fitted on that run's frozen adapter
 
 
 def plan(study: str, config: ExperimentConfig) -> list[RunSpec]:
@@ -184,18 +194,24 @@ def plan(study: str, config: ExperimentConfig) -> list[RunSpec]:
 def _mod_vs_lora(config: ExperimentConfig) -> list[RunSpec]:
     """The pre-registered arms (PLAN.md), seed-major so an interrupted study has whole seeds:
     lora_notk and lora_notk_mod (defaults) over ``key_seeds``; ``mod_uniform`` (uniform router
-    start, distillation on the member norms only) and ``mod_router`` (``router_arm_lr``,
-    ``router_arm_warmup``) over ``seeds``."""
+    start, distillation on the member norms only) and, by ``router_arm``, ``mod_router``
+    (``router_arm_lr``, ``router_arm_warmup``) or ``mod_prefit`` (``lora_notk_mod``'s adapter of
+    the same seed with its router and norms fitted afterwards) over ``seeds``."""
     runs = []
     for seed in dict.fromkeys([*config.key_seeds, *config.seeds]):
         if seed in config.key_seeds:
             runs += [RunSpec(f"lora_notk-s{seed}", "lora_notk", seed),
                      RunSpec(f"lora_notk_mod-s{seed}", "lora_notk_mod", seed)]
         if seed in config.seeds:
-            runs += [RunSpec(f"mod_uniform-s{seed}", "lora_notk_mod", seed,
-                             {"router_init": "uniform", "distill_through_body": False}),
-                     RunSpec(f"mod_router-s{seed}", "lora_notk_mod", seed,
-                             train={"router_lr": config.router_arm_lr, "router_warmup_steps": config.router_arm_warmup})]
+            runs.append(RunSpec(f"mod_uniform-s{seed}", "lora_notk_mod", seed,
+                                {"router_init": "uniform", "distill_through_body": False}))
+            if config.router_arm == "prefit":
+                if seed not in config.key_seeds:
+                    raise ConfigError(f"router_arm prefit fits lora_notk_mod's router: seed {seed} must be a key seed.")
+                runs.append(RunSpec(f"mod_prefit-s{seed}", "lora_notk_mod", seed, prefit_from=f"lora_notk_mod-s{seed}"))
+            else:
+                runs.append(RunSpec(f"mod_router-s{seed}", "lora_notk_mod", seed, train={
+                    "router_lr": config.router_arm_lr, "router_warmup_steps": config.router_arm_warmup}))
     return runs
 
 

@@ -65,15 +65,18 @@ def run_one(spec: RunSpec, config: ExperimentConfig, root: Path) -> dict:
     timing_path = run_dir / "timing.json"
     timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
     _check_same_run(run_dir, train_config)
-    if not (adapter / TRAIN_CONFIG_NAME).exists():
+    if spec.prefit_from is not None:
+        _prefit(spec, config, train_config, root, timing)
+    elif not (adapter / TRAIN_CONFIG_NAME).exists():
         start = time.perf_counter()
         resume = any(run_dir.glob("checkpoint-*"))
         summary = train(train_config, resume=resume, overwrite=not resume)  # no checkpoint: nothing to keep
         timing["train_s"] = timing.get("train_s", 0.0) + time.perf_counter() - start
         timing["trainable"], timing["total"] = summary["trainable"], summary["total"]
-        timing_path.write_text(json.dumps(timing, indent=2))
+    timing_path.write_text(json.dumps(timing, indent=2))
     if not (run_dir / TRAIN_CONFIG_NAME).exists():  # the run's settings beside its rows
-        shutil.copyfile(adapter / TRAIN_CONFIG_NAME, run_dir / TRAIN_CONFIG_NAME)
+        source = root / spec.prefit_from if spec.prefit_from is not None else adapter
+        shutil.copyfile(source / TRAIN_CONFIG_NAME, run_dir / TRAIN_CONFIG_NAME)
     val_path = run_dir / "val.json"
     if not val_path.exists():
         val_path.write_text(json.dumps(validation_metrics(adapter, train_config), indent=2))
@@ -99,6 +102,32 @@ def run_one(spec: RunSpec, config: ExperimentConfig, root: Path) -> dict:
             write_test_ce(adapter, train_config, config, root, run_dir / TEST_CE_NAME)
         result.update(collect_result(spec, run_dir))
     return result
+
+
+def _prefit(spec: RunSpec, config: ExperimentConfig, train_config: TrainConfig, root: Path, timing: dict) -> None:
+    """A post-hoc router arm: the adapter of run ``spec.prefit_from`` (same seed, trained
+    before it in the plan) with its router and member norms fitted on frozen members
+    (:func:`modetune.train.fit_router.fit_router`, task objective, ``config.prefit_steps``
+    steps) on the run's own training records; its validation split is the base run's."""
+    from ..train.fit_router import FIT_NAME, FitRouterConfig, fit_router
+
+    adapter = root / spec.name / "adapter"
+    if (adapter / FIT_NAME).exists():
+        return
+    base = root / spec.prefit_from / "adapter"
+    if not (base / TRAIN_CONFIG_NAME).exists():
+        raise ConfigError(f"{spec.name} fits the router of {spec.prefit_from}, which has no trained adapter yet "
+                          f"(run it first).")
+    start = time.perf_counter()
+    fit = FitRouterConfig(model=train_config.model, adapter=str(base), data=train_config.data,
+                          max_records=train_config.max_records, val_size=train_config.val_size,
+                          cutoff_len=train_config.cutoff_len, prompt_style=train_config.prompt_style,
+                          steps=config.prefit_steps, objective="task", seed=spec.seed, output=str(adapter),
+                          trust_remote_code=train_config.trust_remote_code)
+    model, _ = fit_router(fit)
+    timing["train_s"] = time.perf_counter() - start
+    timing["trainable"], timing["total"] = sum(p.numel() for n, p in model.named_parameters()
+                                               if n.startswith(("norms.", "router."))), parameter_counts(model)[1]
 
 
 def collect_result(spec: RunSpec, run_dir: Path) -> dict | None:
