@@ -153,6 +153,14 @@ def test_studies_share_runs_but_refuse_other_settings(tiny_model_dir, tmp_path, 
     assert (out / "lora_notk_mod-s42" / "adapter" / "adapter_model.safetensors").stat().st_mtime == stamp
     assert main(["experiment", "sparsity", *common, "--only", "lora_notk_mod-s42", "--learning-rate", "0.5"]) == 1
     assert "was trained with other settings (learning_rate: 0.0003 != 0.5)" in capsys.readouterr().err
+    # a run trained before a field existed had that field's default: still the same run, unless it is set otherwise
+    saved = out / "lora_notk_mod-s42" / "adapter" / "train_config.json"
+    config = json.loads(saved.read_text())
+    del config["row_block"]
+    saved.write_text(json.dumps(config))
+    assert main(["experiment", "sparsity", *common, "--only", "lora_notk_mod-s42"]) == 0
+    assert main(["experiment", "sparsity", *common, "--only", "lora_notk_mod-s42", "--row-block", "4"]) == 1
+    assert "row_block: None != 4" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------- ExperimentConfig is built on TrainConfig

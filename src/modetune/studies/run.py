@@ -43,6 +43,8 @@ def _check_same_run(run_dir: Path, train_config: TrainConfig) -> None:
         return
     saved, wanted = read_json(saved_path), train_config.to_dict()
     ignored = set(IGNORED_FIELDS)
+    defaults = TrainConfig().to_dict()  # a field newer than the run: the run had its default
+    ignored |= {key for key in wanted if key not in saved and wanted[key] == defaults.get(key)}
     if not parse_preset(wanted["preset"]).mod:
         ignored |= {f.name for f in dataclasses.fields(MoDConfig)}
     differ = sorted(key for key in set(saved) | set(wanted)
