@@ -307,7 +307,7 @@ def test_mod_vs_lora_prefit_arm_fits_the_router_of_the_same_seed(tiny_model_dir,
     fitted, base = out / "mod_prefit-s42", out / "lora_notk_mod-s42"
     fit = json.loads((fitted / "adapter" / "fit_router.json").read_text())
     assert fit["config"]["adapter"] == str(base / "adapter") and fit["config"]["objective"] == "task"
-    assert len(fit["losses"]) == 3
+    assert len(fit["losses"]) == 3 and json.loads((fitted / "fit_router.json").read_text()) == fit  # a row, committed
     lora_a, lora_b = (load_file(str(d / "adapter" / "adapter_model.safetensors")) for d in (fitted, base))
     assert lora_a.keys() == lora_b.keys() and all(torch.equal(lora_a[k], lora_b[k]) for k in lora_a)  # LoRA frozen
     mod_a, mod_b = (load_file(str(d / "adapter" / "mod_model.safetensors")) for d in (fitted, base))

@@ -127,6 +127,7 @@ def _prefit(spec: RunSpec, config: ExperimentConfig, train_config: TrainConfig, 
                           steps=config.prefit_steps, objective="task", seed=spec.seed, output=str(adapter),
                           trust_remote_code=train_config.trust_remote_code)
     model, _ = fit_router(fit)
+    shutil.copyfile(adapter / FIT_NAME, root / spec.name / FIT_NAME)  # the before/after CE beside the rows
     timing["train_s"] = time.perf_counter() - start
     timing["trainable"], timing["total"] = sum(p.numel() for n, p in model.named_parameters()
                                                if n.startswith(("norms.", "router."))), parameter_counts(model)[1]
