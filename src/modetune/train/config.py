@@ -67,7 +67,8 @@ class TrainConfig:
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     router_lr: float | None = field(default=None, metadata={
         "help": "peak learning rate of the router and the member norms, an optimizer group of their own (none: "
-                "learning_rate; no sweep has set another default yet)"})
+                "learning_rate, which the router sweep in docs/results/router-sweep chose: faster routers collapse onto the "
+                "final member)"})
     router_warmup_steps: int = field(default=0, metadata={
         "help": "first N optimizer steps train only the router and the member norms (body and LoRA frozen); then "
                 "joint tuning, the body's learning-rate schedule starting at step N (0: no warm-up)"})
