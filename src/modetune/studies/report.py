@@ -244,19 +244,27 @@ def _plot_loss(results: list[dict], root: Path, filename: str) -> str | None:
                             for row in r["log"] if "distill_0" in row]) for r in results]
     panels = [("task cross-entropy (nats/token)", task), ("distillation KL, summed over members", distill),
               ("router weight on the final member", [(r["name"], final_weight(r)) for r in results])]
+    return _draw_panels(root, filename, panels, _arm, width=5)
+
+
+def _draw_panels(root: Path, filename: str, panels: list[tuple[str, list]], group, width: float) -> str | None:
+    """One figure of side-by-side panels ``(ylabel, [(run name, [(step, value)])])`` against the
+    step; lines whose ``group(name)`` agree share a colour and one legend entry. Empty panels
+    are left out; ``None`` when nothing is left."""
     panels = [(label, [(n, p) for n, p in lines if p]) for label, lines in panels]
     panels = [(label, lines) for label, lines in panels if lines]
+    if not panels:
+        return None
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
-    arms = list(dict.fromkeys(_arm(r["name"]) for r in results))
-    colours = {arm: f"C{i % 10}" for i, arm in enumerate(arms)}
+    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 4), squeeze=False)
+    groups = list(dict.fromkeys(group(name) for _, lines in panels for name, _ in lines))
+    colours = {g: f"C{i % 10}" for i, g in enumerate(groups)}
     for ax, (label, lines) in zip(axes[0], panels):
         seen = set()
         for name, points in lines:
-            arm = _arm(name)
-            ax.plot([p[0] for p in points], [p[1] for p in points], color=colours[arm], alpha=0.8, lw=1,
-                    label=None if arm in seen else arm)
-            seen.add(arm)
+            g = group(name)
+            ax.plot([p[0] for p in points], [p[1] for p in points], color=colours[g], label=None if g in seen else g)
+            seen.add(g)
         ax.set_xlabel("step")
         ax.set_ylabel(label)
         ax.legend(fontsize=7)
@@ -267,21 +275,9 @@ def _plot_loss(results: list[dict], root: Path, filename: str) -> str | None:
 
 
 def _plot(results: list[dict], root: Path, key: str, ylabel: str, filename: str) -> str | None:
-    plt = pyplot()
+    """One panel of ``key`` against the step, a line and a legend entry per run."""
     series = [(r["name"], [(row["step"], row[key]) for row in r["log"] if key in row]) for r in results]
-    series = [(name, points) for name, points in series if points]
-    if not series:
-        return None
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, points in series:
-        ax.plot([p[0] for p in points], [p[1] for p in points], label=name)
-    ax.set_xlabel("step")
-    ax.set_ylabel(ylabel)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(root / filename, dpi=100)
-    plt.close(fig)
-    return filename
+    return _draw_panels(root, filename, [(ylabel, series)], lambda name: name, width=6)
 
 
 def command_line(study: str, config: ExperimentConfig, smoke: bool = False) -> str:

@@ -88,10 +88,13 @@ def run_one(spec: RunSpec, config: ExperimentConfig, root: Path) -> dict:
         result["trainable"], result["total"] = parameter_counts(model)
     if spec.evaluate:
         eval_dir = run_dir / "eval"
-        if not (eval_dir / "summary.json").exists():  # written when the evaluation completes
+        need_eval = not (eval_dir / "summary.json").exists()  # written when the evaluation completes
+        need_ce = config.test_ce and not (run_dir / TEST_CE_NAME).exists()
+        if need_eval or need_ce:  # one load serves both
             start = time.perf_counter()
             model, tokenizer, info = load_for_eval(config.train.model, adapter, device=_device(),
                                                    trust_remote_code=config.train.trust_remote_code)
+        if need_eval:
             eval_config = EvalConfig(batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens,
                                      num_beams=config.num_beams, limit=config.eval_limit,
                                      prompt_style=config.train.prompt_style, progress=True,
@@ -100,8 +103,8 @@ def run_one(spec: RunSpec, config: ExperimentConfig, root: Path) -> dict:
                      info=info, label=spec.name)
             timing["eval_s"] = timing.get("eval_s", 0.0) + time.perf_counter() - start
             timing_path.write_text(json.dumps(timing, indent=2))
-        if config.test_ce and not (run_dir / TEST_CE_NAME).exists():
-            write_test_ce(adapter, train_config, config, root, run_dir / TEST_CE_NAME)
+        if need_ce:
+            write_test_ce(model, tokenizer, train_config, config, root, run_dir / TEST_CE_NAME)
         result.update(collect_result(spec, run_dir))
     return result
 
@@ -129,8 +132,8 @@ def _prefit(spec: RunSpec, config: ExperimentConfig, train_config: TrainConfig, 
     model, _ = fit_router(fit)
     shutil.copyfile(adapter / FIT_NAME, root / spec.name / FIT_NAME)  # the before/after CE beside the rows
     timing["train_s"] = time.perf_counter() - start
-    timing["trainable"], timing["total"] = sum(p.numel() for n, p in model.named_parameters()
-                                               if n.startswith(("norms.", "router."))), parameter_counts(model)[1]
+    timing["trainable"] = sum(t.numel() for t in model.mod_state_dict().values())  # what fit-router trains
+    timing["total"] = parameter_counts(model)[1]
 
 
 def collect_result(spec: RunSpec, run_dir: Path) -> dict | None:
@@ -159,18 +162,17 @@ def collect_result(spec: RunSpec, run_dir: Path) -> dict | None:
 TEST_CE_NAME = "test_ce.jsonl"
 
 
-def write_test_ce(adapter: Path, train_config: TrainConfig, config: ExperimentConfig, root: Path, path: Path) -> None:
+def write_test_ce(model, tokenizer, train_config: TrainConfig, config: ExperimentConfig, root: Path,
+                  path: Path) -> None:
     """The secondary metric: per test item, the teacher-forced cross-entropy (nats per token) of
-    its gold response (``output``) under the trained adapter, ensemble and members; one JSON row
-    per item (``dataset``, ``id``, ``tokens``, ``ce``, ``member_ce``), the same items the
-    evaluation scores (``eval_limit`` of each set)."""
+    its gold response (``output``) under the trained adapter (``model``), ensemble and members;
+    one JSON row per item (``dataset``, ``id``, ``tokens``, ``ce``, ``member_ce``), the same
+    items the evaluation scores (``eval_limit`` of each set)."""
     from ..data import tokenize_record
     from ..eval.protocol import item_id
-    from ..eval.runner import load_datasets, load_for_eval
+    from ..eval.runner import load_datasets
     from ..train.validation import teacher_forced_ce
 
-    model, tokenizer, _ = load_for_eval(train_config.model, adapter, device=_device(),
-                                        trust_remote_code=train_config.trust_remote_code)
     lines = []
     for name, records in load_datasets(eval_datasets(config, root), config.data_dir):
         kept, rows = [], []
@@ -240,7 +242,8 @@ def run_study(study: str, config: ExperimentConfig, smoke: bool = False) -> Path
         for spec in specs:
             _check_same_run(root / spec.name, run_train_config(spec, config, root / spec.name))
         results = [result for spec in specs if (result := collect_result(spec, root / spec.name)) is not None]
-        missing = [spec.name for spec in specs if not (root / spec.name / "val.json").exists()]
+        done = {result["name"] for result in results}
+        missing = [spec.name for spec in specs if spec.name not in done]
         if missing:
             print(f"[modetune experiment {study}] no rows yet for: {', '.join(missing)}", flush=True)
         if not results:
