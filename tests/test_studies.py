@@ -270,6 +270,16 @@ def test_mod_vs_lora_smoke_runs_end_to_end(tiny_model_dir, tmp_path):
     assert len(ce_rows) == 4 and all(row["tokens"] > 0 and row["ce"] > 0 for row in ce_rows)
     assert len(json.loads((out / "mod_router-s42" / "test_ce.jsonl").read_text().splitlines()[0])["member_ce"]) == 3
     assert "## Teacher-forced CE on the test items" in report
+    for name in ("lora_notk-s42", "lora_notk_mod-s42", "mod_router-s42"):  # the probe of every evaluated run
+        assert {p.name for p in (out / name / "probe").iterdir()} == {"probe.json", "probe.md", "probe.png"}, name
+    probe = json.loads((out / "lora_notk_mod-s42" / "probe" / "probe.json").read_text())
+    assert probe["records"] == 4 and probe["config"]["data"] == str(out / "builtin-tn-test-4.json")
+    assert probe["ensemble_ce"] is not None and len(probe["router_mean_weights"]) == 3
+    assert json.loads((out / "lora_notk-s42" / "probe" / "probe.json").read_text())["ensemble_ce"] is None  # no MoD
+    base = json.loads((out / "probe-base" / "probe.json").read_text())
+    assert base["config"]["adapter"] is None and base["tokens"] == probe["tokens"]  # the same records
+    assert "## Headroom and the routers" in report and "| base model (untrained) | 1 |" in report
+    assert f"| lora_notk_mod | 1 | {probe['member_ce'][-1]:.3f} | {probe['ensemble_ce']:.3f} |" in report
 
     # every table regenerates from the rows alone: no adapters, no checkpoints
     rows = tmp_path / "rows-only"
@@ -300,7 +310,7 @@ def test_mod_vs_lora_prefit_arm_fits_the_router_of_the_same_seed(tiny_model_dir,
     assert main([*argv, "--only", "mod_prefit-s42"]) == 1  # its base run has not trained yet: one line, nothing run
     assert main(argv) == 0
     names = sorted(p.name for p in out.iterdir() if p.is_dir())
-    assert names == ["lora_notk-s42", "lora_notk_mod-s42", "mod_prefit-s42", "mod_uniform-s42"]
+    assert names == ["lora_notk-s42", "lora_notk_mod-s42", "mod_prefit-s42", "mod_uniform-s42", "probe-base"]
     fitted, base = out / "mod_prefit-s42", out / "lora_notk_mod-s42"
     fit = json.loads((fitted / "adapter" / "fit_router.json").read_text())
     assert fit["config"]["adapter"] == str(base / "adapter") and fit["config"]["objective"] == "task"
@@ -312,5 +322,7 @@ def test_mod_vs_lora_prefit_arm_fits_the_router_of_the_same_seed(tiny_model_dir,
     assert (fitted / "eval" / "builtin.jsonl").exists() and (fitted / "test_ce.jsonl").exists()
     assert json.loads((fitted / "train_config.json").read_text()) == json.loads((base / "train_config.json").read_text())
     assert "| mod_prefit-s42 |" in (out / "report.md").read_text()
+    probed = json.loads((fitted / "probe" / "probe.json").read_text())  # the fitted router is the one probed
+    assert probed["config"]["adapter"] == str(fitted / "adapter") and probed["ensemble_ce"] is not None
     assert main(argv) == 0  # a rerun finds it done
     assert json.loads((fitted / "adapter" / "fit_router.json").read_text())["losses"] == fit["losses"]

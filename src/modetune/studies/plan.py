@@ -77,6 +77,12 @@ class ExperimentConfig:
                 "'prefit' (mod_prefit: lora_notk_mod's adapter of the same seed with its router and member norms "
                 "fitted afterwards on frozen members, as modetune fit-router --objective task)"})
     prefit_steps: int = field(default=200, metadata={"help": "mod_vs_lora: fit-router steps of the mod_prefit arm"})
+    probe_records: int = field(default=0, metadata={
+        "help": "modetune probe on every evaluated run's adapter (<run>/probe/) and once on the base model "
+                "(probe-base/), with N records of probe_data (0: no probe)"})
+    probe_data: str | None = field(default=None, metadata={
+        "help": "labelled records the probe reads (none: the study's held-out built-in file, datasets entry "
+                "'builtin-tn')"})
     only: list[str] | None = field(default=None, metadata={
         "help": "run only these runs of the study (by name, comma-separated), e.g. to run it in parts"})
     output_dir: str | None = field(default=None, metadata={
@@ -95,6 +101,8 @@ class ExperimentConfig:
             raise ConfigError(f"router_arm must be 'train' or 'prefit', got {self.router_arm!r}.")
         if self.prefit_steps < 1:
             raise ConfigError(f"prefit_steps must be positive, got {self.prefit_steps}.")
+        if self.probe_records and self.probe_records < 4:
+            raise ConfigError(f"probe_records must be 0 (no probe) or at least 4, got {self.probe_records}.")
         if any(k < 1 for k in self.k_values):
             raise ConfigError(f"k_values must be positive, got {self.k_values}.")
 
@@ -128,7 +136,7 @@ class ExperimentConfig:
 
 # per-study changes to the smoke setting (the study's own data path, at a tiny size)
 SMOKE_STUDY = {"mod_vs_lora": dict(data="builtin:arithmetic-tn:40", datasets="builtin-tn", test_size=4, seeds=[42],
-                                   router_arm_lr=1e-2, router_arm_warmup=1),
+                                   router_arm_lr=1e-2, router_arm_warmup=1, probe_records=4),
                "router_sweep": dict(router_lr_factors=[1.0, 10.0], router_warmups=[0, 1])}
 SMOKE = dict(data="builtin:arithmetic:40", max_steps=2, batch_size=2, micro_batch_size=2, warmup_steps=0,
              val_size=4, lora_r=4, lora_alpha=8, seeds=[42], key_seeds=[42], datasets="builtin", data_dir=None,

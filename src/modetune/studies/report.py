@@ -186,6 +186,20 @@ def _test_ce_rows(results: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def _probe_rows(results: list[dict], root: Path) -> list[str]:
+    """The probe of each run (``<run>/probe/probe.json``) per arm, the base model's
+    (``probe-base/``) first: :func:`modetune.eval.probe.arm_table`."""
+    from ..eval.probe import arm_table
+
+    rows = [("base model (untrained)", [json.loads(p.read_text())])
+            for p in [root / "probe-base" / "probe.json"] if p.exists()]
+    groups: dict[str, list[dict]] = {}
+    for r in results:
+        if r.get("probe"):
+            groups.setdefault(_arm(r["name"]), []).append(r["probe"])
+    return arm_table(rows + list(groups.items()))
+
+
 def _collapse_rows(results: list[dict]) -> list[str]:
     """Per run and multiple-choice dataset, the share of the most frequent extracted answer
     (and the gold majority share): near 100% means a near-constant predictor whose accuracy
@@ -325,6 +339,7 @@ def write_study_report(study: str, config: ExperimentConfig, results: list[dict]
         lines += _sparsity_rows(results, config.train.mod.k)
     if study in ("router_sweep", "mod_vs_lora"):
         lines += _router_movement_rows(results, config.train.mod.k)
+    lines += _probe_rows(results, root)
     if study == "motivation":
         lines += _motivation_venn(results, root)
     if study == "topk":

@@ -105,8 +105,31 @@ def run_one(spec: RunSpec, config: ExperimentConfig, root: Path) -> dict:
             timing_path.write_text(json.dumps(timing, indent=2))
         if need_ce:
             write_test_ce(model, tokenizer, train_config, config, root, run_dir / TEST_CE_NAME)
+        if config.probe_records:
+            run_study_probe(config, root, adapter, run_dir / "probe")
         result.update(collect_result(spec, run_dir))
     return result
+
+
+PROBE_FILES = ("probe.json", "probe.md", "probe.png")
+
+
+def run_study_probe(config: ExperimentConfig, root: Path, adapter: Path | None, output: Path) -> None:
+    """``modetune probe`` of one run's adapter (``None``: the base model) on ``probe_records``
+    records of the study's probe data, written to ``output``; skipped when it is there."""
+    from ..eval.probe import ProbeConfig, run_probe
+
+    if all((output / name).exists() for name in PROBE_FILES):
+        return
+    if config.probe_data is None and "builtin-tn" not in [e.strip() for e in config.datasets.split(",")]:
+        raise ConfigError("probe_records needs probe_data, or the datasets entry 'builtin-tn' (its held-out file).")
+    data = config.probe_data or str(root / f"builtin-tn-test-{config.test_size}.json")
+    eval_datasets(config, root)  # writes the held-out file when it is not there yet
+    train = config.train
+    print(f"[modetune experiment] probe of {adapter or 'the base model'} -> {output}", flush=True)
+    run_probe(ProbeConfig(model=train.model, adapter=None if adapter is None else str(adapter), data=data,
+                          records=config.probe_records, k=train.mod.k, cutoff_len=train.cutoff_len,
+                          prompt_style=train.prompt_style, output=str(output)))
 
 
 def _prefit(spec: RunSpec, config: ExperimentConfig, train_config: TrainConfig, root: Path, timing: dict) -> None:
@@ -153,6 +176,8 @@ def collect_result(spec: RunSpec, run_dir: Path) -> dict | None:
     if spec.evaluate and (eval_dir / "summary.json").exists():
         result["eval_dir"] = str(eval_dir)
         result["correct"] = correct_flags(eval_dir)
+    if (run_dir / "probe" / "probe.json").exists():
+        result["probe"] = read_json(run_dir / "probe" / "probe.json")
     if (run_dir / TEST_CE_NAME).exists():
         rows = [json.loads(line) for line in (run_dir / TEST_CE_NAME).read_text().splitlines() if line.strip()]
         result["test_ce"] = {(row["dataset"], row["id"]): row["ce"] for row in rows}
@@ -251,6 +276,8 @@ def run_study(study: str, config: ExperimentConfig, smoke: bool = False) -> Path
     for index, spec in enumerate([] if config.report_only else specs, 1):
         print(f"[modetune experiment {study}] run {index}/{len(specs)}: {spec.name}", flush=True)
         results.append(run_one(spec, config, root))
+    if config.probe_records and not config.report_only:
+        run_study_probe(config, root, None, root / "probe-base")
     seconds = 0.0 if config.report_only else time.perf_counter() - started
     write_study_report(study, config, results, root, seconds, smoke)
     print(f"[modetune experiment {study}] report: {root / 'report.md'}")
