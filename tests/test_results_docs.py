@@ -34,3 +34,42 @@ def test_router_sweep_report_regenerates_from_its_committed_rows(tmp_path):
     tables = lambda path: path.read_text().split("## Runs", 1)[1]  # noqa: E731 (the header names the folder)
     assert tables(rows / "report.md") == tables(study / "report.md")
     assert "| rlr1x-warm0-s42 | 0.6043 | 0.6082 | [0.022, 0.021, 0.957] |" in tables(study / "report.md")
+
+
+STUDY_ARGV = ["experiment", "mod_vs_lora", "--data", "builtin:arithmetic-tn:1000", "--val-size", "64", "--datasets",
+              "builtin-tn", "--data-dir", "none", "--test-size", "600", "--eval-limit", "none", "--key-seeds",
+              "42,43,44,45,46,47,48,49", "--seeds", "42,43,44,45", "--router-arm", "prefit", "--prefit-steps", "200",
+              "--probe-records", "64"]
+
+
+def test_mod_vs_lora_study_report_regenerates_from_its_committed_rows(tmp_path):
+    """The pre-registered study's committed report, table for table, from its committed rows alone
+    (no adapters, no checkpoints), with the command its PLAN.md registers; and each run's accuracy
+    recounted by hand from its per-item rows."""
+    import json
+    import re
+    import shutil
+
+    from modetune.cli import main
+
+    study = RESULTS / "study-mod-vs-lora"
+    plan = " ".join((study / "PLAN.md").read_text().replace("\\\n", " ").split())
+    assert "modetune " + " ".join(STUDY_ARGV) + " --output-dir docs/results/study-mod-vs-lora" in plan
+    rows = tmp_path / "study"
+    shutil.copytree(study, rows, ignore=shutil.ignore_patterns("adapter", "checkpoint-*", "*.png"))
+    assert not list(rows.rglob("*.safetensors"))
+    runs = sorted(p.parent for p in rows.glob("*/val.json"))
+    assert runs, "no run of the study is committed"
+    for run in runs:  # a committed run is complete: its rows of every step are there
+        assert (run / "eval" / "summary.json").exists() and (run / "test_ce.jsonl").exists(), run.name
+        assert (run / "probe" / "probe.json").exists() and (run / "train_config.json").exists(), run.name
+    assert main([*STUDY_ARGV, "--output-dir", str(rows), "--report-only"]) == 0
+    tables = lambda path: path.read_text().split("## Runs", 1)[1]  # noqa: E731 (the header names the folder)
+    report = tables(study / "report.md")
+    assert tables(rows / "report.md") == report
+    for run in runs:  # accuracy recounted from the per-item rows
+        items = [json.loads(line) for line in (run / "eval" / "builtin.jsonl").read_text().splitlines() if line]
+        assert len(items) == 600 and len({item["id"] for item in items}) == 600
+        accuracy = 100 * sum(bool(item["correct"]) for item in items) / len(items)
+        row = next(line for line in report.splitlines() if line.startswith(f"| {run.name} |"))
+        assert re.search(rf"\| {accuracy:.1f} \[", row), (run.name, accuracy, row)
