@@ -293,6 +293,11 @@ def test_mod_vs_lora_smoke_runs_end_to_end(tiny_model_dir, tmp_path):
     assert tables(rows / "report.md") == tables(out / "report.md")
     assert "report-only" not in (rows / "report.md").read_text()
     assert json.loads((rows / "experiment.json").read_text())["config"]["report_only"] is False
+    assert "Partial report" not in (out / "report.md").read_text()
+    shutil.rmtree(rows / "mod_router-s42")  # a study with a run still missing says so in its report
+    assert main([*argv, "--output-dir", str(rows)]) == 0
+    assert "**Partial report: 3 of 4 planned runs have rows.**" in (rows / "report.md").read_text()
+    assert "Without rows yet: mod_router-s42." in (rows / "report.md").read_text()
 
 
 def test_report_only_without_rows_is_one_line(tmp_path, capsys):

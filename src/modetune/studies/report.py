@@ -316,9 +316,14 @@ def command_line(study: str, config: ExperimentConfig, smoke: bool = False) -> s
 
 
 def write_study_report(study: str, config: ExperimentConfig, results: list[dict], root: Path, seconds: float,
-                       smoke: bool) -> Path:
-    """Write ``report.md`` (and ``report-<study>.md``) of a study into its folder ``root``."""
+                       smoke: bool, missing: list[str] | None = None) -> Path:
+    """Write ``report.md`` (and ``report-<study>.md``) of a study into its folder ``root``;
+    ``missing`` names the planned runs without rows (the report then says it is partial)."""
     lines = _header_lines(study, config, results, seconds, smoke)
+    if missing:
+        lines += [f"**Partial report: {len(results)} of {len(results) + len(missing)} planned runs have rows.** "
+                  "The study's decision rules apply to the complete study only; nothing here is its answer. "
+                  f"Without rows yet: {', '.join(missing)}.", ""]
     table, datasets = _accuracy_rows(results)
     lines += ["## Runs", "", "Accuracy in % with 95% Wilson intervals; validation cross-entropy "
               "is teacher-forced, nats per answer token, on the held-out validation split.", "", *table, ""]

@@ -249,7 +249,7 @@ def run_study(study: str, config: ExperimentConfig, smoke: bool = False) -> Path
     if smoke:
         config = ExperimentConfig.from_dict({**config.to_dict(), **SMOKE, **SMOKE_STUDY.get(study, {})})
     root = Path(config.output_dir or f"runs/experiments/{study}{'-smoke' if smoke else ''}")
-    specs = plan(study, config)
+    specs = planned = plan(study, config)
     if config.only:
         unknown = sorted(set(config.only) - {spec.name for spec in specs})
         if unknown:
@@ -279,6 +279,7 @@ def run_study(study: str, config: ExperimentConfig, smoke: bool = False) -> Path
     if config.probe_records and not config.report_only:
         run_study_probe(config, root, None, root / "probe-base")
     seconds = 0.0 if config.report_only else time.perf_counter() - started
-    write_study_report(study, config, results, root, seconds, smoke)
+    done = {result["name"] for result in results}
+    write_study_report(study, config, results, root, seconds, smoke, [s.name for s in planned if s.name not in done])
     print(f"[modetune experiment {study}] report: {root / 'report.md'}")
     return root
