@@ -31,17 +31,22 @@ def test_report_pools_seeds_against_the_same_seed_baseline():
     assert "| lora_notk_mod | 1, 2, 3 | 20 | +40.0 [" in rows and "| 8 / 0 | 0.008 |" in rows  # p = 2 / 2**8
     assert _pooled_rows(results[:4], ["boolq"]) == []  # one seed of MoD: nothing to pool
     # over seeds, beside it: every seed +40 points, so a zero-width t-interval; 3 / 0 seeds, p = 2 / 2**3
-    assert "| +40.0 [+40.0, +40.0] | 3 / 0 | 0.250 | 0.0 |" in rows and "item-level" in rows
+    assert "| +40.0 [+40.0, +40.0] | 3 / 0 | 0.250 | 0.0 | higher (interval above 0) |" in rows
+    assert "item-level" in rows
     noisy = results[:3] + [run("lora_notk_mod", s, flags) for s, flags in
                            ((1, better), (2, base), (3, [True] * 12 + [False] * 8))]
     row = [line for line in _pooled_rows(noisy, ["boolq"]) if line.startswith("| lora_notk_mod")][0]
     # per-seed differences 40, 0, 10 points: mean 16.7, t-interval 16.7 ± 4.303 * 20.8 / sqrt(3)
-    assert "| +16.7 [-35.0, +68.4] | 2 / 0 | 0.500 |" in row
+    assert "| +16.7 [-35.0, +68.4] | 2 / 0 | 0.500 |" in row and row.endswith("(interval spans 0) |")
     # two arms with one preset and no MoD overrides (mod_router differs in router_lr): one group each
     router = [{**run("lora_notk_mod", s, base), "name": f"mod_router-s{s}"} for s in (1, 2, 3)]
     rows = _pooled_rows(results + router, ["boolq"])
     assert any(line.startswith("| lora_notk_mod | 1, 2, 3 | 20 | +40.0") for line in rows)
     assert any(line.startswith("| mod_router | 1, 2, 3 | 20 | +0.0") for line in rows)
+    from modetune.studies.report import _spread_rows
+
+    spread = _spread_rows(results + router)  # by arm too: not one lora_notk_mod group of six seeds
+    assert "| lora_notk_mod | 3 | 90.0 | 0.0 |" in spread and "| mod_router | 3 | 50.0 | 0.0 |" in spread
 
 
 def test_report_compares_test_ce_over_seeds():

@@ -132,22 +132,25 @@ def _pooled_rows(results: list[dict], datasets: list[str]) -> list[str]:
         verdict = "" if p < 0.05 else " (no significant difference)"
         seeds = over_seeds([sum(x) / len(x) for x in a], [sum(y) / len(y) for y in b])
         mde = minimum_detectable_effect(seeds["sd"], seeds["seeds"])
+        reading = ("higher (interval above 0)" if seeds["low"] > 0 else "lower (interval below 0)"
+                   if seeds["high"] < 0 else "no difference detected (interval spans 0)")
         lines.append(f"| {_arm(runs[0]['name'])} | {', '.join(str(r['seed']) for r in runs)} | "
                      f"{len(items)} | {100 * diff:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | {n_pos} / {n_neg} | "
                      f"{p:.3f}{verdict} | {100 * seeds['mean']:+.1f} [{100 * seeds['low']:+.1f}, "
                      f"{100 * seeds['high']:+.1f}] | {seeds['n_pos']} / {seeds['n_neg']} | {seeds['sign_p']:.3f} | "
-                     f"{100 * mde:.1f} |")
+                     f"{100 * mde:.1f} | {reading} |")
     if not lines:
         return []
     return ["## Pooled over seeds", "", "Item-level (the first three result columns): per item, the difference in "
             "accuracy averaged over the seeds; 95% bootstrap interval over items (seeds kept together) and an exact "
             "sign test over the items where the variants differ on average. Training-seed variance is not in it. "
-            "Over seeds (the last four): per seed, the accuracy difference on the same items; 95% t-interval over "
-            "the seeds, exact sign test over the seeds, and the minimum detectable effect of a paired t-test at "
-            "alpha 0.05 with power 0.8 for this many seeds, at the observed spread of the per-seed differences.", "",
+            "Over seeds (the last five; the seed is the unit): per seed, the accuracy difference on the same items; "
+            "95% t-interval over the seeds, exact sign test over the seeds, the minimum detectable effect of a "
+            "paired t-test at alpha 0.05 with power 0.8 for this many seeds, at the observed spread of the per-seed "
+            "differences, and what the interval says (a difference smaller than the MDE may be there unseen).", "",
             "| variant vs lora_notk | seeds | items | item-level Δ acc (pts) [95% CI] | items better / worse | "
-            "item sign test p | over seeds Δ (pts) [95% t-CI] | seeds better / worse | seed sign test p | MDE (pts) |",
-            "|---|---|---|---|---|---|---|---|---|---|", *lines, ""]
+            "item sign test p | over seeds Δ (pts) [95% t-CI] | seeds better / worse | seed sign test p | MDE (pts) | "
+            "over seeds, reading |", "|---|---|---|---|---|---|---|---|---|---|---|", *lines, ""]
 
 
 def _test_ce_rows(results: list[dict]) -> list[str]:
@@ -376,16 +379,15 @@ def _header_lines(study: str, config: ExperimentConfig, results: list[dict], sec
 
 def _spread_rows(results: list[dict]) -> list[str]:
     seeds = {}
-    for r in results:
-        seeds.setdefault(r["preset"] + json.dumps(r["mod"], sort_keys=True), []).append(r)
-    spread = [(key, rs) for key, rs in seeds.items() if len(rs) > 1 and all(x.get("correct") for x in rs)]
+    for r in results:  # by arm: arms may share preset and MoD fields (mod_prefit and lora_notk_mod)
+        seeds.setdefault(_arm(r["name"]), []).append(r)
+    spread = [(arm, rs) for arm, rs in seeds.items() if len(rs) > 1 and all(x.get("correct") for x in rs)]
     if not spread:
         return []
-    lines = ["## Spread across seeds", "", "| variant | seeds | mean avg acc | sd |", "|---|---|---|---|"]
-    for _, rs in spread:
+    lines = ["## Spread across seeds", "", "| arm | seeds | mean avg acc | sd |", "|---|---|---|---|"]
+    for arm, rs in spread:
         avgs = [statistics.mean(sum(f.values()) / len(f) for f in r["correct"].values()) for r in rs]
-        lines.append(f"| {rs[0]['preset']} {rs[0]['mod'] or ''} | {len(rs)} | {_pct(statistics.mean(avgs))} | "
-                     f"{_pct(statistics.stdev(avgs))} |")
+        lines.append(f"| {arm} | {len(rs)} | {_pct(statistics.mean(avgs))} | {_pct(statistics.stdev(avgs))} |")
     return lines + [""]
 
 
