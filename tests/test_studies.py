@@ -43,8 +43,12 @@ def test_report_pools_seeds_against_the_same_seed_baseline():
     rows = _pooled_rows(results + router, ["boolq"])
     assert any(line.startswith("| lora_notk_mod | 1, 2, 3 | 20 | +40.0") for line in rows)
     assert any(line.startswith("| mod_router | 1, 2, 3 | 20 | +0.0") for line in rows)
-    from modetune.studies.report import _spread_rows
+    from modetune.studies.report import _spread_rows, _val_ce_rows
 
+    val = lambda r, ce: {**r, "val": {"ensemble_ce": ce, "final_ce": ce + 0.01}}  # noqa: E731
+    rows = _val_ce_rows([val(r, 0.5) for r in results[:3]] + [val(r, 0.5 - r["seed"] / 100) for r in results[3:]])
+    # per-seed differences -0.01, -0.02, -0.03: mean -0.02, t-interval -0.02 ± 4.303 * 0.01 / sqrt(3)
+    assert "| lora_notk_mod | 1, 2, 3 | -0.0200 [-0.0448, +0.0048] (3 / 0, p 0.250) |" in "\n".join(rows)
     spread = _spread_rows(results + router)  # by arm too: not one lora_notk_mod group of six seeds
     assert "| lora_notk_mod | 3 | 90.0 | 0.0 |" in spread and "| mod_router | 3 | 50.0 | 0.0 |" in spread
 

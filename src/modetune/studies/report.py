@@ -203,6 +203,28 @@ def _probe_rows(results: list[dict], root: Path) -> list[str]:
     return arm_table(rows + list(groups.items()))
 
 
+def _val_ce_rows(results: list[dict]) -> list[str]:
+    """Validation CE (``val.json``: the same held-out training records per seed in every arm) per
+    arm vs ``lora_notk`` of the same seed: mean difference, t-interval and sign test over seeds."""
+    bases = {r["seed"]: r for r in results if r["preset"] == "lora_notk"}
+    groups: dict[str, list[dict]] = {}
+    for r in results:
+        if r["preset"] != "lora_notk" and r["seed"] in bases:
+            groups.setdefault(_arm(r["name"]), []).append(r)
+    lines = []
+    for arm, runs in groups.items():
+        cells = [arm, ", ".join(str(r["seed"]) for r in runs)]
+        for key in ("ensemble_ce", "final_ce"):
+            d = over_seeds([r["val"][key] for r in runs], [bases[r["seed"]]["val"][key] for r in runs])
+            cells.append(f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] ({d['n_neg']} / {d['n_pos']}, "
+                         f"p {d['sign_p']:.3f})")
+        lines += [f"| {' | '.join(cells)} |"] if len(runs) >= 2 else []
+    return ["## Validation CE over seeds (secondary)", "", "Per seed, the arm's validation CE minus `lora_notk`'s "
+            "(nats per answer token); 95% t-interval over seeds (seeds lower / higher, exact sign test p).", "",
+            "| arm vs lora_notk | seeds | Δ ensemble CE | Δ final member CE |", "|---|---|---|---|", *lines,
+            ""] if lines else []
+
+
 def _collapse_rows(results: list[dict]) -> list[str]:
     """Per run and multiple-choice dataset, the share of the most frequent extracted answer
     (and the gold majority share): near 100% means a near-constant predictor whose accuracy
@@ -335,6 +357,7 @@ def write_study_report(study: str, config: ExperimentConfig, results: list[dict]
         lines += ["## Paired comparisons", "", *paired, ""]
     lines += _pooled_rows(results, datasets)
     lines += _test_ce_rows(results)
+    lines += _val_ce_rows(results)
     lines += _collapse_rows(results)
     lines += _spread_rows(results)
     if study == "variants":
