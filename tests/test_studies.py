@@ -53,6 +53,21 @@ def test_report_pools_seeds_against_the_same_seed_baseline():
     assert "| lora_notk_mod | 3 | 90.0 | 0.0 |" in spread and "| mod_router | 3 | 50.0 | 0.0 |" in spread
 
 
+
+def test_paired_plot_draws_each_arm_with_two_paired_seeds(tmp_path):
+    from modetune.studies.plots import plot_paired
+
+    def run(name, seed, flags):
+        return {"name": f"{name}-s{seed}", "preset": "lora_notk" if name == "lora_notk" else "lora_notk_mod",
+                "seed": seed, "correct": {"builtin": {str(i): f for i, f in enumerate(flags)}}}
+
+    base = [run("lora_notk", s, [True, False] * 5) for s in (1, 2)]
+    assert plot_paired(base + [run("lora_notk_mod", 1, [True] * 10)], tmp_path, "p.png") is None  # one seed only
+    assert not (tmp_path / "p.png").exists()
+    mod = [run("lora_notk_mod", s, [True] * 10) for s in (1, 2)]
+    assert plot_paired(base + mod, tmp_path, "p.png") == "p.png" and (tmp_path / "p.png").stat().st_size > 0
+
+
 def test_report_compares_test_ce_over_seeds():
     from modetune.studies.report import _test_ce_rows
 

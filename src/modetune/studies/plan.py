@@ -228,3 +228,9 @@ def run_train_config(spec: RunSpec, config: ExperimentConfig, run_dir: Path) -> 
     return dataclasses.replace(config.train, preset=spec.preset, seed=spec.seed, output_dir=str(run_dir),
                                report_to=["none"], save_steps=20, mod=dataclasses.replace(config.train.mod, **spec.mod),
                                **spec.train)
+
+
+def arm_of(name: str) -> str:
+    """A run's arm: its name without the ``-s<seed>`` suffix."""
+    head, _, tail = name.rpartition("-s")
+    return head if head and tail.isdigit() else name

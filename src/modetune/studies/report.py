@@ -11,9 +11,9 @@ import math
 import statistics
 from pathlib import Path
 
-from ..plotting import pyplot
 from ..stats import mcnemar, minimum_detectable_effect, over_seeds, paired_difference_ci, paired_over_seeds, wilson_interval
-from .plan import SMOKE, SMOKE_STUDY, ExperimentConfig
+from .plan import SMOKE, SMOKE_STUDY, ExperimentConfig, arm_of
+from .plots import plot_loss, plot_paired, plot_series
 
 TOPK_SPEED_NAME = "topk_speed.json"  # written by benchmarks/bench_topk.py into the topk study's folder
 
@@ -119,7 +119,7 @@ def _pooled_rows(results: list[dict], datasets: list[str]) -> list[str]:
     groups: dict[str, list[dict]] = {}
     for r in results:  # one group per arm (the run name without its seed: arms may share preset and MoD fields)
         if r["preset"] != "lora_notk" and r.get("correct") and r["seed"] in bases:
-            groups.setdefault(_arm(r["name"]), []).append(r)
+            groups.setdefault(arm_of(r["name"]), []).append(r)
     lines = []
     for runs in groups.values():
         if len(runs) < 2:
@@ -134,7 +134,7 @@ def _pooled_rows(results: list[dict], datasets: list[str]) -> list[str]:
         mde = minimum_detectable_effect(seeds["sd"], seeds["seeds"])
         reading = ("higher (interval above 0)" if seeds["low"] > 0 else "lower (interval below 0)"
                    if seeds["high"] < 0 else "no difference detected (interval spans 0)")
-        lines.append(f"| {_arm(runs[0]['name'])} | {', '.join(str(r['seed']) for r in runs)} | "
+        lines.append(f"| {arm_of(runs[0]['name'])} | {', '.join(str(r['seed']) for r in runs)} | "
                      f"{len(items)} | {100 * diff:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | {n_pos} / {n_neg} | "
                      f"{p:.3f}{verdict} | {100 * seeds['mean']:+.1f} [{100 * seeds['low']:+.1f}, "
                      f"{100 * seeds['high']:+.1f}] | {seeds['n_pos']} / {seeds['n_neg']} | {seeds['sign_p']:.3f} | "
@@ -163,7 +163,7 @@ def _test_ce_rows(results: list[dict]) -> list[str]:
         return []
     groups: dict[str, list[dict]] = {}
     for r in runs:
-        groups.setdefault(_arm(r["name"]), []).append(r)
+        groups.setdefault(arm_of(r["name"]), []).append(r)
     lines = ["## Teacher-forced CE on the test items (secondary)", "",
              "Per run, the mean over test items of the gold response's cross-entropy (nats per token; lower is "
              "better). Against `lora_notk`: per seed the difference on the same items, 95% t-interval over seeds "
@@ -199,7 +199,7 @@ def _probe_rows(results: list[dict], root: Path) -> list[str]:
     groups: dict[str, list[dict]] = {}
     for r in results:
         if r.get("probe"):
-            groups.setdefault(_arm(r["name"]), []).append(r["probe"])
+            groups.setdefault(arm_of(r["name"]), []).append(r["probe"])
     return arm_table(rows + list(groups.items()))
 
 
@@ -210,7 +210,7 @@ def _val_ce_rows(results: list[dict]) -> list[str]:
     groups: dict[str, list[dict]] = {}
     for r in results:
         if r["preset"] != "lora_notk" and r["seed"] in bases:
-            groups.setdefault(_arm(r["name"]), []).append(r)
+            groups.setdefault(arm_of(r["name"]), []).append(r)
     lines = []
     for arm, runs in groups.items():
         cells = [arm, ", ".join(str(r["seed"]) for r in runs)]
@@ -258,67 +258,6 @@ def _collapse_rows(results: list[dict]) -> list[str]:
     return lines
 
 
-def _arm(name: str) -> str:
-    """A run's arm: its name without the ``-s<seed>`` suffix."""
-    head, _, tail = name.rpartition("-s")
-    return head if head and tail.isdigit() else name
-
-
-def _plot_loss(results: list[dict], root: Path, filename: str) -> str | None:
-    """Like with like: every run's task cross-entropy on one panel (MoD's ``task_loss``; a run
-    without MoD logs only ``loss``, which is that cross-entropy), MoD's distillation terms and
-    its mean router weights on their own panels. Runs of one arm share a colour."""
-    def series(r: dict, key: str) -> list[tuple[int, float]]:
-        return [(row["step"], row[key]) for row in r["log"] if key in row]
-
-    task = [(r["name"], series(r, "task_loss") or series(r, "loss")) for r in results]
-    if not any(points for _, points in task):
-        return None
-
-    def final_weight(r: dict) -> list[tuple[int, float]]:  # the last member's router_<i>
-        keys = sorted({key for row in r["log"] for key in row if key.startswith("router_") and key[7:].isdigit()})
-        return series(r, max(keys, key=lambda key: int(key[7:]))) if keys else []
-
-    distill = [(r["name"], [(row["step"], sum(v for key, v in row.items() if key.startswith("distill_")))
-                            for row in r["log"] if "distill_0" in row]) for r in results]
-    panels = [("task cross-entropy (nats/token)", task), ("distillation KL, summed over members", distill),
-              ("router weight on the final member", [(r["name"], final_weight(r)) for r in results])]
-    return _draw_panels(root, filename, panels, _arm, width=5)
-
-
-def _draw_panels(root: Path, filename: str, panels: list[tuple[str, list]], group, width: float) -> str | None:
-    """One figure of side-by-side panels ``(ylabel, [(run name, [(step, value)])])`` against the
-    step; lines whose ``group(name)`` agree share a colour and one legend entry. Empty panels
-    are left out; ``None`` when nothing is left."""
-    panels = [(label, [(n, p) for n, p in lines if p]) for label, lines in panels]
-    panels = [(label, lines) for label, lines in panels if lines]
-    if not panels:
-        return None
-    plt = pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(width * len(panels), 4), squeeze=False)
-    groups = list(dict.fromkeys(group(name) for _, lines in panels for name, _ in lines))
-    colours = {g: f"C{i % 10}" for i, g in enumerate(groups)}
-    for ax, (label, lines) in zip(axes[0], panels):
-        seen = set()
-        for name, points in lines:
-            g = group(name)
-            ax.plot([p[0] for p in points], [p[1] for p in points], color=colours[g], label=None if g in seen else g)
-            seen.add(g)
-        ax.set_xlabel("step")
-        ax.set_ylabel(label)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(root / filename, dpi=100)
-    plt.close(fig)
-    return filename
-
-
-def _plot(results: list[dict], root: Path, key: str, ylabel: str, filename: str) -> str | None:
-    """One panel of ``key`` against the step, a line and a legend entry per run."""
-    series = [(r["name"], [(row["step"], row[key]) for row in r["log"] if key in row]) for r in results]
-    return _draw_panels(root, filename, [(ylabel, series)], lambda name: name, width=6)
-
-
 def command_line(study: str, config: ExperimentConfig, smoke: bool = False) -> str:
     """The ``modetune experiment`` command that reproduces ``config`` (non-default fields as flags)."""
     import shlex
@@ -362,10 +301,10 @@ def write_study_report(study: str, config: ExperimentConfig, results: list[dict]
     lines += _spread_rows(results)
     if study == "variants":
         lines += _paper_rows()
-    plots = [_plot_loss(results, root, f"{study}-loss.png")]
+    plots = [plot_loss(results, root, f"{study}-loss.png"), plot_paired(results, root, f"{study}-paired.png")]
     if study in ("sparsity", "variants", "ablations", "topk", "sweep"):
-        plots.append(_plot(results, root, "sparsity", "routing sparsity (share of weights < 1e-5)",
-                           f"{study}-sparsity.png"))
+        plots.append(plot_series(results, root, "sparsity", "routing sparsity (share of weights < 1e-5)",
+                                 f"{study}-sparsity.png"))
     if study == "sparsity":
         lines += _sparsity_rows(results, config.train.mod.k)
     if study in ("router_sweep", "mod_vs_lora"):
@@ -403,7 +342,7 @@ def _header_lines(study: str, config: ExperimentConfig, results: list[dict], sec
 def _spread_rows(results: list[dict]) -> list[str]:
     seeds = {}
     for r in results:  # by arm: arms may share preset and MoD fields (mod_prefit and lora_notk_mod)
-        seeds.setdefault(_arm(r["name"]), []).append(r)
+        seeds.setdefault(arm_of(r["name"]), []).append(r)
     spread = [(arm, rs) for arm, rs in seeds.items() if len(rs) > 1 and all(x.get("correct") for x in rs)]
     if not spread:
         return []
