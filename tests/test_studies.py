@@ -350,7 +350,13 @@ def test_mod_vs_lora_prefit_arm_fits_the_router_of_the_same_seed(tiny_model_dir,
     assert not torch.equal(mod_a["router.weight"], mod_b["router.weight"])  # the router was fitted
     assert (fitted / "eval" / "builtin.jsonl").exists() and (fitted / "test_ce.jsonl").exists()
     assert json.loads((fitted / "train_config.json").read_text()) == json.loads((base / "train_config.json").read_text())
-    assert "| mod_prefit-s42 |" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    row = next(line for line in report.splitlines() if line.startswith("| mod_prefit-s42 |"))
+    base_row = next(line for line in report.splitlines() if line.startswith("| lora_notk_mod-s42 |"))
+    fitted_count = json.loads((fitted / "timing.json").read_text())["trainable"]
+    # the refitted adapter counts lora_notk_mod's parameters (and names the refit's), not 0.05% of them
+    assert row.split(" | ")[1] == f"{base_row.split(' | ')[1]} ({fitted_count:,} refitted)"
+    assert row.split(" | ")[2] == base_row.split(" | ")[2] and " + " in row.split(" | ")[3]
     probed = json.loads((fitted / "probe" / "probe.json").read_text())  # the fitted router is the one probed
     assert probed["config"]["adapter"] == str(fitted / "adapter") and probed["ensemble_ce"] is not None
     assert main(argv) == 0  # a rerun finds it done

@@ -38,11 +38,16 @@ def _accuracy_rows(results: list[dict]) -> tuple[list[str], list[str]]:
     header = ["run", "trainable", "Δ% vs lora_notk", "train (min)", "val CE ens.", "val CE final"] + datasets + ["avg"]
     base = next((r for r in results if r["preset"] == "lora_notk"), None)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    by_name = {r["name"]: r for r in results}
     for r in results:
-        delta = "" if base is None else f"{100 * (r['trainable'] - base['trainable']) / base['trainable']:+.2f}"
+        source = by_name.get(r.get("prefit_from") or "")  # a refitted adapter: its source run's parameters and time
+        trainable = source["trainable"] if source else r["trainable"]
+        delta = "" if base is None else f"{100 * (trainable - base['trainable']) / base['trainable']:+.2f}"
         minutes = f"{r['train_s'] / 60:.1f}" if "train_s" in r else ""
-        cells = [r["name"], f"{r['trainable']:,}", delta, minutes, f"{r['val']['ensemble_ce']:.3f}",
-                 f"{r['val']['final_ce']:.3f}"]
+        if source:
+            minutes = f"{source.get('train_s', 0) / 60:.1f} + {minutes}"
+        cells = [r["name"], f"{trainable:,}" + (f" ({r['trainable']:,} refitted)" if source else ""), delta, minutes,
+                 f"{r['val']['ensemble_ce']:.3f}", f"{r['val']['final_ce']:.3f}"]
         accs = []
         for d in datasets:
             flags = list(r.get("correct", {}).get(d, {}).values())
@@ -54,7 +59,12 @@ def _accuracy_rows(results: list[dict]) -> tuple[list[str], list[str]]:
                 cells.append("")
         cells.append(_pct(statistics.mean(accs)) if accs else "")
         lines.append("| " + " | ".join(cells) + " |")
-    return lines + _baseline_rows(results, datasets, len(header) - len(datasets) - 1), datasets
+    lines += _baseline_rows(results, datasets, len(header) - len(datasets) - 1)
+    if any(r.get("prefit_from") in by_name for r in results):
+        lines += ["", "A run refitted from another (`mod_prefit`: its `lora_notk_mod` run of the same seed, router and "
+                  "member norms fitted afterwards on the frozen members) counts that adapter's parameters (in brackets: "
+                  "those the refit trains); its time is the source run's training + the refit."]
+    return lines, datasets
 
 
 def _baseline_rows(results: list[dict], datasets: list[str], blank: int) -> list[str]:

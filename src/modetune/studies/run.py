@@ -169,7 +169,7 @@ def collect_result(spec: RunSpec, run_dir: Path) -> dict | None:
     if not val_path.exists():
         return None
     timing_path = run_dir / "timing.json"
-    result = {"name": spec.name, "preset": spec.preset, "seed": spec.seed, "mod": spec.mod,
+    result = {"name": spec.name, "preset": spec.preset, "seed": spec.seed, "mod": spec.mod, "prefit_from": spec.prefit_from,
               "val": read_json(val_path), "log": read_log(run_dir),
               **(read_json(timing_path) if timing_path.exists() else {})}
     eval_dir = run_dir / "eval"
