@@ -304,7 +304,13 @@ def write_study_report(study: str, config: ExperimentConfig, results: list[dict]
     paired = _paired_rows(results, datasets)
     if len(paired) > 2:
         lines += ["## Paired comparisons", "", *paired, ""]
-    lines += _pooled_rows(results, datasets)
+    pooled = _pooled_rows(results, datasets)
+    if pooled and study == "mod_vs_lora":  # the pre-registered reading (PLAN.md)
+        pooled[2:2] = ["**Primary test (PLAN.md):** `lora_notk_mod` vs `lora_notk` over the 8 shared seeds, read "
+                       "from the over-seed columns (MoD is better if the 95% t-interval lies above 0, worse if below, "
+                       "otherwise no difference was detected at the stated MDE); `mod_uniform` and `mod_prefit` are "
+                       "read the same way over their 4 seeds. The item-level columns are not the test.", ""]
+    lines += pooled
     lines += _test_ce_rows(results)
     lines += _val_ce_rows(results)
     lines += _collapse_rows(results)
