@@ -67,6 +67,8 @@ def test_mod_vs_lora_study_report_regenerates_from_its_committed_rows(tmp_path):
     tables = lambda path: path.read_text().split("## Runs", 1)[1]  # noqa: E731 (the header names the folder)
     report = tables(study / "report.md")
     assert tables(rows / "report.md") == report
+    figures = re.findall(r"!\[[^]]*\]\(([^)]+)\)", report)
+    assert figures and all((study / figure).exists() for figure in figures)  # every figure the report shows is committed
     for run in runs:  # accuracy recounted from the per-item rows
         items = [json.loads(line) for line in (run / "eval" / "builtin.jsonl").read_text().splitlines() if line]
         assert len(items) == 600 and len({item["id"] for item in items}) == 600
