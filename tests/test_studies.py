@@ -53,7 +53,6 @@ def test_report_pools_seeds_against_the_same_seed_baseline():
     assert "| lora_notk_mod | 3 | 90.0 | 0.0 |" in spread and "| mod_router | 3 | 50.0 | 0.0 |" in spread
 
 
-
 def test_paired_plot_draws_each_arm_with_two_paired_seeds(tmp_path):
     from modetune.studies.plots import plot_paired
 

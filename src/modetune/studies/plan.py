@@ -234,3 +234,14 @@ def arm_of(name: str) -> str:
     """A run's arm: its name without the ``-s<seed>`` suffix."""
     head, _, tail = name.rpartition("-s")
     return head if head and tail.isdigit() else name
+
+
+def arms_vs_lora(results: list[dict], keep=lambda r: True) -> dict[str, list[tuple[dict, dict]]]:
+    """Each arm other than ``lora_notk`` (by :func:`arm_of`) as ``(run, lora_notk run of its
+    seed)`` pairs, over the results ``keep`` accepts (bases included); arms in first-seen order."""
+    bases = {r["seed"]: r for r in results if r["preset"] == "lora_notk" and keep(r)}
+    arms: dict[str, list[tuple[dict, dict]]] = {}
+    for r in results:
+        if r["preset"] != "lora_notk" and keep(r) and r["seed"] in bases:
+            arms.setdefault(arm_of(r["name"]), []).append((r, bases[r["seed"]]))
+    return arms

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..plotting import pyplot
 from ..stats import t_interval
-from .plan import arm_of
+from .plan import arm_of, arms_vs_lora
 
 
 def plot_loss(results: list[dict], root: Path, filename: str) -> str | None:
@@ -69,16 +69,13 @@ def plot_paired(results: list[dict], root: Path, filename: str) -> str | None:
     """Per arm (with a ``lora_notk`` run of the same seed), each seed's accuracy difference to
     ``lora_notk`` on the items both scored (points), and the mean with its 95% t-interval over
     the seeds; ``None`` when no arm has two paired seeds."""
-    bases = {r["seed"]: r for r in results if r["preset"] == "lora_notk" and r.get("correct")}
-    arms: dict[str, list[float]] = {}
-    for r in results:
-        base = bases.get(r["seed"])
-        if r["preset"] == "lora_notk" or not r.get("correct") or base is None:
-            continue
+    def diff(r: dict, base: dict) -> float:  # points, on the items both scored
         pairs = [(flag, base["correct"][d][i]) for d, flags in r["correct"].items() for i, flag in flags.items()
                  if i in base["correct"].get(d, {})]
-        arms.setdefault(arm_of(r["name"]), []).append(100 * sum(a - b for a, b in pairs) / len(pairs))
-    arms = {arm: diffs for arm, diffs in arms.items() if len(diffs) >= 2}
+        return 100 * sum(a - b for a, b in pairs) / len(pairs)
+
+    arms = {arm: [diff(r, base) for r, base in pairs]
+            for arm, pairs in arms_vs_lora(results, lambda r: r.get("correct")).items() if len(pairs) >= 2}
     if not arms:
         return None
     plt = pyplot()

@@ -12,7 +12,7 @@ import statistics
 from pathlib import Path
 
 from ..stats import mcnemar, minimum_detectable_effect, over_seeds, paired_difference_ci, paired_over_seeds, wilson_interval
-from .plan import SMOKE, SMOKE_STUDY, ExperimentConfig, arm_of
+from .plan import SMOKE, SMOKE_STUDY, ExperimentConfig, arm_of, arms_vs_lora
 from .plots import plot_loss, plot_paired, plot_series
 
 TOPK_SPEED_NAME = "topk_speed.json"  # written by benchmarks/bench_topk.py into the topk study's folder
@@ -125,15 +125,11 @@ def _paired_rows(results: list[dict], datasets: list[str]) -> list[str]:
 def _pooled_rows(results: list[dict], datasets: list[str]) -> list[str]:
     """Variants run with several seeds vs ``lora_notk`` with the same seeds, all datasets
     pooled: per-item mean difference over seeds, bootstrap over items, exact sign test."""
-    bases = {r["seed"]: r for r in results if r["preset"] == "lora_notk" and r.get("correct")}
-    groups: dict[str, list[dict]] = {}
-    for r in results:  # one group per arm (the run name without its seed: arms may share preset and MoD fields)
-        if r["preset"] != "lora_notk" and r.get("correct") and r["seed"] in bases:
-            groups.setdefault(arm_of(r["name"]), []).append(r)
-    lines = []
-    for runs in groups.values():
-        if len(runs) < 2:
+    lines = []  # one group per arm (the run name without its seed: arms may share preset and MoD fields)
+    for arm, pairs in arms_vs_lora(results, lambda r: r.get("correct")).items():
+        if len(pairs) < 2:
             continue
+        runs, bases = [r for r, _ in pairs], {r["seed"]: base for r, base in pairs}
         items = [(d, i) for d in datasets for i in sorted(set.intersection(
             *(set(x["correct"].get(d, {})) for r in runs for x in (r, bases[r["seed"]]))))]
         a = [[r["correct"][d][i] for d, i in items] for r in runs]
@@ -144,7 +140,7 @@ def _pooled_rows(results: list[dict], datasets: list[str]) -> list[str]:
         mde = minimum_detectable_effect(seeds["sd"], seeds["seeds"])
         reading = ("higher (interval above 0)" if seeds["low"] > 0 else "lower (interval below 0)"
                    if seeds["high"] < 0 else "no difference detected (interval spans 0)")
-        lines.append(f"| {arm_of(runs[0]['name'])} | {', '.join(str(r['seed']) for r in runs)} | "
+        lines.append(f"| {arm} | {', '.join(str(r['seed']) for r in runs)} | "
                      f"{len(items)} | {100 * diff:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}] | {n_pos} / {n_neg} | "
                      f"{p:.3f}{verdict} | {100 * seeds['mean']:+.1f} [{100 * seeds['low']:+.1f}, "
                      f"{100 * seeds['high']:+.1f}] | {seeds['n_pos']} / {seeds['n_neg']} | {seeds['sign_p']:.3f} | "
@@ -216,19 +212,14 @@ def _probe_rows(results: list[dict], root: Path) -> list[str]:
 def _val_ce_rows(results: list[dict]) -> list[str]:
     """Validation CE (``val.json``: the same held-out training records per seed in every arm) per
     arm vs ``lora_notk`` of the same seed: mean difference, t-interval and sign test over seeds."""
-    bases = {r["seed"]: r for r in results if r["preset"] == "lora_notk"}
-    groups: dict[str, list[dict]] = {}
-    for r in results:
-        if r["preset"] != "lora_notk" and r["seed"] in bases:
-            groups.setdefault(arm_of(r["name"]), []).append(r)
     lines = []
-    for arm, runs in groups.items():
-        cells = [arm, ", ".join(str(r["seed"]) for r in runs)]
+    for arm, pairs in arms_vs_lora(results).items():
+        cells = [arm, ", ".join(str(r["seed"]) for r, _ in pairs)]
         for key in ("ensemble_ce", "final_ce"):
-            d = over_seeds([r["val"][key] for r in runs], [bases[r["seed"]]["val"][key] for r in runs])
+            d = over_seeds([r["val"][key] for r, _ in pairs], [base["val"][key] for _, base in pairs])
             cells.append(f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] ({d['n_neg']} / {d['n_pos']}, "
                          f"p {d['sign_p']:.3f})")
-        lines += [f"| {' | '.join(cells)} |"] if len(runs) >= 2 else []
+        lines += [f"| {' | '.join(cells)} |"] if len(pairs) >= 2 else []
     return ["## Validation CE over seeds (secondary)", "", "Per seed, the arm's validation CE minus `lora_notk`'s "
             "(nats per answer token); 95% t-interval over seeds (seeds lower / higher, exact sign test p).", "",
             "| arm vs lora_notk | seeds | Δ ensemble CE | Δ final member CE |", "|---|---|---|---|", *lines,
@@ -306,10 +297,11 @@ def write_study_report(study: str, config: ExperimentConfig, results: list[dict]
         lines += ["## Paired comparisons", "", *paired, ""]
     pooled = _pooled_rows(results, datasets)
     if pooled and study == "mod_vs_lora":  # the pre-registered reading (PLAN.md)
-        pooled[2:2] = ["**Primary test (PLAN.md):** `lora_notk_mod` vs `lora_notk` over the 8 shared seeds, read "
-                       "from the over-seed columns (MoD is better if the 95% t-interval lies above 0, worse if below, "
-                       "otherwise no difference was detected at the stated MDE); `mod_uniform` and `mod_prefit` are "
-                       "read the same way over their 4 seeds. The item-level columns are not the test.", ""]
+        pooled[2:2] = [f"**Primary test (PLAN.md):** `lora_notk_mod` vs `lora_notk` over the {len(config.key_seeds)} "
+                       "shared seeds, read from the over-seed columns (MoD is better if the 95% t-interval lies above "
+                       "0, worse if below, otherwise no difference was detected at the stated MDE); `mod_uniform` and "
+                       f"`mod_prefit` are read the same way over their {len(config.seeds)} seeds. The item-level "
+                       "columns are not the test.", ""]
     lines += pooled
     lines += _test_ce_rows(results)
     lines += _val_ce_rows(results)

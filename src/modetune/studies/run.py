@@ -123,8 +123,8 @@ def run_study_probe(config: ExperimentConfig, root: Path, adapter: Path | None, 
         return
     if config.probe_data is None and "builtin-tn" not in [e.strip() for e in config.datasets.split(",")]:
         raise ConfigError("probe_records needs probe_data, or the datasets entry 'builtin-tn' (its held-out file).")
-    data = config.probe_data or str(root / f"builtin-tn-test-{config.test_size}.json")
     eval_datasets(config, root)  # writes the held-out file when it is not there yet
+    data = config.probe_data or str(held_out_path(config, root))
     train = config.train
     print(f"[modetune experiment] probe of {adapter or 'the base model'} -> {output}", flush=True)
     run_probe(ProbeConfig(model=train.model, adapter=None if adapter is None else str(adapter), data=data,
@@ -216,6 +216,11 @@ def write_test_ce(model, tokenizer, train_config: TrainConfig, config: Experimen
     tmp.replace(path)  # whole or absent
 
 
+def held_out_path(config: ExperimentConfig, root: Path) -> Path:
+    """The study's held-out built-in file (datasets entry ``builtin-tn``)."""
+    return root / f"builtin-tn-test-{config.test_size}.json"
+
+
 def eval_datasets(config: ExperimentConfig, root: Path) -> str:
     """``config.datasets`` with the entry ``builtin-tn`` replaced by ``builtin=FILE``: the study's
     held-out built-in items by template and numbers (``test_size`` of them), written once into
@@ -225,7 +230,7 @@ def eval_datasets(config: ExperimentConfig, root: Path) -> str:
         return config.datasets
     from ..data.builtin import builtin_arithmetic
 
-    path = root / f"builtin-tn-test-{config.test_size}.json"
+    path = held_out_path(config, root)
     if not path.exists():
         path.write_text(json.dumps(builtin_arithmetic(config.test_size, 0, "test", "template"), indent=1))
     return ",".join(f"builtin={path}" if entry == "builtin-tn" else entry for entry in entries)
