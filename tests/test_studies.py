@@ -321,6 +321,11 @@ def test_mod_vs_lora_smoke_runs_end_to_end(tiny_model_dir, tmp_path):
     assert main([*argv, "--output-dir", str(rows)]) == 0
     assert "**Partial report: 3 of 4 planned runs have rows.**" in (rows / "report.md").read_text()
     assert "Without rows yet: mod_router-s42." in (rows / "report.md").read_text()
+    assert "complete: `lora_notk_mod` vs `lora_notk` (1 seed), `mod_uniform` vs `lora_notk` (1 seed)." \
+        in (rows / "report.md").read_text()
+    shutil.rmtree(rows / "lora_notk-s42")  # without the baseline no comparison is complete
+    assert main([*argv, "--output-dir", str(rows)]) == 0
+    assert "none has yet. Without rows yet: lora_notk-s42, mod_router-s42." in (rows / "report.md").read_text()
 
 
 def test_report_only_without_rows_is_one_line(tmp_path, capsys):

@@ -280,6 +280,18 @@ def command_line(study: str, config: ExperimentConfig, smoke: bool = False) -> s
     return shlex.join(parts) + (f"  # plus {extra}" if extra else "")
 
 
+def _complete_comparisons(results: list[dict], missing: list[str]) -> str:
+    """Which comparisons against ``lora_notk`` have all their planned runs (a missing run of the
+    arm or of ``lora_notk`` leaves a comparison open)."""
+    open_arms = {arm_of(m) for m in missing}
+    done = [f"`{arm}` vs `lora_notk` ({len(pairs)} seed{'s' * (len(pairs) != 1)})"
+            for arm, pairs in arms_vs_lora(results).items() if arm not in open_arms and "lora_notk" not in open_arms]
+    if not done:
+        return "The study's decision rules apply to a comparison once all its planned runs have rows; none has yet."
+    return ("The study's decision rules apply to a comparison once all its planned runs have rows; complete: "
+            + ", ".join(done) + ". The others are not read.")
+
+
 def write_study_report(study: str, config: ExperimentConfig, results: list[dict], root: Path, seconds: float,
                        smoke: bool, missing: list[str] | None = None) -> Path:
     """Write ``report.md`` (and ``report-<study>.md``) of a study into its folder ``root``;
@@ -287,8 +299,7 @@ def write_study_report(study: str, config: ExperimentConfig, results: list[dict]
     lines = _header_lines(study, config, results, seconds, smoke)
     if missing:
         lines += [f"**Partial report: {len(results)} of {len(results) + len(missing)} planned runs have rows.** "
-                  "The study's decision rules apply to the complete study only; nothing here is its answer. "
-                  f"Without rows yet: {', '.join(missing)}.", ""]
+                  f"{_complete_comparisons(results, missing)} Without rows yet: {', '.join(missing)}.", ""]
     table, datasets = _accuracy_rows(results)
     lines += ["## Runs", "", "Accuracy in % with 95% Wilson intervals; validation cross-entropy "
               "is teacher-forced, nats per answer token, on the held-out validation split.", "", *table, ""]
