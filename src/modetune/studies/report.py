@@ -284,12 +284,10 @@ def _complete_comparisons(results: list[dict], missing: list[str]) -> str:
     """Which comparisons against ``lora_notk`` have all their planned runs (a missing run of the
     arm or of ``lora_notk`` leaves a comparison open)."""
     open_arms = {arm_of(m) for m in missing}
-    done = [f"`{arm}` vs `lora_notk` ({len(pairs)} seed{'s' * (len(pairs) != 1)})"
-            for arm, pairs in arms_vs_lora(results).items() if arm not in open_arms and "lora_notk" not in open_arms]
-    if not done:
-        return "The study's decision rules apply to a comparison once all its planned runs have rows; none has yet."
-    return ("The study's decision rules apply to a comparison once all its planned runs have rows; complete: "
-            + ", ".join(done) + ". The others are not read.")
+    done = [] if "lora_notk" in open_arms else [f"`{arm}` vs `lora_notk` ({len(pairs)} seed{'s' * (len(pairs) != 1)})"
+                                                for arm, pairs in arms_vs_lora(results).items() if arm not in open_arms]
+    rule = "The study's decision rules apply to a comparison once all its planned runs have rows"
+    return f"{rule}; complete: {', '.join(done)}. The others are not read." if done else f"{rule}; none has yet."
 
 
 def write_study_report(study: str, config: ExperimentConfig, results: list[dict], root: Path, seconds: float,
