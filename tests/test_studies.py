@@ -319,10 +319,10 @@ def test_mod_vs_lora_smoke_runs_end_to_end(tiny_model_dir, tmp_path):
     assert "Partial report" not in (out / "report.md").read_text()
     shutil.rmtree(rows / "mod_router-s42")  # a study with a run still missing says so in its report
     assert main([*argv, "--output-dir", str(rows)]) == 0
-    assert "**Partial report: 3 of 4 planned runs have rows.**" in (rows / "report.md").read_text()
-    assert "Without rows yet: mod_router-s42." in (rows / "report.md").read_text()
-    assert "complete: `lora_notk_mod` vs `lora_notk` (1 seed), `mod_uniform` vs `lora_notk` (1 seed)." \
-        in (rows / "report.md").read_text()
+    partial = (rows / "report.md").read_text()
+    assert "**Partial report: 3 of 4 planned runs have rows.**" in partial
+    assert "Without rows yet: mod_router-s42." in partial
+    assert "complete: `lora_notk_mod` vs `lora_notk` (1 seed), `mod_uniform` vs `lora_notk` (1 seed)." in partial
     shutil.rmtree(rows / "lora_notk-s42")  # without the baseline no comparison is complete
     assert main([*argv, "--output-dir", str(rows)]) == 0
     assert "none has yet. Without rows yet: lora_notk-s42, mod_router-s42." in (rows / "report.md").read_text()
