@@ -3,8 +3,10 @@
 Each study is a list of runs (a preset plus MoD overrides and a seed). Studies (docs/method.md,
 "Measurements the paper reports"): ``variants``, ``motivation``, ``sparsity``, ``topk``,
 ``ablations``, and ``sweep`` (settle the MoD defaults on the validation split before the main study);
-``router_sweep`` (issue 15: the router's learning rate and warm-up, by validation CE) and ``mod_vs_lora``
-(issue 11: the pre-registered study, docs/results/study-mod-vs-lora/PLAN.md).
+``router_sweep`` (the router's learning rate and warm-up, by validation CE), ``mod_vs_lora``
+(the pre-registered study, docs/results/study-mod-vs-lora/PLAN.md) and ``clip_control`` (its
+follow-up: per-group gradient clipping, LoRA at higher learning rates, and the final member
+alone; docs/results/study-clip-control/PLAN.md).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from ..config import MoDConfig
 from ..errors import ConfigError
 from ..train.config import TrainConfig
 
-STUDIES = ("variants", "motivation", "sparsity", "topk", "ablations", "sweep", "router_sweep", "mod_vs_lora")
+STUDIES = ("variants", "motivation", "sparsity", "topk", "ablations", "sweep", "router_sweep", "mod_vs_lora",
+           "clip_control")
 # TrainConfig fields that the study sets for each run itself (not settable for a study)
 RUN_FIELDS = ("preset", "seed", "output_dir", "report_to", "save_steps")
 # where a study's training differs from TrainConfig's defaults
@@ -77,6 +80,14 @@ class ExperimentConfig:
                 "'prefit' (mod_prefit: lora_notk_mod's adapter of the same seed with its router and member norms "
                 "fitted afterwards on frozen members, as modetune fit-router --objective task)"})
     prefit_steps: int = field(default=200, metadata={"help": "mod_vs_lora: fit-router steps of the mod_prefit arm"})
+    baseline_dir: str | None = field(default=None, metadata={
+        "help": "clip_control: a committed study folder (relative to output_dir, or absolute) whose lora_notk and "
+                "lora_notk_mod rows are the comparators, read and not retrained (none: train them in this study)"})
+    lr_factors: list[float] = field(default_factory=lambda: [1.5, 2.0], metadata={
+        "help": "clip_control: learning rates of the lora_lr arms, as multiples of learning_rate"})
+    final_member: bool = field(default=False, metadata={
+        "help": "also evaluate each MoD run's final member alone (eval-final/: every token routed to the last "
+                "layer's own norm and the head, the plain model LoRA merging gives) on the same items"})
     probe_records: int = field(default=0, metadata={
         "help": "modetune probe on every evaluated run's adapter (<run>/probe/) and once on the base model "
                 "(probe-base/), with N records of probe_data (0: no probe)"})
@@ -137,7 +148,9 @@ class ExperimentConfig:
 # per-study changes to the smoke setting (the study's own data path, at a tiny size)
 SMOKE_STUDY = {"mod_vs_lora": dict(data="builtin:arithmetic-tn:40", datasets="builtin-tn", test_size=4, seeds=[42],
                                    router_arm_lr=1e-2, router_arm_warmup=1, probe_records=4),
-               "router_sweep": dict(router_lr_factors=[1.0, 10.0], router_warmups=[0, 1])}
+               "router_sweep": dict(router_lr_factors=[1.0, 10.0], router_warmups=[0, 1]),
+               "clip_control": dict(data="builtin:arithmetic-tn:40", datasets="builtin-tn", test_size=4, seeds=[42],
+                                    lr_factors=[2.0], final_member=True)}
 SMOKE = dict(data="builtin:arithmetic:40", max_steps=2, batch_size=2, micro_batch_size=2, warmup_steps=0,
              val_size=4, lora_r=4, lora_alpha=8, seeds=[42], key_seeds=[42], datasets="builtin", data_dir=None,
              eval_limit=4, eval_batch_size=4, max_new_tokens=16, k_values=[1, 2])
@@ -152,6 +165,11 @@ class RunSpec:
     evaluate: bool = True
     train: dict = field(default_factory=dict)  # TrainConfig fields this run sets (router_lr, router_warmup_steps)
     prefit_from: str | None = None  # a post-hoc arm: this run's router and norms fitted on that run's frozen adapter
+    rows_from: str | None = None  # a study folder holding this run's committed rows: read, never trained here
+
+    def folder(self, root: Path) -> Path:
+        """Where the run's rows live: ``root/<name>``, or ``<rows_from>/<name>`` (relative to ``root``)."""
+        return (root / self.rows_from / self.name) if self.rows_from else root / self.name
 
 
 def plan(study: str, config: ExperimentConfig) -> list[RunSpec]:
@@ -196,6 +214,8 @@ def plan(study: str, config: ExperimentConfig) -> list[RunSpec]:
                 for f in config.router_lr_factors for w in config.router_warmups]
     if study == "mod_vs_lora":
         return _mod_vs_lora(config)
+    if study == "clip_control":
+        return _clip_control(config)
     raise ConfigError(f"Unknown study {study!r}; choose one of {', '.join(STUDIES)}.")
 
 
@@ -223,6 +243,26 @@ def _mod_vs_lora(config: ExperimentConfig) -> list[RunSpec]:
     return runs
 
 
+def _clip_control(config: ExperimentConfig) -> list[RunSpec]:
+    """The follow-up's arms (docs/results/study-clip-control/PLAN.md), seed-major: over ``key_seeds``
+    the comparators ``lora_notk`` and ``lora_notk_mod`` (committed rows from ``baseline_dir``) and
+    ``mod_pergroup`` (``lora_notk_mod`` with ``clip_scope per_group``); over ``seeds``
+    ``lora_notk_mod_rerun`` (``lora_notk_mod`` trained again: a reproduction check, then its final
+    member) and ``lora_lr<f>x`` (``lora_notk`` at ``f`` x ``learning_rate`` for each of ``lr_factors``)."""
+    lr, source = config.train.learning_rate, config.baseline_dir
+    runs = []
+    for seed in dict.fromkeys([*config.key_seeds, *config.seeds]):
+        if seed in config.key_seeds:
+            runs += [RunSpec(f"lora_notk-s{seed}", "lora_notk", seed, rows_from=source),
+                     RunSpec(f"lora_notk_mod-s{seed}", "lora_notk_mod", seed, rows_from=source),
+                     RunSpec(f"mod_pergroup-s{seed}", "lora_notk_mod", seed, train={"clip_scope": "per_group"})]
+        if seed in config.seeds:
+            runs.append(RunSpec(f"lora_notk_mod_rerun-s{seed}", "lora_notk_mod", seed))
+            runs += [RunSpec(f"lora_lr{f:g}x-s{seed}", "lora_notk", seed, train={"learning_rate": float(f"{f * lr:.6g}")})
+                     for f in config.lr_factors]
+    return runs
+
+
 def run_train_config(spec: RunSpec, config: ExperimentConfig, run_dir: Path) -> TrainConfig:
     """The TrainConfig of one run: the study's training settings, the run's preset, seed and MoD overrides."""
     return dataclasses.replace(config.train, preset=spec.preset, seed=spec.seed, output_dir=str(run_dir),
@@ -236,12 +276,17 @@ def arm_of(name: str) -> str:
     return head if head and tail.isdigit() else name
 
 
-def arms_vs_lora(results: list[dict], keep=lambda r: True) -> dict[str, list[tuple[dict, dict]]]:
-    """Each arm other than ``lora_notk`` (by :func:`arm_of`) as ``(run, lora_notk run of its
-    seed)`` pairs, over the results ``keep`` accepts (bases included); arms in first-seen order."""
-    bases = {r["seed"]: r for r in results if r["preset"] == "lora_notk" and keep(r)}
+def is_baseline(result: dict, base: str = "lora_notk") -> bool:
+    """Whether a run belongs to the arm ``base`` (by its name: arms may share a preset)."""
+    return arm_of(result["name"]) == base
+
+
+def arms_vs_lora(results: list[dict], keep=lambda r: True, base: str = "lora_notk") -> dict[str, list[tuple[dict, dict]]]:
+    """Each arm other than ``base`` (by :func:`arm_of`) as ``(run, base run of its seed)`` pairs,
+    over the results ``keep`` accepts (bases included); arms in first-seen order."""
+    bases = {r["seed"]: r for r in results if is_baseline(r, base) and keep(r)}
     arms: dict[str, list[tuple[dict, dict]]] = {}
     for r in results:
-        if r["preset"] != "lora_notk" and keep(r) and r["seed"] in bases:
+        if not is_baseline(r, base) and keep(r) and r["seed"] in bases:
             arms.setdefault(arm_of(r["name"]), []).append((r, bases[r["seed"]]))
     return arms

@@ -12,7 +12,7 @@ import statistics
 from pathlib import Path
 
 from ..stats import mcnemar, minimum_detectable_effect, over_seeds, paired_difference_ci, paired_over_seeds, wilson_interval
-from .plan import SMOKE, SMOKE_STUDY, ExperimentConfig, arm_of, arms_vs_lora
+from .plan import SMOKE, SMOKE_STUDY, ExperimentConfig, arm_of, arms_vs_lora, is_baseline
 from .plots import plot_loss, plot_paired, plot_series
 
 TOPK_SPEED_NAME = "topk_speed.json"  # written by benchmarks/bench_topk.py into the topk study's folder
@@ -36,7 +36,7 @@ def _pct(x: float) -> str:
 def _accuracy_rows(results: list[dict]) -> tuple[list[str], list[str]]:
     datasets = sorted({d for r in results for d in r.get("correct", {})})
     header = ["run", "trainable", "Δ% vs lora_notk", "train (min)", "val CE ens.", "val CE final"] + datasets + ["avg"]
-    base = next((r for r in results if r["preset"] == "lora_notk"), None)
+    base = next((r for r in results if is_baseline(r)), None)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     by_name = {r["name"]: r for r in results}
     for r in results:
@@ -102,7 +102,7 @@ def _baseline_rows(results: list[dict], datasets: list[str], blank: int) -> list
 def _paired_rows(results: list[dict], datasets: list[str]) -> list[str]:
     """Each run vs the baseline (``lora_notk``, same seed): pooled over datasets, same items."""
     lines = ["| run | vs | items | Δ acc (pts) [95% CI] | only run / only base | McNemar p |", "|---|---|---|---|---|---|"]
-    bases = {r["seed"]: r for r in results if r["preset"] == "lora_notk" and r.get("correct")}
+    bases = {r["seed"]: r for r in results if is_baseline(r) and r.get("correct")}
     for r in results:
         base = bases.get(r["seed"])
         if base is None or r is base or not r.get("correct"):
@@ -164,7 +164,7 @@ def _test_ce_rows(results: list[dict]) -> list[str]:
     items (``test_ce.jsonl``; per item nats/token, averaged over items), and per arm vs
     ``lora_notk`` with the same seeds the paired difference over seeds (t-interval, sign test)."""
     runs = [r for r in results if r.get("test_ce")]
-    bases = {r["seed"]: r for r in runs if r["preset"] == "lora_notk"}
+    bases = {r["seed"]: r for r in runs if is_baseline(r)}
     if not runs:
         return []
     groups: dict[str, list[dict]] = {}

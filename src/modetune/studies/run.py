@@ -57,13 +57,15 @@ def _check_same_run(run_dir: Path, train_config: TrainConfig) -> None:
 
 def run_one(spec: RunSpec, config: ExperimentConfig, root: Path) -> dict:
     """Train, validate and evaluate one run, skipping whatever is already done."""
-    from ..eval.runner import EvalConfig, evaluate, load_for_eval
+    from ..eval.runner import evaluate, load_for_eval
     from ..train.trainer import train
     from ..train.validation import validation_metrics
 
-    run_dir = root / spec.name
+    run_dir = spec.folder(root)
     adapter = run_dir / "adapter"
     train_config = run_train_config(spec, config, run_dir)
+    if spec.rows_from:  # a comparator whose rows another study committed: read, never retrained
+        return _committed_rows(spec, train_config, run_dir)
     timing_path = run_dir / "timing.json"
     timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
     _check_same_run(run_dir, train_config)
@@ -95,19 +97,47 @@ def run_one(spec: RunSpec, config: ExperimentConfig, root: Path) -> dict:
             model, tokenizer, info = load_for_eval(config.train.model, adapter, device=_device(),
                                                    trust_remote_code=config.train.trust_remote_code)
         if need_eval:
-            eval_config = EvalConfig(batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens,
-                                     num_beams=config.num_beams, limit=config.eval_limit,
-                                     prompt_style=config.train.prompt_style, progress=True,
-                                     cut_at_next_response=config.cut_at_next_response)
-            evaluate(model, tokenizer, eval_datasets(config, root), eval_config, eval_dir, data_dir=config.data_dir,
-                     info=info, label=spec.name)
+            evaluate(model, tokenizer, eval_datasets(config, root), eval_config_of(config), eval_dir,
+                     data_dir=config.data_dir, info=info, label=spec.name)
             timing["eval_s"] = timing.get("eval_s", 0.0) + time.perf_counter() - start
             timing_path.write_text(json.dumps(timing, indent=2))
         if need_ce:
             write_test_ce(model, tokenizer, train_config, config, root, run_dir / TEST_CE_NAME)
+        final_dir = run_dir / FINAL_EVAL
+        if config.final_member and parse_preset(spec.preset).mod and not (final_dir / "summary.json").exists():
+            start = time.perf_counter()
+            model, tokenizer, info = load_for_eval(config.train.model, adapter, device=_device(),
+                                                   trust_remote_code=config.train.trust_remote_code)
+            final = dataclasses.replace(eval_config_of(config), members=[model.mod_config.k - 1])
+            evaluate(model, tokenizer, eval_datasets(config, root), final, final_dir, data_dir=config.data_dir,
+                     info=info, label=f"{spec.name} (final member)")
+            timing["eval_final_s"] = timing.get("eval_final_s", 0.0) + time.perf_counter() - start
+            timing_path.write_text(json.dumps(timing, indent=2))
         if config.probe_records:
             run_study_probe(config, root, adapter, run_dir / "probe")
         result.update(collect_result(spec, run_dir))
+    return result
+
+
+FINAL_EVAL = "eval-final"  # the final member's evaluation, beside the ensemble's eval/
+
+
+def eval_config_of(config: ExperimentConfig):
+    """The evaluation settings every run of a study is scored with."""
+    from ..eval.runner import EvalConfig
+
+    return EvalConfig(batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens,
+                      num_beams=config.num_beams, limit=config.eval_limit, prompt_style=config.train.prompt_style,
+                      progress=True, cut_at_next_response=config.cut_at_next_response)
+
+
+def _committed_rows(spec: RunSpec, train_config: TrainConfig, run_dir: Path) -> dict:
+    """The result of a run another study committed (``spec.rows_from``), after checking that it
+    was trained with this study's settings."""
+    _check_same_run(run_dir, train_config)
+    result = collect_result(spec, run_dir)
+    if result is None or "correct" not in result:
+        raise ConfigError(f"{spec.name}: no committed rows under {run_dir} (val.json and eval/); check baseline_dir.")
     return result
 
 
@@ -176,6 +206,10 @@ def collect_result(spec: RunSpec, run_dir: Path) -> dict | None:
     if spec.evaluate and (eval_dir / "summary.json").exists():
         result["eval_dir"] = str(eval_dir)
         result["correct"] = correct_flags(eval_dir)
+    final_dir = run_dir / FINAL_EVAL
+    if (final_dir / "summary.json").exists():  # the final member alone: <dataset>.member<k-1>.jsonl
+        result["final_eval_dir"] = str(final_dir)
+        result["correct_final"] = correct_flags(final_dir, members=True)
     if (run_dir / "probe" / "probe.json").exists():
         result["probe"] = read_json(run_dir / "probe" / "probe.json")
     if (run_dir / TEST_CE_NAME).exists():
@@ -236,15 +270,16 @@ def eval_datasets(config: ExperimentConfig, root: Path) -> str:
     return ",".join(f"builtin={path}" if entry == "builtin-tn" else entry for entry in entries)
 
 
-def correct_flags(eval_dir: Path) -> dict[str, dict[str, bool]]:
-    """``{dataset: {item id: correct}}`` from an eval folder's JSONL rows."""
+def correct_flags(eval_dir: Path, members: bool = False) -> dict[str, dict[str, bool]]:
+    """``{dataset: {item id: correct}}`` from an eval folder's JSONL rows: the model as loaded
+    (``<dataset>.jsonl``), or with ``members`` the one member evaluated there (``<dataset>.member<i>.jsonl``)."""
     from ..eval.results import read_results
 
     flags = {}
     for path in sorted(eval_dir.glob("*.jsonl")):
-        if ".member" in path.name:
+        if (".member" in path.name) != members:
             continue
-        flags[path.stem] = {row["id"]: bool(row["correct"]) for row in read_results(path)}
+        flags[path.name.split(".")[0]] = {row["id"]: bool(row["correct"]) for row in read_results(path)}
     return flags
 
 
@@ -270,8 +305,8 @@ def run_study(study: str, config: ExperimentConfig, smoke: bool = False) -> Path
     results = []
     if config.report_only:  # the report from the committed rows; nothing trains or evaluates
         for spec in specs:
-            _check_same_run(root / spec.name, run_train_config(spec, config, root / spec.name))
-        results = [result for spec in specs if (result := collect_result(spec, root / spec.name)) is not None]
+            _check_same_run(spec.folder(root), run_train_config(spec, config, spec.folder(root)))
+        results = [result for spec in specs if (result := collect_result(spec, spec.folder(root))) is not None]
         done = {result["name"] for result in results}
         missing = [spec.name for spec in specs if spec.name not in done]
         if missing:

@@ -11,11 +11,12 @@ from ..config import MoDConfig
 from ..errors import ConfigError
 from ..prompts import STYLES
 from ..variants import parse_preset
+from .clipping import SCOPES
 
 TRAIN_CONFIG_NAME = "train_config.json"
 POSITIVE = ("lora_r", "lora_alpha", "cutoff_len", "batch_size", "micro_batch_size", "learning_rate", "num_epochs",
             "logging_steps", "save_steps", "save_total_limit", "max_records")
-NON_NEGATIVE = ("val_size", "warmup_steps", "weight_decay", "eval_steps")
+NON_NEGATIVE = ("val_size", "warmup_steps", "weight_decay", "eval_steps", "max_grad_norm")
 
 
 @dataclass
@@ -72,6 +73,12 @@ class TrainConfig:
     router_warmup_steps: int = field(default=0, metadata={
         "help": "first N optimizer steps train only the router and the member norms (body and LoRA frozen); then "
                 "joint tuning, the body's learning-rate schedule starting at step N (0: no warm-up)"})
+    max_grad_norm: float | None = field(default=1.0, metadata={
+        "help": "clip gradients to this L2 norm before each optimizer step (0 or none: no clipping)"})
+    clip_scope: str = field(default="global", metadata={
+        "help": "what max_grad_norm bounds: 'global' (one norm over every trainable parameter, the HF Trainer's "
+                "rule) or 'per_group' (LoRA and the MoD parameters, router and member norms, each on its own norm, "
+                "so MoD's gradients never scale LoRA's); docs/method.md"})
     lr_scheduler: str = field(default="linear", metadata={
         "help": "learning-rate schedule after warm-up (a transformers scheduler name: linear, cosine, constant, ...)"})
     seed: int = field(default=42, metadata={"help": "seed of the initialisation, data order and validation split"})
@@ -138,6 +145,8 @@ def validate_train_config(config: TrainConfig) -> None:
     schedulers = [s.value for s in SchedulerType]
     if config.lr_scheduler not in schedulers:
         raise ConfigError(f"Unknown lr_scheduler {config.lr_scheduler!r}; choose one of {', '.join(schedulers)}.")
+    if config.clip_scope not in SCOPES:
+        raise ConfigError(f"Unknown clip_scope {config.clip_scope!r}; choose one of {', '.join(SCOPES)}.")
     if config.bf16 and config.fp16:
         raise ConfigError("Choose at most one of bf16 and fp16.")
     if config.router_lr is not None and not config.router_lr > 0:

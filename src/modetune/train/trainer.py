@@ -26,6 +26,7 @@ from ..model import MoDModel, base_fingerprint, gathered_state_dict, parameter_c
 from ..sharding import check_launcher_sharding
 from ..variants import build_variant
 from ..version import __version__
+from .clipping import clip_groups, clip_per_group, group_norms
 from .config import TRAIN_CONFIG_NAME, TrainConfig, check_batch
 from .faults import FaultInjection
 from .router_opt import GROUP_KEY, ROUTER, RouterWarmup, body_parameters, optimizer_groups, warmup_scheduler
@@ -54,6 +55,9 @@ class MoDTrainer(Trainer):
         self._clock = time.perf_counter()
         self._tokenizer_to_save = tokenizer_to_save
         self._run_config = run_config
+        if run_config is not None and run_config.clip_scope == "per_group" and self.is_deepspeed_enabled:
+            raise ConfigError("clip_scope per_group is not available under DeepSpeed, which clips inside its engine "
+                              "over all parameters; use clip_scope global (DeepSpeed's gradient_clipping).")
         # a LoRA-only model's base, fingerprinted before any sharding wrapper splits its weights
         self._fingerprint = None if isinstance(self.model, MoDModel) else base_fingerprint(self.model)
 
@@ -76,6 +80,26 @@ class MoDTrainer(Trainer):
             self.lr_scheduler = warmup_scheduler(self.args, optimizer or self.optimizer, num_training_steps, warmup)
             self._created_lr_scheduler = True
         return super().create_scheduler(num_training_steps, optimizer)
+
+    def _clip_grad_norm(self, model):
+        """Clip by the run's ``clip_scope`` (:mod:`~modetune.train.clipping`); returns the pre-clip
+        norm of all trainable parameters, as the Trainer logs it (``grad_norm``)."""
+        groups = clip_groups(model)
+        if self._run_config is not None and self._run_config.clip_scope == "per_group":
+            total, norms = clip_per_group(groups, self.args.max_grad_norm)
+            self._record_grad_norms(norms)
+            return total
+        self._record_grad_norms(group_norms(groups))  # read before the Trainer's own (global) clip
+        return super()._clip_grad_norm(model)
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        if grad_norm is None:  # no clipping this run: the group norms are still logged
+            self._record_grad_norms(group_norms(clip_groups(model)))
+        return super()._get_grad_norm(model, grad_norm=grad_norm)
+
+    def _record_grad_norms(self, norms: dict) -> None:
+        for name, norm in norms.items():
+            self._stats.setdefault(f"grad_norm_{name}", []).append(float(norm))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
@@ -239,6 +263,7 @@ def training_arguments(config: TrainConfig, world_size: int = 1):
         max_steps=config.max_steps,
         warmup_steps=config.warmup_steps,
         weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm or 0.0,
         lr_scheduler_type=config.lr_scheduler,
         seed=config.seed,
         data_seed=config.seed,
