@@ -79,6 +79,47 @@ def test_oracles_and_global_mix_are_ordered_and_optimal():
     assert (mix <= token_grid + 1e-5).all()
 
 
+def _skewed(n=400, vocab=300, seed=3):
+    """A strong final member and a weaker one that knows other tokens: the best global mix is
+    interior but close to the final vertex (the shape of a trained model's late layers)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, vocab, (n,), generator=g)
+    logits = torch.randn(n, 3, vocab, generator=g) * 1.5
+    logits[torch.arange(n), 2, labels] += 3.0  # the final member usually knows the label
+    some = torch.rand(n, generator=g) < 0.3
+    logits[torch.arange(n)[some], 0, labels[some]] += 3.0  # member 0 knows some tokens too
+    return logits, labels
+
+
+def test_global_mix_is_the_exact_optimum_by_kkt_and_grid_when_it_is_interior():
+    """The full-vocabulary solver meets the KKT conditions of the convex problem and no point of
+    a fine grid beats it, on a case whose optimum is interior, where the candidate surrogate's
+    own minimiser is pulled towards the final vertex."""
+    logits, labels = _skewed()
+    full, small = MemberLogits.from_logits(logits, labels), MemberLogits.from_logits(logits, labels, candidates=8)
+    exact = lambda tokens: full.select(tokens)  # noqa: E731
+    surrogate_ce, surrogate_w = global_mix(small)
+    ce, w = global_mix(small, exact)
+    assert ce == pytest.approx(mix_ce_mean(full, w), abs=1e-6)
+    # KKT on the simplex: equal partial derivatives on the support, none smaller off it
+    _, grad = mix_ce(full.logits, full.label, w, grad=True)
+    g = grad.mean(0)
+    support = w > 1e-6
+    assert support.sum() >= 2 and 0.001 < float(w[0]) < 0.5  # interior, the case the old solver missed
+    mu = g[support].mean()
+    assert (g[support] - mu).abs().max() < 1e-4 and (g[~support] >= mu - 1e-4).all()
+    # a grid of step 1/400 around the whole simplex finds nothing lower
+    steps = 400
+    grid = torch.tensor([(a / steps, b / steps, 1 - (a + b) / steps) for a in range(0, steps + 1, 4)
+                         for b in range(0, steps + 1 - a, 4)])
+    fine = [w.double() + torch.tensor([a, b, -a - b], dtype=torch.float64) / steps
+            for a in range(-4, 5) for b in range(-4, 5)]
+    grid = torch.cat([grid, torch.stack([f.float() for f in fine if (f >= 0).all()])])
+    assert ce <= min(mix_ce_mean(full, point) for point in grid) + 1e-7
+    assert ce < mix_ce_mean(full, surrogate_w) - 1e-4  # the surrogate's own optimum is measurably worse
+    assert surrogate_ce >= ce
+
+
 def test_fitted_router_learns_a_feature_that_names_the_good_member():
     logits, labels = _synthetic(n=600, seed=1)
     members = MemberLogits.from_logits(logits, labels)

@@ -28,7 +28,8 @@ upper bounds on what any router could do, not achievable numbers):
 - member CE ``mean_t CE_t(e_i)``;
 - oracle pick ``mean_t min_i CE_t(e_i)`` (*oracle*);
 - oracle mix ``mean_t min_{w in Δ} CE_t(w)`` (*oracle*; per token, by projected Newton);
-- best global mix ``min_{w in Δ} mean_t CE_t(w)`` (one ``w`` for every token; no label per token);
+- best global mix ``min_{w in Δ} mean_t CE_t(w)`` (one ``w`` for every token; no label per token;
+  found on the candidate surrogate, then solved on the full vocabulary, :func:`exact_global_mix`);
 - a fitted router ``G(x) = softmax(x̃ W + b)`` (the method's form, ``x̃`` the standardised
   final normalised state), trained on some tokens and scored on others (achievable).
 """
@@ -190,10 +191,16 @@ def oracle_mix(members: MemberLogits, steps: int = 12) -> tuple[Tensor, Tensor]:
     return torch.cat(ces), torch.cat(ws)
 
 
-def global_mix(members: MemberLogits, max_iter: int = 60) -> tuple[float, Tensor]:
-    """``min_{w in Δ} mean_t CE_t(w)``: one mix for all tokens, by L-BFGS (strong Wolfe line
-    search) on ``w = softmax(θ)`` from the uniform mix, keeping the better of its result and the
-    best single member. Returns ``(ce, w [k])``."""
+def global_mix(members: MemberLogits, exact: Callable[[Tensor], MemberLogits] | None = None,
+               max_iter: int = 60) -> tuple[float, Tensor]:
+    """``min_{w in Δ} mean_t CE_t(w)``: one mix for all tokens. A start by L-BFGS (strong Wolfe
+    line search) on ``w = softmax(θ)`` over ``members`` (the candidate surrogate when it is one),
+    from the uniform mix, keeping the better of its result and the best single member; with
+    ``exact`` (full-vocabulary :class:`MemberLogits` of tokens ``0 .. len(members) - 1``), then
+    refined on the exact objective by :func:`exact_global_mix`. Returns ``(ce, w [k])``.
+
+    Why the refinement: the surrogate equals ``CE`` at the vertices but bounds it from above
+    inside the simplex, so its minimiser leans towards a vertex."""
     k = members.k
     vertex = member_ce(members).mean(0)
     theta = torch.zeros(k, requires_grad=True)
@@ -212,8 +219,85 @@ def global_mix(members: MemberLogits, max_iter: int = 60) -> tuple[float, Tensor
     w = torch.softmax(theta.detach(), 0)
     ce = mix_ce_mean(members, w)
     if float(vertex.min()) < ce:
-        return float(vertex.min()), torch.nn.functional.one_hot(vertex.argmin(), k).float()
-    return ce, w
+        ce, w = float(vertex.min()), torch.nn.functional.one_hot(vertex.argmin(), k).float()
+    if exact is None:
+        return ce, w
+    return exact_global_mix(exact, len(members), w)
+
+
+def mean_ce_grad_hess(exact: Callable[[Tensor], MemberLogits], n: int, w: Tensor) -> tuple[float, Tensor, Tensor]:
+    """``F(w) = mean_t CE_t(w)`` with its gradient ``mean_t (E_p[l_t] - l_{t,y})`` and Hessian
+    ``mean_t Cov_p(l_t)`` (``p = softmax(sum_i w_i l_{t,i})``), in one full-vocabulary pass."""
+    k = w.shape[0]
+    total, grad, hess = 0.0, torch.zeros(k, dtype=torch.float64), torch.zeros(k, k, dtype=torch.float64)
+    for start in range(0, n, CHUNK):
+        part = exact(torch.arange(start, min(start + CHUNK, n)))
+        mix = torch.einsum("k,nkv->nv", w, part.logits)
+        lse = torch.logsumexp(mix, -1)
+        p = torch.exp(mix - lse[:, None])
+        mean = torch.einsum("nv,nkv->nk", p, part.logits)
+        total += float((lse - part.label @ w).double().sum())
+        grad += (mean - part.label).double().sum(0)
+        second = torch.einsum("nkv,njv->kj", part.logits * p[:, None, :], part.logits).double()
+        hess += second - mean.double().T @ mean.double()
+    return total / n, grad / n, hess / n
+
+
+def simplex_qp(grad: Tensor, hess: Tensor, w: Tensor) -> Tensor:
+    """The minimiser over the simplex of the quadratic model ``g·(v - w) + ½ (v - w)ᵀ H (v - w)``,
+    exactly: for every support ``S`` (``2^k - 1`` of them; ``k`` is small), the model's minimiser on
+    the plane ``sum_S v = 1`` with ``v = 0`` off ``S`` (its KKT system), keeping the feasible
+    (``v >= 0``) one of lowest model value. ``H`` is a covariance (PSD), ridged for the solve."""
+    k = w.shape[0]
+    hess = hess + 1e-9 * max(float(hess.diagonal().mean()), 1e-9) * torch.eye(k, dtype=hess.dtype)
+    target = hess @ w - grad  # the model's gradient is H v - target
+    best, best_value = w, 0.0
+    for mask in range(1, 2 ** k):
+        support = [i for i in range(k) if mask >> i & 1]
+        m = len(support)
+        system = torch.zeros(m + 1, m + 1, dtype=hess.dtype)
+        system[:m, :m] = hess[support][:, support]
+        system[:m, m] = system[m, :m] = 1.0
+        rhs = torch.cat([target[support], torch.ones(1, dtype=hess.dtype)])
+        try:
+            solution = torch.linalg.solve(system, rhs)[:m]
+        except RuntimeError:
+            continue
+        if (solution < -1e-12).any():
+            continue
+        v = torch.zeros(k, dtype=hess.dtype)
+        v[support] = solution.clamp_min(0)
+        v = v / v.sum()
+        d = v - w
+        value = float(grad @ d + 0.5 * d @ hess @ d)
+        if value < best_value:
+            best, best_value = v, value
+    return best
+
+
+def exact_global_mix(exact: Callable[[Tensor], MemberLogits], n: int, start: Tensor, steps: int = 30,
+                     tol: float = 1e-10) -> tuple[float, Tensor]:
+    """``min_{w in Δ} F(w)``, ``F(w) = mean_t CE_t(w)`` on the full vocabulary, by Newton steps on
+    the simplex: at ``w``, :func:`simplex_qp` minimises the second-order model of ``F`` over the
+    simplex (so faces are entered and left exactly), and the step is halved until ``F`` does not
+    rise. ``F`` is convex, so this converges to its minimum; it stops when a step gains less than
+    ``tol``. Returns ``(F(w), w)``."""
+    w = start.double()
+    ce, grad, hess = mean_ce_grad_hess(exact, n, w.float())
+    for _ in range(steps):
+        target = simplex_qp(grad, hess, w)
+        step, moved = 1.0, False
+        while step > 1e-4:
+            trial = w + step * (target - w)
+            trial_ce, trial_grad, trial_hess = mean_ce_grad_hess(exact, n, trial.float())
+            if trial_ce <= ce:
+                gain = ce - trial_ce
+                w, ce, grad, hess, moved = trial, trial_ce, trial_grad, trial_hess, True
+                break
+            step /= 2
+        if not moved or gain < tol:
+            break
+    return ce, w.float()
 
 
 def mix_ce_mean(members: MemberLogits, weights: Tensor) -> float:

@@ -135,7 +135,7 @@ def headroom(data: dict, oracle_steps: int = 12) -> dict:
     k, final = members.k, ce[:, -1]
     best, pick = ce.min(-1)
     _, mix_w = oracle_mix(members, oracle_steps)
-    _, global_w = global_mix(members)
+    _, global_w = global_mix(members, data["exact"])
     exact = exact_mix_ce(data["exact"], torch.arange(len(members)), {"oracle": mix_w, "global": global_w})
     mix_ce = torch.minimum(exact["oracle"], best)  # a vertex is a convex mix too
     global_ce = min(float(exact["global"].mean()), float(ce.mean(0).min()))
@@ -172,7 +172,9 @@ def fitted_router(data: dict, config: ProbeConfig) -> dict:
     members = {name: data["members"].select(r) for name, r in rows.items()}
     x = {name: data["x"][r] for name, r in rows.items()}
     start = time.perf_counter()
-    _, global_w = global_mix(MemberLogits.cat([members["fit"], members["val"]]))
+    fit_rows = torch.cat([rows["fit"], rows["val"]])
+    _, global_w = global_mix(MemberLogits.cat([members["fit"], members["val"]]),
+                             lambda tokens: data["exact"](fit_rows[tokens]))
     router, history = fit_linear_router(x["fit"], members["fit"], x["val"], members["val"], lr=config.router_lr,
                                         max_epochs=config.router_max_epochs, patience=config.router_patience,
                                         seed=config.seed, init=global_w)
