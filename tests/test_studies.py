@@ -365,3 +365,41 @@ def test_mod_vs_lora_prefit_arm_fits_the_router_of_the_same_seed(tiny_model_dir,
     assert probed["config"]["adapter"] == str(fitted / "adapter") and probed["ensemble_ce"] is not None
     assert main(argv) == 0  # a rerun finds it done
     assert json.loads((fitted / "adapter" / "fit_router.json").read_text())["losses"] == fit["losses"]
+
+
+@pytest.mark.slow
+def test_clip_control_smoke_reads_committed_rows_and_scores_the_final_member(tiny_model_dir, tmp_path, capsys):
+    """The follow-up study end to end: per-group clipping in its arm, the lr arms, the final member
+    scored beside the ensemble, the rerun checked against its committed run, and the comparators
+    read from another study's committed rows (no adapters) with the same report."""
+    argv = ["experiment", "clip_control", "--smoke", "--model", str(tiny_model_dir)]  # key seeds 42, 43
+    base = tmp_path / "base"
+    assert main([*argv, "--output-dir", str(base)]) == 0
+    saved = lambda run: json.loads((base / run / "train_config.json").read_text())  # noqa: E731
+    assert saved("mod_pergroup-s42")["clip_scope"] == "per_group" and saved("lora_notk_mod-s42")["clip_scope"] == "global"
+    assert saved("lora_lr2x-s42")["learning_rate"] == 6e-4 and saved("lora_lr2x-s42")["preset"] == "lora_notk"
+    log = [json.loads(line) for line in (base / "mod_pergroup-s42" / "log.jsonl").read_text().splitlines()]
+    assert all("grad_norm_lora" in row and "grad_norm_mod" in row for row in log if "loss" in row)
+    for run in ("mod_pergroup-s42", "lora_notk_mod_rerun-s42"):
+        assert len((base / run / "eval-final" / "builtin.member2.jsonl").read_text().splitlines()) == 4, run
+    assert not (base / "lora_lr2x-s42" / "eval-final").exists()  # no ensemble, no final member to score apart
+    report = (base / "report.md").read_text()
+    assert "| C1 | `mod_pergroup` vs `lora_notk` | 42, 43 | 4 |" in report
+    assert "| C2 | `mod_pergroup` vs `lora_notk_mod` | 42, 43 | 4 |" in report
+    assert "| lora_notk_mod_rerun-s42 | lora_notk_mod-s42 | 2 of 2 (of 2) | 4 of 4 |" in report  # seeded: identical
+    assert "## The final member alone" in report and "| mod_pergroup-s43 | 4 |" in report
+
+    # the comparators as committed rows of another study: read, not retrained, and the same report
+    committed, follow = tmp_path / "committed", tmp_path / "follow"
+    keep = shutil.ignore_patterns("adapter", "checkpoint-*")
+    for run in ("lora_notk-s42", "lora_notk-s43", "lora_notk_mod-s42", "lora_notk_mod-s43"):
+        shutil.copytree(base / run, committed / run, ignore=keep)
+    dropped = ("adapter", "checkpoint-", "lora_notk-s", "lora_notk_mod-s")
+    shutil.copytree(base, follow, ignore=lambda d, names: [n for n in names if n.startswith(dropped)])
+    assert main([*argv, "--output-dir", str(follow), "--baseline-dir", "../committed", "--report-only"]) == 0
+    tables = lambda path: path.read_text().split("## Runs", 1)[1]  # noqa: E731 (the header names the folder)
+    assert tables(follow / "report.md") == tables(base / "report.md")
+    # committed rows trained with other settings are refused, in one line, before anything runs
+    assert main([*argv, "--output-dir", str(follow), "--baseline-dir", "../committed", "--cutoff-len", "128",
+                 "--only", "lora_notk-s42"]) == 1
+    assert "trained with other settings" in capsys.readouterr().err

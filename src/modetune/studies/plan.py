@@ -150,7 +150,7 @@ SMOKE_STUDY = {"mod_vs_lora": dict(data="builtin:arithmetic-tn:40", datasets="bu
                                    router_arm_lr=1e-2, router_arm_warmup=1, probe_records=4),
                "router_sweep": dict(router_lr_factors=[1.0, 10.0], router_warmups=[0, 1]),
                "clip_control": dict(data="builtin:arithmetic-tn:40", datasets="builtin-tn", test_size=4, seeds=[42],
-                                    lr_factors=[2.0], final_member=True)}
+                                    key_seeds=[42, 43], lr_factors=[2.0], final_member=True)}
 SMOKE = dict(data="builtin:arithmetic:40", max_steps=2, batch_size=2, micro_batch_size=2, warmup_steps=0,
              val_size=4, lora_r=4, lora_alpha=8, seeds=[42], key_seeds=[42], datasets="builtin", data_dir=None,
              eval_limit=4, eval_batch_size=4, max_new_tokens=16, k_values=[1, 2])

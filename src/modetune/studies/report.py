@@ -12,6 +12,7 @@ import statistics
 from pathlib import Path
 
 from ..stats import mcnemar, minimum_detectable_effect, over_seeds, paired_difference_ci, paired_over_seeds, wilson_interval
+from .comparisons import comparison_rows
 from .plan import SMOKE, SMOKE_STUDY, ExperimentConfig, arm_of, arms_vs_lora, is_baseline
 from .plots import plot_loss, plot_paired, plot_series
 
@@ -312,6 +313,7 @@ def write_study_report(study: str, config: ExperimentConfig, results: list[dict]
                        f"`mod_prefit` are read the same way over their {len(config.seeds)} seeds. The item-level "
                        "columns are not the test.", ""]
     lines += pooled
+    lines += comparison_rows(study, results, root)
     lines += _test_ce_rows(results)
     lines += _val_ce_rows(results)
     lines += _collapse_rows(results)
