@@ -71,7 +71,7 @@ def load_base():
 
     dtype = getattr(torch, SPEC["dtype"])
     if SPEC["model"] == "default":
-        from modetune.models import load_model
+        from modetune.utils.models import load_model
 
         base, tokenizer = load_model("default", dtype=dtype)
         return base.to(SPEC["device"]), tokenizer
@@ -99,7 +99,7 @@ def run_train(name: str, steps: int, warmup: int) -> dict:
     import torch
 
     from modetune import MoDConfig
-    from modetune.variants import build_variant
+    from modetune.mod.variants import build_variant
 
     spec = dict(TRAIN_VARIANTS[name])
     preset = spec.pop("preset")
@@ -129,8 +129,8 @@ def run_floor(repeats: int) -> dict:
     import torch
 
     from modetune import MoDConfig
-    from modetune.surgery import find_parts
-    from modetune.variants import build_variant
+    from modetune.mod.surgery import find_parts
+    from modetune.mod.variants import build_variant
 
     base, _ = load_base()
     model = build_variant(base, "lora_notk", MoDConfig(k=K), lora_r=32, lora_alpha=64, lora_dropout=0.05)

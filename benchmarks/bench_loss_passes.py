@@ -29,7 +29,7 @@ BASELINE_REV = "79212f7745a2dd3d5c5a6bae0af53eea6d6d6f7e"  # main before the row
 
 
 def load_baseline(rev: str):
-    """``modetune.losses`` as it was at git revision ``rev``, imported beside the current package."""
+    """``modetune.mod.losses`` as it was at git revision ``rev``, imported beside the current package."""
     import modetune
 
     source = subprocess.run(["git", "-C", str(ROOT), "show", f"{rev}:src/modetune/losses.py"],
@@ -71,9 +71,9 @@ def _tasks(args, baseline) -> dict:
     """``name -> (prepare, run)``: ``prepare()`` makes fresh inputs (untimed), ``run(inputs)`` is timed."""
     import torch
 
-    from modetune.config import MoDConfig
-    from modetune.logit_grads import logit_grads, row_block_size
-    from modetune.losses import HeadSpec, _chunk_grads
+    from modetune.mod.config import MoDConfig
+    from modetune.mod.logit_grads import logit_grads, row_block_size
+    from modetune.mod.losses import HeadSpec, _chunk_grads
 
     torch.manual_seed(0)
     n, d, V, k = args.tokens, args.hidden, args.vocab, args.k

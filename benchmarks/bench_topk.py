@@ -27,9 +27,9 @@ def measure_topk_speed(config, root: Path, repeats: int = 3) -> dict:
     ``ExperimentConfig``'s ``lora_notk_mod``; writes ``root/topk_speed.json``."""
     import torch
 
-    from modetune.models import load_model
+    from modetune.mod.variants import build_variant
     from modetune.studies.report import TOPK_SPEED_NAME, topk_speed_markdown
-    from modetune.variants import build_variant
+    from modetune.utils.models import load_model
 
     train = config.train
     timings = {}

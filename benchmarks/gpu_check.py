@@ -43,7 +43,7 @@ def _run(cmd: list[str], timeout: float, cwd: Path = ROOT) -> tuple[int, str]:
 def _default_model_available() -> str | None:
     """``None`` when the embedded default model can be loaded, else why not."""
     try:
-        from modetune.models import default_model_path
+        from modetune.utils.models import default_model_path
 
         default_model_path()
     except Exception as error:  # noqa: BLE001 (any reason is reported, not raised)
@@ -55,7 +55,7 @@ def _tiny_model_dir(out: Path) -> Path:
     """A tiny random Llama with the default model's tokenizer (the tiny setting's 'default job')."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from modetune.models import default_model_path
+    from modetune.utils.models import default_model_path
 
     path = out / "tiny-model"
     if not (path / "config.json").exists():

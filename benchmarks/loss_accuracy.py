@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer
 
-import modetune.model as model_module
-from modetune.config import MoDConfig
+import modetune.mod.model as model_module
 from modetune.data import load_training_records, tokenize_records
-from modetune.model import MoDModel
-from modetune.models import load_model, resolve_model
+from modetune.mod.config import MoDConfig
+from modetune.mod.model import MoDModel
+from modetune.utils.models import load_model, resolve_model
 
 OLD_REVISION = "79212f7"
 

@@ -37,7 +37,7 @@ def packaged_data() -> Path:
 @pytest.fixture(scope="session")
 def default_model_dir() -> Path:
     """The embedded default model, converted once and cached."""
-    from modetune.models import default_model_path
+    from modetune.utils.models import default_model_path
 
     return default_model_path()
 

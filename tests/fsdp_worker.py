@@ -4,7 +4,7 @@
 Each process trains the same tiny MoD + LoRA models as the 1-process reference (same seeds, same
 global batches; each process takes its half of every batch) under several FSDP2 wrappings, and
 records per step the global loss and the gradient norm, the LM head weight the fused loss reads
-at every call (a spy on ``modetune.model.fused_mod_loss``), and how the model is sharded. It
+at every call (a spy on ``modetune.mod.model.fused_mod_loss``), and how the model is sharded. It
 writes ``OUT/rank<R>.json``; after training, each run's adapter is saved from the gathered full
 state dict by ``MoDTrainer._save`` into ``OUT/<run>/rank<R>`` (only the main process writes).
 """
@@ -21,9 +21,9 @@ from torch.distributed.tensor import DTensor
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from modetune import model as model_module  # noqa: E402
-from modetune.config import MoDConfig  # noqa: E402
-from modetune.model import get_mod_model  # noqa: E402
+from modetune.mod import model as model_module  # noqa: E402
+from modetune.mod.config import MoDConfig  # noqa: E402
+from modetune.mod.model import get_mod_model  # noqa: E402
 from tiny import batch, lora, perturb, tiny_model  # noqa: E402
 
 STEPS, ROWS = 3, 4  # optimizer steps; rows of a global batch
@@ -83,9 +83,9 @@ def _head_unit_wrap(model):
     the loss then finds the head sharded and must gather it."""
     from torch.distributed.fsdp import fully_shard
 
-    for layer in model._parts.layers:
+    for layer in model.parts.layers:
         fully_shard(layer)
-    fully_shard([model.get_input_embeddings(), model._parts.head], reshard_after_forward=True)
+    fully_shard([model.get_input_embeddings(), model.parts.head], reshard_after_forward=True)
     fully_shard(model)
     return model
 
@@ -112,7 +112,7 @@ def _save_gathered(model, directory: Path, rank: int) -> int:
 
 def _refusal(model, directory: Path) -> str:
     """What saving from the sharded model's own state dict (``DTensor`` shards) raises."""
-    from modetune.errors import DataError
+    from modetune.utils.errors import DataError
 
     try:
         model.save_pretrained(directory, state_dict=model.state_dict())
@@ -124,12 +124,12 @@ def _refusal(model, directory: Path) -> str:
 def _sharding(model) -> dict:
     from torch.distributed.fsdp import FSDPModule
 
-    head = model._parts.head.weight
+    head = model.parts.head.weight
     return {
         "backend": torch.distributed.get_backend(),
         "world_size": torch.distributed.get_world_size(),
         "root_is_fsdp": isinstance(model, FSDPModule),
-        "layers_fsdp": [isinstance(layer, FSDPModule) for layer in model._parts.layers],
+        "layers_fsdp": [isinstance(layer, FSDPModule) for layer in model.parts.layers],
         "all_dtensor": all(isinstance(p, DTensor) for p in model.parameters()),
         "head_is_dtensor": isinstance(head, DTensor),
         "head_shape": list(head.shape),
@@ -139,7 +139,7 @@ def _sharding(model) -> dict:
 
 
 def main(out: Path) -> None:
-    from modetune.sharding import shard_mod_model
+    from modetune.utils.sharding import shard_mod_model
 
     torch.distributed.init_process_group("gloo")
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -150,7 +150,7 @@ def main(out: Path) -> None:
         weight = head.weight
         calls.append({"is_dtensor": isinstance(weight, DTensor), "shape": list(weight.shape),
                       # the head module's own parameter at that moment: sharded again or not
-                      "module_weight_is_dtensor": isinstance(model._parts.head.weight, DTensor),
+                      "module_weight_is_dtensor": isinstance(model.parts.head.weight, DTensor),
                       "equals_full": not isinstance(weight, DTensor) and weight.shape == full.shape
                       and torch.equal(weight.detach(), full)})
         return original(hs, router_input, labels, norms, router, head, *args, **kwargs)
@@ -160,7 +160,7 @@ def main(out: Path) -> None:
     record = {}
     for name, arch, wrapping in RUNS:
         model = build(arch)
-        full = model._parts.head.weight.detach().clone()  # the unsharded head, before sharding
+        full = model.parts.head.weight.detach().clone()  # the unsharded head, before sharding
         calls.clear()
         model = wraps[wrapping](model)
         sharding = _sharding(model)

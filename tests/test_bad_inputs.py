@@ -86,6 +86,11 @@ def _eval(runs, *extra):
             "--no-progress", *extra]
 
 
+def _text(tmp, name, text):
+    (tmp / name).write_text(text)
+    return str(tmp / name)
+
+
 def _train_case(runs, tmp, *extra):
     return train_args(runs["tiny"], tmp / "fresh", "--max-steps", "2", *SMALL, *extra)
 
@@ -97,6 +102,21 @@ def _damage_all_checkpoints(run: Path, name: str) -> None:
 
 CASES = {
     # train: nothing overwritten by accident
+    # train: bad data, bad fields, bad values
+    "train data file missing": (lambda r, t: (_train_case(r, t, "--data", str(t / "missing.json")), t),
+                                "Data file not found"),
+    "train data not JSON": (lambda r, t: (_train_case(r, t, "--data", _text(t, "broken.json", '[{"instruction": "x",')),
+                                          t), "Malformed JSON"),
+    "train record lacks output": (lambda r, t: (_train_case(r, t, "--data", _text(t, "fields.json", json.dumps(
+        [{"instruction": "x", "output": "y"}, {"instruction": "x"}]))), t), "record 1 lacks the field(s) output"),
+    "train records empty after truncation": (lambda r, t: (_train_case(r, t, "--data", _text(t, "long.json", json.dumps(
+        [{"instruction": "word " * 300, "output": "y"}] * 3))), t), "empty after truncation"),
+    "train k not below the layer count": (lambda r, t: (_train_case(r, t, "--k", "5"), t),
+                                          "smaller than the model's number of layers"),
+    "train top_k above k": (lambda r, t: (_train_case(r, t, "--top-k", "4"), t), "top_k must be between 1 and k=3"),
+    "yaml unknown field": (lambda r, t: (["train", "--config", _yaml(t, "learning_rat: 0.1\n")], t),
+                           "Unknown config field(s): learning_rat"),
+    "yaml file missing": (lambda r, t: (["train", "--config", str(t / "nope.yaml")], t), "Config file not found"),
     "train into a finished run": (lambda r, t: (train_args(r["tiny"], _copy(r, "mod", t), "--max-steps", "4", *SMALL),
                                                 t / "mod"), "already holds a run; pass --resume"),
     "train --resume --overwrite": (lambda r, t: (train_args(r["tiny"], _copy(r, "mod", t), "--resume", "--overwrite"),

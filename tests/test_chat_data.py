@@ -8,7 +8,7 @@ import pytest
 
 from modetune.data import load_training_records, tokenize_record, tokenize_records
 from modetune.data.chat import chat_prompt, normalise_conversation
-from modetune.errors import DataError
+from modetune.utils.errors import DataError
 
 CONVERSATION = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
                 {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "2+2?"},

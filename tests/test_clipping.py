@@ -94,7 +94,7 @@ def test_trainer_per_group_gives_lora_its_unclipped_gradient(tiny_model_dir, tmp
     row = _log(tmp_path / "per_group")[0]
     assert row["grad_norm_lora"] < 1.0 < row["grad_norm_mod"]  # the case the scope is for
     lora = [n for n in grads["none"] if "lora_" in n and grads["none"][n].any()]  # (lora_A's is 0 at B = 0)
-    mod = [n for n in grads["none"] if n.startswith(("router", "norms"))]
+    mod = [n for n in grads["none"] if n.startswith(("ensemble.router", "ensemble.norms"))]
     assert lora and mod
     assert all(torch.equal(grads["per_group"][n], grads["none"][n]) for n in lora)  # LoRA untouched
     assert not any(torch.equal(grads["global"][n], grads["none"][n]) for n in lora)  # global scaled it down

@@ -23,7 +23,7 @@ from modetune.data.contamination import (
     warn_training_overlap,
 )
 from modetune.data.packaged import LLM_ADAPTERS
-from modetune.errors import ContaminationWarning
+from modetune.utils.errors import ContaminationWarning
 from train_helpers import train_args
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")

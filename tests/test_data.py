@@ -7,7 +7,7 @@ import json
 import pytest
 
 from modetune.data import builtin_split, load_json_records, load_training_records, tokenize_record
-from modetune.errors import DataError
+from modetune.utils.errors import DataError
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 

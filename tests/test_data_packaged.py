@@ -11,7 +11,7 @@ from modetune.cli import main
 from modetune.data import load_training_records
 from modetune.data.packaged import DATA_ROOT, LLM_ADAPTERS, MATH_SPLIT, check_manifest, manifest, packaged_path
 from modetune.data.split import ARITHMETIC_SETS, is_test_question, split_arithmetic, split_arithmetic_files
-from modetune.errors import DataError
+from modetune.utils.errors import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 EVAL_SETS = {"AddSub": 395, "AQuA": 254, "gsm8k": 1319, "mawps": 238, "MultiArith": 600, "SingleEq": 508, "SVAMP": 1000,

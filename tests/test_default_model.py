@@ -7,8 +7,8 @@ import torch
 
 from modetune import MoDConfig, get_mod_model
 from modetune.data import load_training_records, tokenize_records
-from modetune.models import DEFAULT_MODEL, load_model
-from modetune.variants import build_variant
+from modetune.mod.variants import build_variant
+from modetune.utils.models import DEFAULT_MODEL, load_model
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 

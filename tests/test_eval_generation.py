@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from eval_fixtures import PROMPTS, make_mod_model, tiny_llama
-from modetune.errors import ConfigError
 from modetune.eval.generation import generate_responses, generation_config, greedy_generate, shared_prefix_length
 from modetune.eval.members import forced_member, parse_members
-from modetune.prompts import format_prompt
+from modetune.utils.errors import ConfigError
+from modetune.utils.prompts import format_prompt
 from tiny import ARCHS, VOCAB, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # (conftest.py)

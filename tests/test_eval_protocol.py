@@ -9,7 +9,6 @@ import re
 import pytest
 
 from eval_fixtures import make_records, write_json
-from modetune.errors import ConfigError, DataError, UserError
 from modetune.eval.datasets import ARITHMETIC, COMMONSENSE, DATASETS, get_dataset, parse_dataset_list
 from modetune.eval.protocol import (
     answer_settled,
@@ -21,6 +20,7 @@ from modetune.eval.protocol import (
     score_response,
 )
 from modetune.eval.sources import HF_SOURCES, load_hf_records, load_test_items, resolve_data_dir, validate_test_items
+from modetune.utils.errors import ConfigError, DataError, UserError
 
 
 # ---------------------------------------------------------------------------- extraction and scoring

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from eval_fixtures import make_mod_model, make_records, write_json
-from modetune.errors import ConfigError, DataError
 from modetune.eval.protocol import is_correct
 from modetune.eval.results import read_results, report, solved, summarize_run, write_accuracy_report
 from modetune.eval.runner import EvalConfig, evaluate
 from modetune.eval.sources import load_test_items
+from modetune.utils.errors import ConfigError, DataError
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # (conftest.py)
 

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from modetune import MoDConfig, get_mod_model
 from modetune.cli import main
-from modetune.models import record_base_model
+from modetune.utils.models import record_base_model
 from tiny import lora, perturb
 
 pytestmark = pytest.mark.slow
@@ -96,3 +96,41 @@ def test_export_needs_a_mod_adapter(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["export", "--adapter", str(tmp_path / "empty"), "--output", str(tmp_path / "o")]) == 1
     assert "holds no MoD adapter" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2"])
+def test_the_export_runs_the_ensemble_module_itself_on_three_architectures(tmp_path, arch, tokenizer):
+    """The folder's ``modeling_mod.py`` is ``mod/ensemble.py`` byte for byte, so the exported model has
+    what MoDModel has: soft-capping (Gemma-2), a tensor ``logits_to_keep``, a float32 router under
+    autocast; its logits equal the MoDModel's."""
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM
+
+    from modetune.export import export_model
+    from modetune.mod import ensemble
+    from tiny import tiny_model
+
+    mod = perturb(get_mod_model(lora(tiny_model(arch), k=3), MoDConfig(k=3, router_input="entry")))
+    assert (mod.softcap is not None) == (arch == "gemma2")
+    out = export_model(mod, tokenizer, tmp_path / arch)
+    assert (out / "modeling_mod.py").read_bytes() == Path(ensemble.__file__).read_bytes()
+    loaded = AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=True)
+    assert json.loads((out / "config.json").read_text()).get("final_logit_softcapping") == mod.softcap
+    ids = torch.tensor([[1, 17, 23, 50, 31, 27, 5, 8], [1, 40, 41, 42, 43, 44, 45, 46]])
+    with torch.no_grad():
+        expected = mod(input_ids=ids).logits
+        got = loaded(ids).logits
+        assert (got - expected).abs().max() < TOLERANCE
+        if arch == "gemma2":  # capped: no logit beyond the cap, as in the ensemble
+            assert got.abs().max() <= mod.softcap
+        positions = torch.tensor([1, 5])
+        torch.testing.assert_close(loaded(ids, logits_to_keep=positions).logits, got[:, positions], rtol=0, atol=1e-5)
+        torch.testing.assert_close(mod(input_ids=ids, logits_to_keep=positions).logits, expected[:, positions],
+                                   rtol=0, atol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            under_autocast = loaded(ids).logits
+            reference = mod(input_ids=ids).logits
+        assert loaded.mod_ensemble.stash == {} or set(loaded.mod_ensemble.stash) <= {"router_weights", "logits_to_keep"}
+        assert loaded.mod_ensemble.stash["router_weights"].dtype == torch.float32  # the router stays float32
+        assert (under_autocast.float() - reference.float()).abs().max() < 0.1

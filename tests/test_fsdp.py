@@ -5,7 +5,7 @@ The 2 processes are started by `accelerate launch --config_file configs/accelera
 (`tests/fsdp_worker.py`). The HF Trainer itself is not the loop here: on CPU, accelerate never
 enables FSDP (see `test_trainer_with_sharding_config_on_cpu_is_refused` and docs/scaling.md), so the
 worker runs the Trainer's sharding (accelerate's `fsdp2_prepare_model` with the plugin the
-launcher built from the config) and `modetune.sharding.shard_mod_model` in a plain loop.
+launcher built from the config) and `modetune.utils.sharding.shard_mod_model` in a plain loop.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def test_trainer_save_of_gathered_state_dict_equals_unsharded_save(sharded_out, 
     only, and modetune's loader reads it."""
     from safetensors.torch import load_file
 
-    from modetune.model import ADAPTER_WEIGHTS, WEIGHTS_NAME, MoDModel
+    from modetune.mod.model import ADAPTER_WEIGHTS, WEIGHTS_NAME, MoDModel
 
     saved, want = sharded_out / name / "rank0", reference_runs[arch][1]
     assert sharded[0][name]["gathered_tensors"] > 0 and sharded[1][name]["gathered_tensors"] == 0
@@ -126,7 +126,8 @@ def test_trainer_save_of_gathered_state_dict_equals_unsharded_save(sharded_out, 
     unsharded = MoDModel.from_pretrained(fsdp_worker.tiny_model(arch, seed=0), want)
     start = dict(fsdp_worker.build(arch).named_parameters())
     trained = [n for n, p in start.items() if p.requires_grad]
-    assert any("lora_" in n for n in trained) and "router.weight" in trained and "norms.0.weight" in trained
+    assert any("lora_" in n for n in trained)
+    assert "ensemble.router.weight" in trained and "ensemble.norms.0.weight" in trained
     got, expected = dict(loaded.named_parameters()), dict(unsharded.named_parameters())
     for param in trained:
         torch.testing.assert_close(got[param], expected[param], rtol=1e-5, atol=1e-6, msg=param)
@@ -137,14 +138,14 @@ def test_save_from_state_dict_refuses_missing_or_sharded_tensors(tmp_path):
     """A state dict that lacks a trainable tensor, or holds a shard, is refused by name, and
     wrapper prefixes (FSDP, torch.compile) in its keys are understood. (A state dict of shards is
     refused in the sharded run: `test_trainer_save_of_gathered_state_dict_equals_unsharded_save`.)"""
-    from modetune.errors import DataError
+    from modetune.utils.errors import DataError
 
     model = fsdp_worker.build("llama")
     state = {f"_orig_mod.{key}": t for key, t in model.state_dict().items()}
     model.save_pretrained(tmp_path / "ok", state_dict=state)
     assert (tmp_path / "ok" / "adapter_model.safetensors").exists()
     missing = {key: t for key, t in state.items() if not key.endswith("router.weight")}
-    with pytest.raises(DataError, match="lacks 1 .*'router.weight'"):
+    with pytest.raises(DataError, match="lacks 1 .*'ensemble.router.weight'"):
         model.save_pretrained(tmp_path / "missing", state_dict=missing)
     lora_key = next(key for key in state if "lora_A" in key)
     with pytest.raises(DataError, match="lacks 1 .*lora_A"):

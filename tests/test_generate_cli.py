@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from modetune.cli import main
+from modetune.eval.runner import ModelSource
 from train_helpers import run_cli, train_args
 
 pytestmark = pytest.mark.slow
@@ -24,9 +25,9 @@ def adapter(tmp_path_factory, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def loaded(adapter):
-    from modetune.generate import load_for_generation
+    from modetune.eval.generate import load_for_generation
 
-    return load_for_generation(None, str(adapter))  # the base recorded by train
+    return load_for_generation(ModelSource(adapter=str(adapter)))  # the base recorded by train
 
 
 def _greedy(model, tokenizer, text, max_new, member=None):
@@ -46,7 +47,7 @@ def test_adapter_records_its_base(adapter, tiny_model_dir, loaded):
 
 def test_generate_prompts_from_arguments_and_stdin(adapter, loaded, capsys):
     """The prompt style defaults to the adapter's training style (alpaca here)."""
-    from modetune.prompts import format_prompt
+    from modetune.utils.prompts import format_prompt
 
     model, tokenizer, _ = loaded
     prompts = ["What is 2 + 3?", "Name a colour."]
@@ -99,7 +100,7 @@ def test_chat_loop_keeps_the_conversation_piped(adapter, loaded):
 
 
 def test_chat_streams_tokens_as_they_come(loaded):
-    from modetune.generate import DecodeConfig, chat_loop
+    from modetune.eval.generate import DecodeConfig, chat_loop
 
     model, tokenizer, _ = loaded
 

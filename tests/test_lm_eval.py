@@ -21,7 +21,7 @@ from modetune.eval.lm_eval import (
 from modetune.eval.members import forced_member
 from modetune.eval.protocol import score_response
 from modetune.eval.sources import load_test_items
-from modetune.prompts import format_prompt
+from modetune.utils.prompts import format_prompt
 from tiny import tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # (conftest.py)

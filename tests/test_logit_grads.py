@@ -1,4 +1,4 @@
-"""The row-blocked element-wise part of the fused loss (modetune.logit_grads): block sizes change
+"""The row-blocked element-wise part of the fused loss (modetune.mod.logit_grads): block sizes change
 no result, against the naive reference and against each other; the softmax helper; the block-size rule."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from modetune import MoDConfig
-from modetune.errors import ConfigError
-from modetune.logit_grads import CPU_ROW_BLOCK, row_block_size, softmax_into
-from modetune.losses import fused_mod_loss, naive_mod_loss
+from modetune.mod.logit_grads import CPU_ROW_BLOCK, row_block_size, softmax_into
+from modetune.mod.losses import fused_mod_loss, naive_mod_loss
+from modetune.utils.errors import ConfigError
 from test_losses import CASES, _assert_grads_close, _problem, _value_and_grads
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -77,7 +77,7 @@ def test_row_block_rule_and_validation():
 def test_blocks_run_on_one_thread_and_restore_the_count(monkeypatch):
     """The row blocks run single-threaded (small ops; a busy machine would stall them), then the
     thread count is back as it was."""
-    import modetune.logit_grads as logit_grads
+    import modetune.mod.logit_grads as logit_grads
 
     seen = []
     real = logit_grads.softmax_into

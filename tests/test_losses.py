@@ -1,4 +1,4 @@
-"""The MoD objective (modetune.losses): the fused, chunked loss against its naive reference.
+"""The MoD objective (modetune.mod.losses): the fused, chunked loss against its naive reference.
 
 Two levels:
 - the pure functions on random member states, over a grid of shapes x dtypes x config cases,
@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from modetune import MoDConfig, get_mod_model
-from modetune.errors import DataError
-from modetune.losses import HeadSpec, fused_mod_loss, naive_mod_loss
-from modetune.routing import Router
+from modetune.mod.ensemble import Router
+from modetune.mod.losses import HeadSpec, fused_mod_loss, naive_mod_loss
+from modetune.utils.errors import DataError
 from tiny import batch, lora, perturb, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # hundreds of tiny cases: threads would only contend
@@ -354,7 +354,7 @@ def _assert_model_results_close(a, ga, b, gb):
         scale = gb[name].abs().max().clamp_min(1e-12)
         assert ((ga[name] - gb[name]).abs().max() / scale) < 1e-5, name
         kinds["router"] += "router" in name
-        kinds["norms"] += name.startswith("norms.")
+        kinds["norms"] += name.startswith("ensemble.norms.")
         kinds["lora"] += "lora_" in name
     assert all(kinds.values()), kinds
     lora_grads = [g for name, g in ga.items() if "lora_A" in name]
@@ -425,7 +425,7 @@ def test_distill_through_body_false_keeps_distill_out_of_body():
     for name in grads[0]:
         if "lora_" in name:
             torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-5, atol=1e-7)
-    assert not torch.allclose(grads[0]["norms.0.weight"], grads[1]["norms.0.weight"])
+    assert not torch.allclose(grads[0]["ensemble.norms.0.weight"], grads[1]["ensemble.norms.0.weight"])
 
 
 def test_evaluation_reports_member_ce_even_without_distillation():

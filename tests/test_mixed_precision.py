@@ -19,10 +19,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-import modetune.logit_grads as logit_grads
-import modetune.routing as routing
+import modetune.mod.ensemble as routing
+import modetune.mod.logit_grads as logit_grads
 from modetune import MoDConfig, get_mod_model
-from modetune.surgery import find_parts
+from modetune.mod.surgery import find_parts
 from tiny import batch, lora, perturb, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")

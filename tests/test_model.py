@@ -1,4 +1,4 @@
-"""The MoD wrapper (modetune.model) on tiny random models: ensemble logits, generation, save/load."""
+"""The MoD wrapper (modetune.mod.model) on tiny random models: ensemble logits, generation, save/load."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from safetensors.torch import load_file, save_file
 
 import modetune
 from modetune import MoDConfig, MoDModel, get_mod_model
-from modetune.errors import BaseModelMismatchError, DataError, UserError
-from modetune.model import WEIGHTS_NAME
+from modetune.mod.model import WEIGHTS_NAME
+from modetune.utils.errors import BaseModelMismatchError, DataError, UserError
 from tiny import ARCHS, VOCAB, batch, lora, perturb, tiny_model
 
 
@@ -25,22 +25,40 @@ def test_k1_without_norms_equals_base(arch):
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
 
 
-def test_shortcut_equals_explicit_mixing_values_and_grads():
+def _ensemble_by_hand(model: MoDModel, ids, mask):
+    """The method's formula, written out: ``sum_i G_i phi(N_i(h_i))`` with ``G = softmax(N_p(h_N) W^T + prior)``,
+    from the raw layer outputs (captured by hooks of this test, not by MoD's own)."""
+    layers, final_norm, head = model.parts.layers, model.parts.final_norm, model.parts.head
+    captured = {}
+    handles = [layers[i].register_forward_hook(lambda m, a, out, i=i: captured.__setitem__(i, out[0] if isinstance(
+        out, tuple) else out)) for i in model.member_layers]
+    try:
+        model(ids, attention_mask=mask)
+    finally:
+        for handle in handles:
+            handle.remove()
+    hs = [captured[i] for i in model.member_layers]
+    norms = [*model.norms, final_norm]
+    gate = torch.softmax(final_norm(hs[-1]) @ model.router.weight.T + model.router.prior, -1)
+    phi = lambda z: torch.nn.functional.linear(z, head.weight, head.bias)  # noqa: E731 (not head(): MoD hooks it)
+    return sum(gate[..., i : i + 1] * phi(norm(h)) for i, (norm, h) in enumerate(zip(norms, hs)))
+
+
+@pytest.mark.parametrize("explicit", [False, True])
+def test_both_mixing_paths_equal_the_formula_in_values_and_grads(explicit):
+    """The one-projection shortcut and the explicit mix, each against the formula computed by hand."""
     ids, mask, _ = batch()
-    models = []
-    for explicit in (False, True):
-        model = MoDModel(tiny_model("llama"), MoDConfig(k=3), explicit_mixing=explicit)
-        perturb(model)
-        models.append(model)
-    outs = []
-    for model in models:
-        logits = model(ids, attention_mask=mask).logits
-        (logits * torch.linspace(-1, 1, VOCAB)).sum().backward()
-        outs.append((logits.detach(), model.router.weight.grad, [p.grad for p in model.norms.parameters()]))
-    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-5, atol=1e-6)
-    for a, b in zip(outs[0][2], outs[1][2]):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    model = perturb(MoDModel(tiny_model("llama"), MoDConfig(k=3), explicit_mixing=explicit))
+    params = [model.router.weight, *model.norms.parameters()]
+    probe = torch.linspace(-1, 1, VOCAB)
+    logits = model(ids, attention_mask=mask).logits
+    got = torch.autograd.grad((logits * probe).sum(), params)
+    reference = _ensemble_by_hand(model, ids, mask)
+    expected = torch.autograd.grad((reference * probe).sum(), params)
+    torch.testing.assert_close(logits, reference, rtol=1e-5, atol=1e-5)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert (reference - model.remove_hooks()(ids, attention_mask=mask).logits).abs().max() > 1e-2  # not the base
 
 
 def test_gradient_checkpointing_gives_same_grads():
@@ -82,17 +100,20 @@ def test_generate_equals_greedy_loop_over_ensemble_logits(arch):
     assert not torch.allclose(ensemble, base, atol=1e-3)  # the ensemble really changes the logits
 
 
-def test_beam_search_and_sampling_run_on_ensemble():
-    model = get_mod_model(lora(tiny_model("llama")), MoDConfig(k=3))
-    perturb(model)
+def test_beam_search_and_sampling_read_the_ensemble_logits():
+    """Beam search's sequence scores are the ensemble's log-probabilities of the tokens it chose, and
+    sampling from the top 1 is the ensemble's greedy choice."""
+    model = perturb(get_mod_model(lora(tiny_model("llama")), MoDConfig(k=3)))
     ids = torch.randint(3, VOCAB, (2, 5), generator=torch.Generator().manual_seed(5))
     kwargs = dict(attention_mask=torch.ones_like(ids), max_new_tokens=6, eos_token_id=None, pad_token_id=0)
-    beams = model.generate(ids, num_beams=3, do_sample=False, **kwargs)
-    assert beams.shape == (2, 11)
-    torch.manual_seed(0)
-    first = model.generate(ids, do_sample=True, top_k=5, **kwargs)
-    torch.manual_seed(0)
-    assert torch.equal(first, model.generate(ids, do_sample=True, top_k=5, **kwargs))
+    out = model.generate(ids, num_beams=3, do_sample=False, length_penalty=0.0, return_dict_in_generate=True,
+                         output_scores=True, num_return_sequences=1, **kwargs)
+    with torch.no_grad():
+        logprobs = model(out.sequences).logits[:, 4:-1].log_softmax(-1)
+    chosen = logprobs.gather(-1, out.sequences[:, 5:, None]).squeeze(-1).sum(-1)
+    torch.testing.assert_close(out.sequences_scores, chosen, rtol=1e-4, atol=1e-4)
+    greedy = _greedy_by_hand(model, ids, 6)
+    assert torch.equal(model.generate(ids, do_sample=True, top_k=1, **kwargs), greedy)
 
 
 def test_save_load_round_trip_bitwise(tmp_path):
@@ -100,7 +121,7 @@ def test_save_load_round_trip_bitwise(tmp_path):
     model = get_mod_model(lora(tiny_model("llama")), MoDConfig(k=3, router_input="entry", train_final_norm=True))
     perturb(model)
     with torch.no_grad():
-        model._parts.final_norm.weight.mul_(1.1)
+        model.parts.final_norm.weight.mul_(1.1)
         expected = model(ids, attention_mask=mask).logits
     model.save_pretrained(tmp_path)
     assert {p.name for p in tmp_path.iterdir()} >= {"mod_config.json", "mod_model.safetensors",
@@ -138,7 +159,7 @@ def test_load_mod_weights_copies_every_mod_tensor(tmp_path):
     model = get_mod_model(tiny_model("llama"), config)
     perturb(model)
     with torch.no_grad():
-        model._parts.final_norm.weight.mul_(1.1)
+        model.parts.final_norm.weight.mul_(1.1)
         expected = model(ids, attention_mask=mask).logits
     model.save_pretrained(tmp_path)
     assert set(load_file(str(tmp_path / WEIGHTS_NAME))) == {"norms.0.weight", "norms.1.weight", "router.weight",

@@ -38,13 +38,13 @@ def built(tmp_path_factory) -> dict[str, Path]:
 
 
 def test_wheel_contents_and_metadata(built):
-    from modetune.version import __version__
+    from modetune.utils.version import __version__
 
     names = zipfile.ZipFile(built["wheel"]).namelist()
     shipped = [n for n in names if n.startswith("modetune/data/files/")]
     packaged = [p for p in (ROOT / "src/modetune/data/files").rglob("*") if p.is_file()]
     assert len(shipped) == len(packaged) > 10  # every packaged dataset file is in the wheel
-    assert "modetune/export/modeling_mod.py" in names and "modetune/cli/main.py" in names
+    assert "modetune/mod/ensemble.py" in names and "modetune/cli/main.py" in names
     meta_name = next(n for n in names if n.endswith(".dist-info/METADATA"))
     meta = Parser().parsestr(zipfile.ZipFile(built["wheel"]).read(meta_name).decode())
     assert meta["Name"] == "modetune" and meta["Version"] == __version__
@@ -60,7 +60,7 @@ def test_wheel_contents_and_metadata(built):
 def test_wheel_in_a_fresh_venv(built, default_model_dir):
     """No torch download: the fresh venv sees the current environment's packages through a .pth line
     (whose own .pth files, among them the editable modetune, are not processed)."""
-    from modetune.version import __version__
+    from modetune.utils.version import __version__
 
     env_dir = built["work"] / "venv"
     _run(sys.executable, "-m", "venv", env_dir)

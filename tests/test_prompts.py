@@ -1,11 +1,11 @@
-"""The Alpaca prompt (modetune.prompts)."""
+"""The Alpaca prompt (modetune.utils.prompts)."""
 
 from __future__ import annotations
 
 import pytest
 
-from modetune.errors import ConfigError
-from modetune.prompts import RESPONSE_MARKER, format_prompt
+from modetune.utils.errors import ConfigError
+from modetune.utils.prompts import RESPONSE_MARKER, format_prompt
 
 
 def test_alpaca_prompt_with_and_without_input():

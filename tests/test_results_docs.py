@@ -75,3 +75,41 @@ def test_mod_vs_lora_study_report_regenerates_from_its_committed_rows(tmp_path):
         accuracy = 100 * sum(bool(item["correct"]) for item in items) / len(items)
         row = next(line for line in report.splitlines() if line.startswith(f"| {run.name} |"))
         assert re.search(rf"\| {accuracy:.1f} \[", row), (run.name, accuracy, row)
+
+
+CLIP_ARGV = ["experiment", "clip_control", "--data", "builtin:arithmetic-tn:1000", "--val-size", "64", "--datasets",
+             "builtin-tn", "--data-dir", "none", "--test-size", "600", "--eval-limit", "none", "--key-seeds",
+             "42,43,44,45,46,47,48,49", "--seeds", "42,43,44,45", "--baseline-dir", "../study-mod-vs-lora",
+             "--final-member"]
+
+
+def test_clip_control_report_regenerates_from_its_committed_rows(tmp_path):
+    """The follow-up's committed report, table for table, from its committed rows and the first
+    study's (its comparators), with the command its PLAN.md registers; its held-out file is the
+    first study's, byte for byte; a rerun's responses equal the committed run's."""
+    import shutil
+
+    from modetune.cli import main
+
+    study = RESULTS / "study-clip-control"
+    plan = " ".join((study / "PLAN.md").read_text().replace("\\\n", " ").split())
+    assert "modetune " + " ".join(CLIP_ARGV) + " --output-dir docs/results/study-clip-control" in plan
+    assert (study / "builtin-tn-test-600.json").read_bytes() == \
+        (RESULTS / "study-mod-vs-lora" / "builtin-tn-test-600.json").read_bytes()
+    for name in ("study-clip-control", "study-mod-vs-lora"):
+        shutil.copytree(RESULTS / name, tmp_path / name, ignore=shutil.ignore_patterns("adapter", "checkpoint-*", "*.png"))
+    rows = tmp_path / "study-clip-control"
+    assert main([*CLIP_ARGV, "--output-dir", str(rows), "--report-only"]) == 0
+    tables = lambda path: path.read_text().split("## Runs", 1)[1]  # noqa: E731 (the header names the folder)
+    assert tables(rows / "report.md") == tables(study / "report.md")
+    report = tables(study / "report.md")
+    assert "| (reference) | `lora_notk_mod` vs `lora_notk` | 42, 43, 44, 45, 46, 47, 48, 49 | 600 |" in report
+    import json
+
+    reruns = sorted(study.glob("lora_notk_mod_rerun-s*/eval/builtin.jsonl"))
+    assert reruns, "no rerun of the committed arm is committed"
+    responses = lambda path: [json.loads(line)["response"] for line in path.read_text().splitlines() if line]  # noqa: E731
+    for rerun in reruns:  # retraining a committed run reproduced it: every response, text for text
+        seed = rerun.parts[-3].rsplit("-s", 1)[1]
+        committed = RESULTS / "study-mod-vs-lora" / f"lora_notk_mod-s{seed}" / "eval" / "builtin.jsonl"
+        assert responses(rerun) == responses(committed), seed

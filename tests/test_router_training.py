@@ -46,8 +46,8 @@ def test_router_and_member_norms_get_their_own_optimizer_groups():
 
 
 def test_warmup_needs_a_router_and_positive_rates(capsys, tiny_model_dir, tmp_path):
-    from modetune.errors import ConfigError
     from modetune.train.config import TrainConfig
+    from modetune.utils.errors import ConfigError
 
     with pytest.raises(ConfigError, match="router_warmup_steps needs a preset with MoD"):
         TrainConfig(preset="lora_notk", router_warmup_steps=2)
@@ -114,8 +114,8 @@ def test_fit_router_moves_only_router_and_norms_and_lowers_training_ce(tiny_mode
     from peft import PeftModel
 
     from modetune import MoDConfig, MoDModel
-    from modetune.models import load_model
     from modetune.train.fit_router import FitRouterConfig, fit_router
+    from modetune.utils.models import load_model
     from tiny import lora
 
     lora_dir = tmp_path / "lora"
@@ -130,8 +130,8 @@ def test_fit_router_moves_only_router_and_norms_and_lowers_training_ce(tiny_mode
     fitted, untouched = dict(model.named_parameters()), dict(reference.named_parameters())
     assert fitted.keys() == untouched.keys()
     moved = sorted(name for name in fitted if not torch.equal(fitted[name], untouched[name]))
-    assert moved and all(name.startswith(("router.", "norms.")) for name in moved), moved
-    assert "router.weight" in moved
+    assert moved and all(name.startswith(("ensemble.router.", "ensemble.norms.")) for name in moved), moved
+    assert "ensemble.router.weight" in moved
     # every other weight bit-identical, LoRA included, and the saved LoRA files unchanged
     lora_in, lora_out = load_file(str(lora_dir / "adapter_model.safetensors")), \
         load_file(str(tmp_path / "fitted" / "adapter_model.safetensors"))

@@ -1,4 +1,4 @@
-"""The router (modetune.routing): ``G(x) = softmax(TopK(x W_g + prior))``."""
+"""The router (modetune.mod.ensemble): ``G(x) = softmax(TopK(x W_g + prior))``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from modetune import MoDConfig, get_mod_model
-from modetune.routing import Router, prior_logits, route
+from modetune.mod.ensemble import Router, prior_logits, route
 from tiny import batch, perturb, tiny_model
 
 

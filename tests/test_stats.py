@@ -1,10 +1,10 @@
-"""modetune.stats: McNemar's test, bootstrap intervals, paired comparisons over seeds."""
+"""modetune.utils.stats: McNemar's test, bootstrap intervals, paired comparisons over seeds."""
 
 from __future__ import annotations
 
 import pytest
 
-from modetune.stats import accuracy_ci, mcnemar, paired_difference_ci, paired_over_seeds
+from modetune.utils.stats import accuracy_ci, mcnemar, paired_difference_ci, paired_over_seeds
 
 
 def test_mcnemar_exact_values():
@@ -49,7 +49,7 @@ def test_paired_over_seeds():
 
 
 def test_wilson_interval_textbook_values():
-    from modetune.stats import wilson_interval
+    from modetune.utils.stats import wilson_interval
 
     # Newcombe (1998), Table I / any textbook: 0/10 -> [0, 0.2775]; 30/100 -> [0.2189, 0.3958]
     assert wilson_interval(0, 10) == pytest.approx((0.0, 0.0, 0.27753), abs=1e-5)
@@ -58,7 +58,7 @@ def test_wilson_interval_textbook_values():
 
 
 def test_t_quantiles_and_intervals_match_tables():
-    from modetune.stats import t_cdf, t_interval, t_quantile
+    from modetune.utils.stats import t_cdf, t_interval, t_quantile
 
     # Student's t table: t_{0.975} at 2, 7 and 30 df; t_{0.8} at 7 df
     for p, df, table in ((0.975, 2, 4.3027), (0.975, 7, 2.3646), (0.975, 30, 2.0423), (0.8, 7, 0.8960)):
@@ -78,7 +78,7 @@ def test_t_quantiles_and_intervals_match_tables():
 
 
 def test_over_seeds_and_minimum_detectable_effect():
-    from modetune.stats import minimum_detectable_effect, over_seeds
+    from modetune.utils.stats import minimum_detectable_effect, over_seeds
 
     result = over_seeds([0.52, 0.55, 0.50, 0.58], [0.50, 0.50, 0.51, 0.50])
     assert result["diffs"] == pytest.approx([0.02, 0.05, -0.01, 0.08])

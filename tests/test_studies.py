@@ -190,9 +190,9 @@ def test_studies_share_runs_but_refuse_other_settings(tiny_model_dir, tmp_path, 
 def test_experiment_config_is_built_on_train_config():
     import dataclasses
 
-    from modetune.errors import ConfigError
     from modetune.studies.plan import RUN_FIELDS, RunSpec, run_train_config
     from modetune.train.config import TrainConfig
+    from modetune.utils.errors import ConfigError
 
     study_fields = {f.name for f in dataclasses.fields(ExperimentConfig)}
     assert study_fields & {f.name for f in dataclasses.fields(TrainConfig)} == {"output_dir"}  # the study folder

@@ -1,4 +1,4 @@
-"""Finding the parts MoD needs (modetune.surgery) in Hugging Face causal LMs of several architectures."""
+"""Finding the parts MoD needs (modetune.mod.surgery) in Hugging Face causal LMs of several architectures."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 from torch import nn
 
 from modetune import MoDConfig, get_mod_model
-from modetune.errors import ConfigError, UnsupportedModelError, UserError
-from modetune.surgery import find_parts, unwrap
+from modetune.mod.surgery import find_parts, unwrap
+from modetune.utils.errors import ConfigError, UnsupportedModelError, UserError
 from tiny import ARCHS, lora, tiny_model
 
 

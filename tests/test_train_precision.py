@@ -15,8 +15,8 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from modetune.errors import ConfigError
 from modetune.train.config import TrainConfig
+from modetune.utils.errors import ConfigError
 from train_helpers import fails, train_args
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
@@ -101,7 +101,7 @@ def _trainer_grads(model_dir, tmp_path, **overrides):
 def test_gradient_checkpointing_through_the_trainer_gives_the_same_gradients(tiny_model_dir, tmp_path):
     plain, _ = _trainer_grads(tiny_model_dir, tmp_path / "plain")
     checkpointed, model = _trainer_grads(tiny_model_dir, tmp_path / "ckpt", gradient_checkpointing=True)
-    from modetune.surgery import unwrap
+    from modetune.mod.surgery import unwrap
 
     assert unwrap(model.base_model).is_gradient_checkpointing  # the Trainer did switch it on
     assert plain.keys() == checkpointed.keys()

@@ -1,12 +1,12 @@
-"""The paper's variants as presets (modetune.variants): where LoRA goes, whether MoD is on."""
+"""The paper's variants as presets (modetune.mod.variants): where LoRA goes, whether MoD is on."""
 
 from __future__ import annotations
 
 import pytest
 
 from modetune import MoDConfig, MoDModel
-from modetune.errors import ConfigError
-from modetune.variants import PRESETS, build_variant, default_lora_targets, parse_preset
+from modetune.mod.variants import PRESETS, build_variant, default_lora_targets, parse_preset
+from modetune.utils.errors import ConfigError
 from tiny import tiny_model
 
 
@@ -33,8 +33,8 @@ def test_build_variant_places_lora_and_mod(preset, lora_layers, mod):
     assert isinstance(model, MoDModel) == mod
     assert _lora_layers(model) == lora_layers
     if preset == "mod_only":
-        trainable = {name.split(".")[0] for name, p in model.named_parameters() if p.requires_grad}
-        assert trainable == {"norms", "router"}
+        trainable = {".".join(name.split(".")[:2]) for name, p in model.named_parameters() if p.requires_grad}
+        assert trainable == {"ensemble.norms", "ensemble.router"}
 
 
 def test_lora_layer_j_is_a_logit_lens_without_distillation():

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from modetune.stats import minimum_detectable_effect, over_seeds, wilson_interval
+from modetune.utils.stats import minimum_detectable_effect, over_seeds, wilson_interval
 
 HERE = Path(__file__).resolve().parent
 

@@ -17,33 +17,43 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ConfigError, first_line
 from ..train.config import TrainConfig
+from ..utils.errors import ConfigError, first_line
 
 TYPE_NAMES = {int: "INT", float: "FLOAT", str: "TEXT"}
 
 
 @dataclass(frozen=True)
 class ConfigFlag:
-    """One settable field of a config: its name, type hint, default and help sentence."""
+    """One settable field of a config: its name, type hint, default and help sentence, and whether
+    the command requires it (metadata ``"required"``)."""
 
     name: str
     hint: typing.Any
     default: typing.Any
     help: str
+    required: bool = False
 
 
 def config_flags(config) -> list[ConfigFlag]:
-    """The settable fields of a config instance (nested configs flattened; defaults from the instance)."""
-    hints = typing.get_type_hints(type(config))
+    """The settable fields of a config class or instance (nested configs flattened; defaults from the
+    instance, else from the class: a class with required fields is never built just to read them)."""
+    cls = config if isinstance(config, type) else type(config)
+    hints = typing.get_type_hints(cls)
     flags = []
-    for f in dataclasses.fields(config):
-        value, hint = getattr(config, f.name), hints[f.name]
-        if dataclasses.is_dataclass(value):
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if not isinstance(config, type):
+            value = getattr(config, f.name)
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            value = None if f.default is dataclasses.MISSING else f.default
+        if dataclasses.is_dataclass(value) or (isinstance(hint, type) and dataclasses.is_dataclass(hint)):
             hidden = set(f.metadata.get("hide", ()))
-            flags += [flag for flag in config_flags(value) if flag.name not in hidden]
+            flags += [flag for flag in config_flags(value if value is not None else hint) if flag.name not in hidden]
         elif hint is not dict and typing.get_origin(hint) is not dict:
-            flags.append(ConfigFlag(f.name, hint, value, f.metadata.get("help", "")))
+            flags.append(ConfigFlag(f.name, hint, value, f.metadata.get("help", ""), f.metadata.get("required", False)))
     return flags
 
 
@@ -101,20 +111,23 @@ def _shown(default) -> str:
     return ",".join(map(str, default)) if isinstance(default, list) else str(default)
 
 
-def add_config_flags(parser: argparse.ArgumentParser, config=TrainConfig) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, config=TrainConfig, yaml: bool = True) -> None:
     """One ``--field-name`` flag per settable field of ``config`` (a config class or an instance,
-    whose values are then the defaults shown); unset flags stay unset."""
-    config = config() if isinstance(config, type) else config
-    group = parser.add_argument_group("config fields (override the YAML file)")
+    whose values are then the defaults shown); unset flags stay unset. ``yaml``: the command also
+    takes ``--config FILE`` (added here), whose values the flags override."""
+    name = config.__name__ if isinstance(config, type) else type(config).__name__
+    if yaml:
+        parser.add_argument("--config", help=f"YAML file of {name} fields (flags override it)")
+    group = parser.add_argument_group("config fields (override the YAML file)" if yaml else "options")
     for flag in config_flags(config):
         option = "--" + flag.name.replace("_", "-")
-        text = f"{flag.help} (default: {_shown(flag.default)})".replace("%", "%%")
+        text = f"{flag.help} ({'required' if flag.required else f'default: {_shown(flag.default)}'})".replace("%", "%%")
         if flag.hint is bool:
             group.add_argument(option, dest=flag.name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=text)
         else:
             group.add_argument(option, dest=flag.name, type=_parser_for(flag.hint), default=argparse.SUPPRESS,
-                               metavar=_metavar(flag.hint), help=text)
+                               metavar=_metavar(flag.hint), help=text, required=flag.required)
 
 
 def load_yaml_config(path: str | Path) -> dict:
@@ -135,7 +148,7 @@ def load_yaml_config(path: str | Path) -> dict:
 def config_from_args(args: argparse.Namespace, cls=TrainConfig):
     """YAML (``--config``) first, then every config flag given on the command line: a ``cls``."""
     data = load_yaml_config(args.config) if getattr(args, "config", None) else {}
-    names = {flag.name for flag in config_flags(cls())}
+    names = {flag.name for flag in config_flags(cls)}
     data.update({key: value for key, value in vars(args).items() if key in names})
     return cls.from_dict(data)
 

@@ -15,7 +15,7 @@ import hashlib
 import random
 import re
 
-from ..errors import DataError
+from ..utils.errors import DataError
 from .text import normalise_text
 
 NAMES = ["Ava", "Ben", "Chloe", "Dev", "Elena", "Farid", "Grace", "Hiro", "Isla", "Jonas", "Kemi", "Liam", "Maya",

@@ -18,7 +18,7 @@ to emit to stop. A token carries a label iff it starts inside such a span.
 
 from __future__ import annotations
 
-from ..errors import DataError
+from ..utils.errors import DataError
 
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
@@ -121,7 +121,7 @@ def tokenize_conversation(messages: list[dict], tokenizer, train_on_inputs: bool
 
 def render_prompt(tokenizer, instruction: str, input: str = "", style: str = "alpaca") -> str:
     """The prompt of an Alpaca question in any prompt style: the chat template for ``"chat"``,
-    :func:`modetune.prompts.format_prompt` otherwise."""
-    from ..prompts import format_prompt
+    :func:`modetune.utils.prompts.format_prompt` otherwise."""
+    from ..utils.prompts import format_prompt
 
     return chat_prompt(tokenizer, instruction, input) if style == "chat" else format_prompt(instruction, input, style)

@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
-from ..errors import ContaminationWarning, DataError
+from ..utils.errors import ContaminationWarning, DataError
 from .packaged import LLM_ADAPTERS, MATH_SPLIT
 from .text import normalise_text
 

@@ -17,7 +17,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from ..errors import DataError
+from ..utils.errors import DataError
 
 DATA_ROOT = Path(__file__).resolve().parent / "files"
 LLM_ADAPTERS = DATA_ROOT / "llm-adapters"

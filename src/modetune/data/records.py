@@ -32,7 +32,7 @@ import re
 import warnings
 from pathlib import Path
 
-from ..errors import DataError
+from ..utils.errors import DataError
 from .chat import CHAT_KEYS, is_conversation, normalise_conversation, record_key, record_target
 from .text import normalise_text
 

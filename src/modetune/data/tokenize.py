@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from ..errors import DataError
-from ..prompts import format_prompt
+from ..utils.errors import DataError
+from ..utils.prompts import format_prompt
 from .chat import alpaca_messages, tokenize_conversation
 
 

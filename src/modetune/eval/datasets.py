@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from ..errors import ConfigError
+from ..utils.errors import ConfigError
 
 NUMBER_RE = re.compile(r"-?\d+\.?\d*")
 LETTER_RE = re.compile(r"A|B|C|D|E")

@@ -17,8 +17,8 @@ from torch import nn
 from transformers import StoppingCriteria
 
 from ..data.chat import render_prompt
-from ..errors import DataError
-from ..prompts import STYLES
+from ..utils.errors import DataError
+from ..utils.prompts import STYLES
 from .datasets import get_dataset
 from .protocol import answer_settled
 

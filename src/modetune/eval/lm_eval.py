@@ -25,18 +25,20 @@ import json
 import re
 import tempfile
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError
-from ..prompts import format_prompt
+from ..utils.checks import coerce_fields, from_flat_dict
+from ..utils.errors import ConfigError
+from ..utils.prompts import format_prompt
 from .datasets import get_dataset
 from .members import forced_member
 from .protocol import score_response
-from .runner import load_for_eval, quiet_transformers
+from .runner import ModelSource, quiet_transformers
 from .sources import dataset_file, find_dataset_folder, load_test_items, resolve_data_dir
 
 TASK_RE = re.compile(r"modetune_(?P<dataset>.+)_(?P<kind>gen|mc)")
@@ -48,7 +50,7 @@ def answer_choices(dataset: str, record: dict) -> list[str]:
 
     Keyword datasets: the item's own ``Answer format: a/b/c`` list when present (so a
     3-option item is not scored against ``answer4``), else the dataset's keywords. AQuA:
-    ``A``..``E``. Numeric datasets have no candidates (:class:`~modetune.errors.ConfigError`).
+    ``A``..``E``. Numeric datasets have no candidates (:class:`~modetune.utils.errors.ConfigError`).
     """
     info = get_dataset(dataset)
     if info.kind == "numeric":
@@ -205,40 +207,60 @@ def run_lm_eval(model: nn.Module, tokenizer, tasks: Sequence[str | dict], batch_
     return results
 
 
-def run_lm_eval_cli(model: str = "default", adapter: str | None = None, tasks: str = "", data_dir: str | None = None,
-                    batch_size: int = 8, limit: float | None = None, num_fewshot: int | None = None,
-                    include_path: str | None = None, member: int | None = None, prompt_style: str = "alpaca",
-                    max_gen_toks: int | None = None, output: str | None = None, dtype: str = "float32",
-                    device: str | None = None, trust_remote_code: bool = False,
-                    ignore_base_mismatch: bool = False) -> dict:
+@dataclass
+class LmEvalCommand:
+    """Everything ``modetune lm-eval`` takes; every field is a flag."""
+
+    source: ModelSource = field(default_factory=ModelSource, metadata={"help": "the model and adapter"})
+    tasks: str = field(default="", metadata={"help": "comma-separated task names", "required": True})
+    data_dir: str | None = field(default=None, metadata={
+        "help": "test sets of modetune_* tasks: a folder, packaged:math-split, packaged:llm-adapters or hub (none: "
+                "the packaged LLM-Adapters sets)"})
+    include_path: str | None = field(default=None, metadata={"help": "folder of extra lm-eval task YAML files"})
+    batch_size: int = field(default=8, metadata={"help": "requests per model call"})
+    limit: float | None = field(default=None, metadata={"help": "items per task (a fraction if < 1; none: all)"})
+    num_fewshot: int | None = field(default=None, metadata={"help": "few-shot examples (none: the task's default)"})
+    member: int | None = field(default=None, metadata={"help": "evaluate ensemble member i alone (none: as loaded)"})
+    prompt_style: str = field(default="alpaca", metadata={"help": "prompt template: alpaca or llm-adapters"})
+    max_gen_toks: int | None = field(default=None, metadata={"help": "for modetune_*_gen tasks (none: per dataset)"})
+    output: str | None = field(default=None, metadata={"help": "write the results as JSON to this file (none: print)"})
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        if not self.tasks.strip():
+            raise ConfigError("tasks must name at least one task.")
+        if self.prompt_style not in ("alpaca", "llm-adapters"):
+            raise ConfigError(f"lm-eval prompt_style must be alpaca or llm-adapters, got {self.prompt_style!r}.")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LmEvalCommand:
+        return from_flat_dict(cls, data, "lm-eval")
+
+
+def run_lm_eval_cli(command: LmEvalCommand) -> dict:
     """Load a model (and adapter) and run lm-eval: the CLI's ``lm-eval``. Writes the results
     (without per-sample logs) to ``output`` as JSON when given; returns them with a
     ``"table"`` entry (lm-eval's markdown table)."""
-    from ..checks import check_device, check_dtype
-
-    check_dtype(dtype)
-    check_device(device)
-    folder = resolve_data_dir(data_dir)
+    c = command
+    folder = resolve_data_dir(c.data_dir)
     if folder is not None and not folder.is_dir():
-        raise FileNotFoundError(f"Data folder {data_dir} does not exist.")
-    if output and Path(output).is_dir():
-        raise ConfigError(f"Output {output} is a folder; give a file name for the JSON results.")
-    workdir = Path(output).parent / ".lm-eval-data" if output else None
-    specs = resolve_tasks(tasks, data_dir=data_dir, prompt_style=prompt_style, max_gen_toks=max_gen_toks,
+        raise FileNotFoundError(f"Data folder {c.data_dir} does not exist.")
+    if c.output and Path(c.output).is_dir():
+        raise ConfigError(f"Output {c.output} is a folder; give a file name for the JSON results.")
+    workdir = Path(c.output).parent / ".lm-eval-data" if c.output else None
+    specs = resolve_tasks(c.tasks, data_dir=c.data_dir, prompt_style=c.prompt_style, max_gen_toks=c.max_gen_toks,
                           workdir=workdir)  # bad task names/data fail before the model loads
     quiet_transformers()
-    loaded, tokenizer, info = load_for_eval(model, adapter, dtype=dtype, device=device,
-                                            trust_remote_code=trust_remote_code,
-                                            ignore_base_mismatch=ignore_base_mismatch)
-    results = run_lm_eval(loaded, tokenizer, specs, batch_size=batch_size,
-                          limit=int(limit) if limit is not None and limit >= 1 else limit,
-                          num_fewshot=num_fewshot, include_path=include_path, member=member)
+    loaded, tokenizer, info = c.source.load()
+    limit = int(c.limit) if c.limit is not None and c.limit >= 1 else c.limit
+    results = run_lm_eval(loaded, tokenizer, specs, batch_size=c.batch_size, limit=limit, num_fewshot=c.num_fewshot,
+                          include_path=c.include_path, member=c.member)
     from lm_eval.utils import make_table
 
-    summary = {"model": info, "member": member, "results": results.get("results", {}),
+    summary = {"model": info, "member": c.member, "results": results.get("results", {}),
                "n_samples": results.get("n-samples", {}), "table": make_table(results)}
-    if output:
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        Path(output).write_text(json.dumps({k: v for k, v in summary.items() if k != "table"}, indent=2,
+    if c.output:
+        Path(c.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(c.output).write_text(json.dumps({k: v for k, v in summary.items() if k != "table"}, indent=2,
                                            default=str) + "\n")
     return summary

@@ -12,14 +12,8 @@ from collections.abc import Iterator
 
 from torch import nn
 
-from ..errors import ConfigError
-
-
-def find_mod(model: nn.Module):
-    """The :class:`MoDModel` in ``model`` (itself), or ``None`` for a plain/peft model."""
-    from ..model import MoDModel
-
-    return model if isinstance(model, MoDModel) else None
+from ..mod.model import find_mod
+from ..utils.errors import ConfigError
 
 
 def member_names(model: nn.Module) -> list[str]:
@@ -32,7 +26,7 @@ def describe_member(model: nn.Module, member: int) -> str:
     """``"member1 = layer 29 of 30 (N-1)"`` (layers counted from 1)."""
     mod = find_mod(model)
     layer = mod.member_layers[member] + 1
-    n = mod._parts.num_layers
+    n = mod.parts.num_layers
     return f"member{member} = layer {layer} of {n} ({'N' if layer == n else f'N-{n - layer}'})"
 
 

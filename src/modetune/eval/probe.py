@@ -7,7 +7,7 @@ per-token oracle pick and oracle convex mix (upper bounds: they see the label), 
 global mix, how often and by how much an earlier member beats the final one, how often the
 trained router's largest weight falls on the oracle's member, and the achievable part: a router
 of the method's form fitted on half of the records and scored on the other half. The maths is
-in :mod:`modetune.probe`; this module loads, collects, and writes ``probe.json``, ``probe.md``
+in :mod:`modetune.mod.headroom`; this module loads, collects, and writes ``probe.json``, ``probe.md``
 and ``probe.png``.
 """
 
@@ -16,17 +16,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from ..errors import ConfigError
-from ..plotting import pyplot
-from ..probe import MemberLogits, exact_mix_ce, fit_linear_router, global_mix, member_ce, oracle_mix
-from ..stats import over_seeds
+from ..mod.headroom import MemberLogits, exact_mix_ce, fit_linear_router, global_mix, member_ce, oracle_mix
+from ..utils.checks import from_flat_dict
+from ..utils.errors import ConfigError
+from ..utils.plotting import pyplot
 
 
 @dataclass
@@ -40,7 +39,8 @@ class ProbeConfig:
     data: str = field(default="packaged:math-split/train.json", metadata={
         "help": "labelled records (as for modetune train --data); use records the model was not trained on"})
     records: int = field(default=64, metadata={"help": "records drawn (seeded) from data"})
-    k: int = field(default=3, metadata={"help": "members (the last k layers) when the adapter is not a MoD adapter"})
+    num_members: int = field(default=3, metadata={
+        "help": "members probed (the last N layers) when the adapter is not a MoD adapter (a MoD adapter: its own k)"})
     cutoff_len: int = field(default=256, metadata={"help": "tokens per record after truncation"})
     prompt_style: str = field(default="alpaca", metadata={"help": "prompt template: 'alpaca' or 'llm-adapters'"})
     seed: int = field(default=0, metadata={"help": "seed of the record draw, the fit/score split and the router fit"})
@@ -48,38 +48,33 @@ class ProbeConfig:
     candidates: int = field(default=1024, metadata={
         "help": "vocabulary entries per token the optimisers search over (plus a tail bound; reported numbers are "
                 "re-scored on the full vocabulary)"})
-    router_lr: float = field(default=1e-3, metadata={"help": "Adam learning rate of the fitted router"})
-    router_max_epochs: int = field(default=60, metadata={"help": "epochs of the fitted router at most"})
-    router_patience: int = field(default=4, metadata={
+    fit_lr: float = field(default=1e-3, metadata={"help": "Adam learning rate of the router the probe fits"})
+    fit_max_epochs: int = field(default=60, metadata={"help": "epochs of the router fit at most"})
+    fit_patience: int = field(default=4, metadata={
         "help": "stop the router fit after N epochs without a better validation CE"})
     output: str = field(default="runs/probe", metadata={"help": "folder for probe.json, probe.md and probe.png"})
 
     def __post_init__(self) -> None:
         if self.records < 4:
             raise ConfigError(f"probe needs at least 4 records (fit, validation and scoring parts), got {self.records}.")
-        if self.k < 1:
-            raise ConfigError(f"k must be positive, got {self.k}.")
+        if self.num_members < 1:
+            raise ConfigError(f"num_members must be positive, got {self.num_members}.")
 
     @classmethod
     def from_dict(cls, data: dict) -> ProbeConfig:
-        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ConfigError(f"Unknown probe field(s): {', '.join(unknown)}.")
-        return cls(**data)
+        return from_flat_dict(cls, data, "probe")
 
 
 def _members_of(model, k: int):
     """``(decoder layers, member norms, head spec, layer indices, is_mod)`` of a MoD or plain (peft) model."""
-    from ..losses import HeadSpec
-    from ..model import MoDModel
-    from ..surgery import find_parts
+    from ..mod.losses import HeadSpec
+    from ..mod.model import MoDModel
+    from ..mod.surgery import check_members, find_parts
 
     if isinstance(model, MoDModel):
-        parts = model._parts
-        return parts.layers, model.member_norms(), model._head_spec(), model.member_layers, True
+        return model.parts.layers, model.member_norms(), model.head_spec(), model.member_layers, True
     parts = find_parts(model)
-    if k >= parts.num_layers:
-        raise ConfigError(f"k={k} must be smaller than the model's number of layers ({parts.num_layers}).")
+    check_members(k, parts.num_layers)
     head = HeadSpec(parts.head.weight, parts.head.bias, parts.softcap)
     return parts.layers, [parts.final_norm] * k, head, list(range(parts.num_layers - k, parts.num_layers)), False
 
@@ -128,7 +123,7 @@ def collect(model, rows: list[dict], k: int, candidates: int | None = None) -> d
 
 
 def headroom(data: dict, oracle_steps: int = 12) -> dict:
-    """The probe's numbers over every collected token (see :mod:`modetune.probe` for the formulas);
+    """The probe's numbers over every collected token (see :mod:`modetune.mod.headroom` for the formulas);
     the mixes found on the candidate surrogate are re-scored on the full vocabulary."""
     members = data["members"]
     ce = member_ce(members)
@@ -175,8 +170,8 @@ def fitted_router(data: dict, config: ProbeConfig) -> dict:
     fit_rows = torch.cat([rows["fit"], rows["val"]])
     _, global_w = global_mix(MemberLogits.cat([members["fit"], members["val"]]),
                              lambda tokens: data["exact"](fit_rows[tokens]))
-    router, history = fit_linear_router(x["fit"], members["fit"], x["val"], members["val"], lr=config.router_lr,
-                                        max_epochs=config.router_max_epochs, patience=config.router_patience,
+    router, history = fit_linear_router(x["fit"], members["fit"], x["val"], members["val"], lr=config.fit_lr,
+                                        max_epochs=config.fit_max_epochs, patience=config.fit_patience,
                                         seed=config.seed, init=global_w)
     seconds = time.perf_counter() - start
     score = members["score"]
@@ -217,7 +212,7 @@ def run_probe(config: ProbeConfig) -> dict:
                                            device="cuda" if torch.cuda.is_available() else None)
     tokenizer.padding_side = "right"
     rows = probe_rows(config, tokenizer)
-    data = collect(model, rows, config.k, config.candidates)
+    data = collect(model, rows, config.num_members, config.candidates)
     result = {"config": dataclasses.asdict(config), "kind": info["kind"], "records": len(rows),
               **headroom(data, config.oracle_steps), "fitted_router": fitted_router(data, config)}
     result["collect_seconds"] = data["seconds"]
@@ -228,57 +223,6 @@ def run_probe(config: ProbeConfig) -> dict:
     (output / "probe.md").write_text(probe_markdown(result) + "\n")
     plot_probe(result, output / "probe.png")
     return result
-
-
-def arm_table(rows: list[tuple[str, list[dict]]]) -> list[str]:
-    """Probes (``probe.json`` dicts) grouped by arm, as a markdown section: means over the arm's
-    runs of the final member's CE, the trained ensemble's CE, the label-aware oracle mix (an upper
-    bound), the share of the oracle's room ``(final - ensemble) / (final - oracle mix)`` the
-    trained router captures, and the same share for a router fitted on the frozen members (half of
-    the records, scored on the other half); the ensemble's gain over its final member with a 95%
-    t-interval over the runs (seeds). Empty when there is no probe."""
-    if not rows:
-        return []
-    first = rows[0][1][0]
-
-    def cell(values: list[float | None], digits: int = 3, pct: bool = False) -> str:
-        values = [v for v in values if v is not None]
-        if not values:
-            return "-"
-        scale, unit = (100, "%") if pct else (1, "")
-        text = f"{scale * statistics.mean(values):.{digits}f}{unit}"
-        return text + (f" ± {scale * statistics.stdev(values):.{digits}f}" if len(values) > 1 else "")
-
-    def share(p: dict) -> float | None:
-        final, room = p["member_ce"][-1], p["member_ce"][-1] - p["oracle_mix_ce"]
-        return None if p["ensemble_ce"] is None or room <= 0 else (final - p["ensemble_ce"]) / room
-
-    lines = ["## Headroom and the routers (`modetune probe`)", "",
-             f"Each run's adapter probed on {first['records']} records of `{Path(first['config']['data']).name}` "
-             f"(seed {first['config']['seed']}; {first['tokens']} labelled tokens), teacher forcing, "
-             "nats per token; mean ± standard deviation over the arm's runs. The *oracle* mix sees the label: an upper "
-             "bound, not an achievable number. The trained router's share of the oracle's room is (final - ensemble) / "
-             "(final - oracle mix); the fitted router is one of the method's form fitted on the frozen members of half "
-             "of the records and scored on the other half (its share on that half). Per run: `<run>/probe/probe.md`.",
-             "", "| arm | runs | final member | own ensemble | ensemble gain over final [95% t-CI over runs] | "
-             "*oracle* mix | trained router's share of room | router top on oracle's member | fitted router: final -> "
-             "router (scoring half) | fitted router's share |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, probes in rows:
-        gains = [p["member_ce"][-1] - p["ensemble_ce"] for p in probes if p["ensemble_ce"] is not None]
-        if len(gains) >= 2:
-            gain = over_seeds(gains, [0.0] * len(gains))
-            gain_cell = f"{gain['mean']:+.4f} [{gain['low']:+.4f}, {gain['high']:+.4f}]"
-        else:
-            gain_cell = f"{gains[0]:+.4f}" if gains else "-"
-        fitted = [p["fitted_router"] for p in probes]
-        lines.append(" | ".join([
-            f"| {name}", str(len(probes)), cell([p["member_ce"][-1] for p in probes]),
-            cell([p["ensemble_ce"] for p in probes]), gain_cell, cell([p["oracle_mix_ce"] for p in probes]),
-            cell([share(p) for p in probes], 1, True),
-            cell([p.get("router_on_oracle_member_share") for p in probes], 1, True),
-            f"{cell([f['final_ce'] for f in fitted])} -> {cell([f['router_ce'] for f in fitted])}",
-            cell([f["share_of_oracle_room"] for f in fitted], 1, True)]) + " |")
-    return lines + [""]
 
 
 def probe_markdown(r: dict) -> str:

@@ -5,7 +5,7 @@ LLM-Adapters' ``evaluate.py`` (arithmetic) and ``commonsense_evaluate.py`` (comm
 docs/evaluation.md describes the protocol. Every rule, exactly as implemented here:
 
 Prompt
-    ``modetune.prompts.format_prompt(instruction, input, style)`` (Alpaca; ``style="llm-adapters"``
+    ``modetune.utils.prompts.format_prompt(instruction, input, style)`` (Alpaca; ``style="llm-adapters"``
     gives the reference's byte-exact string). The response is the decoded continuation after
     the prompt (special tokens skipped), stripped of surrounding whitespace.
 
@@ -69,8 +69,8 @@ import hashlib
 import re
 from typing import Any
 
-from ..errors import DataError
-from ..prompts import RESPONSE_MARKER
+from ..utils.errors import DataError
+from ..utils.prompts import RESPONSE_MARKER
 from .datasets import NUMBER_RE, get_dataset
 
 NUMERIC_TOLERANCE = 1e-3

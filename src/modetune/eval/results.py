@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from itertools import combinations
 from pathlib import Path
 
-from ..errors import ConfigError, DataError
-from ..integrity import read_json, warn
-from ..plotting import pyplot
+from ..utils.errors import ConfigError, DataError
+from ..utils.integrity import read_json, warn
+from ..utils.plotting import pyplot
 from .datasets import ALL_DATASETS, ARITHMETIC, BUILTIN, COMMONSENSE, get_dataset
 
 RESULTS_SUFFIX = ".jsonl"

@@ -14,19 +14,19 @@ import json
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from ..checks import check_device, check_dtype, coerce_fields
 from ..data import parse_source, select_records
 from ..data.chat import render_prompt
 from ..data.contamination import eval_contamination
-from ..errors import BaseModelMismatchError, ConfigError, first_line
-from ..integrity import read_json
-from ..prompts import STYLES
+from ..utils.checks import check_device, check_dtype, coerce_fields, differing_settings, from_flat_dict
+from ..utils.errors import BaseModelMismatchError, ConfigError, first_line
+from ..utils.integrity import read_json
+from ..utils.prompts import STYLES
 from .datasets import get_dataset, parse_dataset_list
 from .generation import generate_responses
 from .members import describe_member, forced_member, member_index, parse_members, variant_name
@@ -46,39 +46,28 @@ from .sources import load_test_items
 # ---------------------------------------------------------------------------- options
 @dataclass
 class EvalConfig:
-    """Options of an evaluation run (defaults in brackets).
+    """Options of an evaluation run; each field's meaning is its ``help``."""
 
-    Attributes:
-        batch_size: prompts per ``generate`` call [16]; outputs do not depend on it.
-        max_new_tokens: generation budget; ``None`` = the reference's 256 (arithmetic) or
-            32 (commonsense) [None].
-        num_beams: 1 = greedy [1]; 4 = the reference protocol's beam search.
-        prompt_style: ``"alpaca"``, ``"llm-adapters"`` (byte-exact reference string) or ``"chat"``
-            (the tokenizer's chat template, for chat-trained adapters) [alpaca].
-        limit: evaluate only the first ``limit`` items of each dataset [None = all].
-        members: which routings to evaluate: ``None`` = the model as loaded (the ensemble for
-            MoD); a list of member indices and/or ``None`` entries (``None`` = ensemble) [None].
-        stop_at_answer: stop once the answer is settled (:mod:`modetune.eval.protocol`) [True].
-        cut_at_next_response: score only the text before the first ``### Response:`` the model
-            writes, as LLM-Adapters does (:func:`~modetune.eval.protocol.first_response`);
-            False scores the whole generated text [True].
-        sort_by_length: batch prompts of similar length together (longest first) [True].
-        progress: show a progress bar with items/s [True].
-        prefix_cache: greedy only: compute the prompt template's shared header once per
-            batch instead of once per item (same math) [True].
-    """
-
-    batch_size: int = 16
-    max_new_tokens: int | None = None
-    num_beams: int = 1
-    prompt_style: str = "alpaca"
-    limit: int | None = None
-    members: list[int | None] | None = None
-    stop_at_answer: bool = True
-    cut_at_next_response: bool = True
-    sort_by_length: bool = True
-    progress: bool = True
-    prefix_cache: bool = True
+    batch_size: int = field(default=16, metadata={"help": "prompts per generate call; outputs do not depend on it"})
+    max_new_tokens: int | None = field(default=None, metadata={
+        "help": "generation budget (none: the reference's 256 arithmetic, 32 commonsense)"})
+    num_beams: int = field(default=1, metadata={"help": "1 = greedy; the reference protocol uses 4"})
+    prompt_style: str = field(default="alpaca", metadata={
+        "help": "prompt template: alpaca, llm-adapters (the reference's string, byte for byte) or chat (the "
+                "tokenizer's chat template, for adapters trained with prompt_style chat)"})
+    limit: int | None = field(default=None, metadata={"help": "first N items of each dataset (none: all)"})
+    members: list[int | None] | None = field(default=None, metadata={
+        "help": "routings to evaluate: member indices and/or none (= the ensemble); none: the model as loaded"})
+    stop_at_answer: bool = field(default=True, metadata={
+        "help": "stop generating once the answer is settled (modetune.eval.protocol)"})
+    cut_at_next_response: bool = field(default=True, metadata={
+        "help": "score only the text before the first '### Response:' the model writes, as LLM-Adapters does "
+                "(false: the whole generated text)"})
+    sort_by_length: bool = field(default=True, metadata={
+        "help": "batch prompts of similar length together (longest first)"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar with items/s"})
+    prefix_cache: bool = field(default=True, metadata={
+        "help": "greedy only: compute the prompt template's shared header once per batch (same math)"})
 
     def __post_init__(self) -> None:
         coerce_fields(self)
@@ -105,6 +94,70 @@ class EvalConfig:
                 "decoding": self.decoding}
 
 
+@dataclass
+class ModelSource:
+    """The model a command loads: a base model, and optionally an adapter on it."""
+
+    model: str | None = field(default=None, metadata={
+        "help": "base model: 'default' (the embedded SmolLM2-135M-Instruct), a local folder or a hub name (none: the "
+                "one the adapter was trained on, else default)"})
+    adapter: str | None = field(default=None, metadata={
+        "help": "MoD folder (mod_config.json) or LoRA-only folder (adapter_config.json); none: the base model alone"})
+    dtype: str = field(default="float32", metadata={
+        "help": "weights dtype (a torch dtype name: float32, bfloat16, float16)"})
+    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1, ... (none: where the model loads)"})
+    trust_remote_code: bool = field(default=False, metadata={
+        "help": "let transformers run the model folder's own code (off: refuse such a model)"})
+    ignore_base_mismatch: bool = field(default=False, metadata={
+        "help": "load an adapter recorded for another base model anyway, with a warning (off: refuse)"})
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        check_dtype(self.dtype)
+        check_device(self.device)
+
+    def load(self):
+        """``(model, tokenizer, info)``: :func:`load_for_eval` of this source."""
+        return load_for_eval(self.model, self.adapter, dtype=self.dtype, device=self.device,
+                             trust_remote_code=self.trust_remote_code, ignore_base_mismatch=self.ignore_base_mismatch)
+
+
+@dataclass
+class EvalCommand:
+    """Everything ``modetune eval`` takes; every field is a flag."""
+
+    source: ModelSource = field(default_factory=ModelSource, metadata={"help": "the model and adapter"})
+    datasets: str = field(default="all", metadata={
+        "help": "comma-separated names (gsm8k,SVAMP,boolq,...), 'all', 'arithmetic', 'commonsense', or "
+                "name=path/to/test.json"})
+    data_dir: str | None = field(default=None, metadata={
+        "help": "where test sets come from: a folder holding <Name>/test.json (LLM-Adapters layout), "
+                "packaged:math-split (the clean split's test halves), packaged:llm-adapters, or hub (none: the "
+                "packaged LLM-Adapters sets)"})
+    output: str | None = field(default=None, metadata={
+        "help": "run folder (none: ADAPTER/eval-<decoding>, or eval/<model>-<decoding>)"})
+    label: str | None = field(default=None, metadata={
+        "help": "name of this run in tables (none: the adapter or model folder name)"})
+    member: int | None = field(default=None, metadata={
+        "help": "evaluate ensemble member i alone (0 = shallowest, k-1 = final; -1 = final; none: the model as loaded)"})
+    members: str | None = field(default=None, metadata={
+        "help": "'all' (every member and the ensemble) or a list like 0,2,ensemble (none: the model as loaded)"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "replace the results in an output folder that holds another run (off: refuse; a run with the same "
+                "settings resumes)"})
+    options: EvalConfig = field(default_factory=EvalConfig, metadata={
+        "help": "generation and scoring options", "hide": ("members",)})
+
+    def __post_init__(self) -> None:
+        coerce_fields(self)
+        if self.member is not None and self.members is not None:
+            raise ConfigError("Give --member or --members, not both.")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> EvalCommand:
+        return from_flat_dict(cls, data, "eval")
+
+
 # ---------------------------------------------------------------------------- models
 def load_for_eval(model: str | None = "default", adapter: str | Path | None = None, dtype: str = "float32",
                   device: str | None = None, trust_remote_code: bool = False,
@@ -112,16 +165,16 @@ def load_for_eval(model: str | None = "default", adapter: str | Path | None = No
     """Load ``(model, tokenizer, info)`` for evaluation.
 
     ``adapter``: a MoD folder (``mod_config.json``; loaded with :meth:`MoDModel.from_pretrained`,
-    which raises :class:`~modetune.errors.BaseModelMismatchError` on another base), a LoRA-only
+    which raises :class:`~modetune.utils.errors.BaseModelMismatchError` on another base), a LoRA-only
     folder (``adapter_config.json``; peft; its ``modetune_adapter.json`` fingerprint must match
     too), or ``None`` for the base model alone; ``ignore_base_mismatch`` turns the refusal of
     another base into a warning. Damaged adapter files are named before the model loads. The
     tokenizer pads on the left. ``info``: ``model``, ``adapter``, ``kind`` (base/lora/mod).
     """
-    from ..config import CONFIG_NAME
-    from ..integrity import check_adapter_base, check_files
-    from ..model import ADAPTER_CONFIG, ADAPTER_WEIGHTS, WEIGHTS_NAME, MoDModel, base_fingerprint
-    from ..models import base_model_for, load_model
+    from ..mod.config import CONFIG_NAME
+    from ..mod.model import ADAPTER_CONFIG, ADAPTER_WEIGHTS, WEIGHTS_NAME, MoDModel, base_fingerprint
+    from ..utils.integrity import check_adapter_base, check_files
+    from ..utils.models import base_model_for, load_model
 
     model = base_model_for(model, adapter)  # None: the base the adapter records (base_model.json)
     adapter_path = Path(adapter) if adapter is not None else None
@@ -191,10 +244,11 @@ def _same_run(output_dir: Path, run: dict) -> dict | None:
     if not path.exists():
         return None
     previous = read_json(path)
-    for key in ("settings", "model", "adapter"):
-        if previous.get(key) != run.get(key):
-            raise ConfigError(f"{output_dir} holds a run with other {key} ({previous.get(key)} vs "
-                              f"{run.get(key)}); use another output folder, or --overwrite to replace it.")
+    compared = ("settings", "model", "adapter")
+    differ = differing_settings({k: previous.get(k) for k in compared}, {k: run.get(k) for k in compared})
+    for key in [key for key in compared if key in differ][:1]:
+        raise ConfigError(f"{output_dir} holds a run with other {key} ({previous.get(key)} vs "
+                          f"{run.get(key)}); use another output folder, or --overwrite to replace it.")
     return previous
 
 
@@ -326,7 +380,7 @@ def evaluate(model: nn.Module, tokenizer, datasets: str | Sequence[str] | list[t
     per dataset, the evaluated items that were training questions (a warning when any). Returns the summary
     (:func:`modetune.eval.results.summarize_run`).
     """
-    from ..version import __version__
+    from ..utils.version import __version__
 
     output_dir = Path(output_dir)
     loaded = load_datasets(datasets, data_dir)
@@ -359,35 +413,27 @@ def _default_label(info: dict) -> str:
     return Path(str(info.get("model") or "model")).name
 
 
-def run_eval(model: str | None = "default", adapter: str | None = None, datasets: str = "all", output: str | None = None,
-             data_dir: str | None = None, member: int | None = None, members: str | None = None,
-             label: str | None = None, dtype: str = "float32", device: str | None = None,
-             trust_remote_code: bool = False, ignore_base_mismatch: bool = False, overwrite: bool = False,
-             **options) -> dict:
-    """Load a model (and adapter), evaluate it, and return the summary: the CLI's ``eval``.
+def run_eval(command: EvalCommand) -> dict:
+    """Load a model (and adapter), evaluate it, and return the summary: the CLI's ``eval``. The
+    output folder defaults to ``ADAPTER/eval-<decoding>`` or ``eval/<model>-<decoding>``."""
+    from ..utils.models import base_model_for
 
-    ``options`` are :class:`EvalConfig` fields. The output folder defaults to
-    ``ADAPTER/eval-<decoding>`` or ``eval/<model>-<decoding>``.
-    """
-    from ..models import base_model_for
-
-    model = base_model_for(model, adapter)
-    config = EvalConfig(**options)
-    check_dtype(dtype)
-    check_device(device)
+    source, config = command.source, command.options
+    model = base_model_for(source.model, source.adapter)
+    source = dataclasses.replace(source, model=model)
+    output = command.output
     if output is None:
-        base = Path(adapter) if adapter else Path("eval") / Path(model).name
-        output = str(base / f"eval-{config.decoding}") if adapter else f"{base}-{config.decoding}"
-    if not overwrite:  # a folder holding another run is refused before the model loads
+        base = Path(source.adapter) if source.adapter else Path("eval") / Path(model).name
+        output = str(base / f"eval-{config.decoding}") if source.adapter else f"{base}-{config.decoding}"
+    if not command.overwrite:  # a folder holding another run is refused before the model loads
         _same_run(Path(output), {"settings": config.settings(), "model": model,
-                                 "adapter": None if adapter is None else str(Path(adapter))})
+                                 "adapter": None if source.adapter is None else str(Path(source.adapter))})
     elif Path(output).exists() and not Path(output).is_dir():
         raise ConfigError(f"Output {output} is a file, not a folder.")
-    data = load_datasets(datasets, data_dir)  # bad names, files, records fail before the model loads
+    data = load_datasets(command.datasets, command.data_dir)  # bad names, files, records fail before the model loads
     quiet_transformers()
-    loaded, tokenizer, info = load_for_eval(model, adapter, dtype=dtype, device=device,
-                                            trust_remote_code=trust_remote_code,
-                                            ignore_base_mismatch=ignore_base_mismatch)
-    config = dataclasses.replace(config, members=parse_members(member, members, loaded))
-    return evaluate(loaded, tokenizer, data, config, output, info=info, label=label, overwrite=overwrite)
+    loaded, tokenizer, info = source.load()
+    config = dataclasses.replace(config, members=parse_members(command.member, command.members, loaded))
+    return evaluate(loaded, tokenizer, data, config, output, info=info, label=command.label,
+                    overwrite=command.overwrite)
 

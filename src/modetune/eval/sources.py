@@ -21,14 +21,14 @@ from typing import Any
 
 from ..data import builtin_arithmetic, check_fields, gsm8k_record
 from ..data.packaged import DATA_ROOT, LLM_ADAPTERS
-from ..errors import ConfigError, DataError, first_line
+from ..utils.errors import ConfigError, DataError, first_line
 from .datasets import BUILTIN, BUILTIN_TEST_SIZE, get_dataset
 from .protocol import gold_number
 
 
 def validate_test_items(records: Any, dataset: str, source: str) -> list[dict]:
     """Check LLM-Adapters test items: a JSON list of objects with a string ``instruction`` and
-    an ``answer`` that the dataset's rule can match. Raises :class:`~modetune.errors.DataError`
+    an ``answer`` that the dataset's rule can match. Raises :class:`~modetune.utils.errors.DataError`
     (a ``ValueError``) naming the record."""
     info = get_dataset(dataset)
     check_fields(records, source, required=("instruction",), conversations=False)  # a non-empty list of objects

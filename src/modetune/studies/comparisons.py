@@ -14,25 +14,9 @@ import json
 import re
 from pathlib import Path
 
-from ..stats import minimum_detectable_effect, over_seeds
+from ..utils.stats import minimum_detectable_effect, over_seeds
 from .plan import arm_of
 
-# the pre-registered comparisons of each study that declares them (docs/results/<study>/PLAN.md)
-COMPARISONS = {
-    "clip_control": [
-        ("C1", "mod_pergroup", "lora_notk"),
-        ("C2", "mod_pergroup", "lora_notk_mod"),
-        ("C3", "lora_lr1.5x", "lora_notk"),
-        ("C4", "lora_lr2x", "lora_notk"),
-        ("C5", "mod_pergroup:final", "lora_notk"),
-        ("C5", "lora_notk_mod_rerun:final", "lora_notk"),
-        ("C5", "mod_pergroup:final", "mod_pergroup"),
-        ("C5", "lora_notk_mod_rerun:final", "lora_notk_mod_rerun"),
-        ("(reference)", "lora_notk_mod", "lora_notk"),
-    ],
-}
-# the comparisons repeated on each seed's items with no seen equation (PLAN.md, secondary)
-UNSEEN_COMPARISONS = {"clip_control": ["C1", "C2", "C4"]}
 EQUATION = re.compile(r"-?\d+(?:\.\d+)? [-+*/x] -?\d+(?:\.\d+)? = -?\d+(?:\.\d+)?")
 
 
@@ -88,25 +72,19 @@ HEADER = ["| | comparison | seeds | items per seed | mean acc (%) a / b | Δ ove
           "seeds better / worse | sign p | MDE (pts) | reading |", "|---|---|---|---|---|---|---|---|---|---|"]
 
 
-def comparison_rows(study: str, results: list[dict], root: Path) -> list[str]:
-    """The study's declared comparisons (:data:`COMPARISONS`), the unseen-equation repeats, and the
-    follow-up's checks; nothing for a study that declares none."""
-    declared = COMPARISONS.get(study)
-    if not declared:
-        return []
+def comparison_rows(declared, results: list[dict]) -> list[str]:
+    """A study's declared comparisons ``(label, a, b)`` (``plan.Study.comparisons``); nothing when none pairs."""
     rows = [_row(label, a, b, c) for label, a, b in declared if (c := compare(results, a, b)) is not None]
-    lines = ["## Pre-registered comparisons (PLAN.md)", "",
-             "Per seed, the accuracy of `a` minus that of `b` on the items both scored (`arm:final`: the final "
-             "member alone, `eval-final/`); the mean with its 95% t-interval over seeds, the exact sign test over "
-             "seeds, and the MDE at the observed spread. A comparison appears once two seeds pair; the decision "
-             "rules read it only once all its planned runs have rows.", "", *HEADER, *rows, ""]
     if not rows:
-        lines = []
-    return (lines + _final_member_rows(results) + _unseen_rows(study, results, root, declared)
-            + _reproduction_rows(results) + _clip_rows(results))
+        return []
+    return ["## Pre-registered comparisons (PLAN.md)", "",
+            "Per seed, the accuracy of `a` minus that of `b` on the items both scored (`arm:final`: the final "
+            "member alone, `eval-final/`); the mean with its 95% t-interval over seeds, the exact sign test over "
+            "seeds, and the MDE at the observed spread. A comparison appears once two seeds pair; the decision "
+            "rules read it only once all its planned runs have rows.", "", *HEADER, *rows, ""]
 
 
-def _final_member_rows(results: list[dict]) -> list[str]:
+def final_member_rows(results: list[dict]) -> list[str]:
     """Per run scored both ways: the ensemble's and the final member's accuracy on the same items."""
     lines = []
     for r in results:
@@ -146,16 +124,16 @@ def seen_items(results: list[dict], root: Path) -> dict[int, set]:
     return seen
 
 
-def _unseen_rows(study: str, results: list[dict], root: Path, declared: list) -> list[str]:
-    wanted = UNSEEN_COMPARISONS.get(study, [])
-    if not wanted:
+def unseen_rows(declared, labels, results: list[dict], root: Path) -> list[str]:
+    """The declared comparisons named in ``labels``, on each seed's items with no seen equation."""
+    if not labels:
         return []
     seen = seen_items(results, root)
     if not seen:
         return []
     every = {key for r in results for key in flags_of(r, "ensemble")}
     unseen = {seed: every - items for seed, items in seen.items()}
-    rows = [_row(label, a, b, c) for label, a, b in declared if label in wanted
+    rows = [_row(label, a, b, c) for label, a, b in declared if label in labels
             and (c := compare(results, a, b, unseen)) is not None]
     counts = ", ".join(f"{seed}: {len(items)}" for seed, items in seen.items())
     return ["## Items with no seen equation (secondary)", "",
@@ -163,7 +141,7 @@ def _unseen_rows(study: str, results: list[dict], root: Path, declared: list) ->
             f"{counts}. The comparisons below leave them out.", "", *HEADER, *rows, ""]
 
 
-def _reproduction_rows(results: list[dict]) -> list[str]:
+def reproduction_rows(results: list[dict]) -> list[str]:
     """``<arm>_rerun-sN`` against the committed ``<arm>-sN``: logged losses and gradient norms step by
     step, and the scored responses item by item."""
     from ..eval.results import read_results
@@ -194,7 +172,7 @@ def _reproduction_rows(results: list[dict]) -> list[str]:
             "|---|---|---|---|", *lines, ""]
 
 
-def _clip_rows(results: list[dict]) -> list[str]:
+def clip_rows(results: list[dict]) -> list[str]:
     """Per arm, the share of optimizer steps whose pre-clip norm exceeded 1.0: all parameters
     (``grad_norm``), LoRA (``grad_norm_lora``) and the MoD parameters (``grad_norm_mod``)."""
     groups: dict[str, list[dict]] = {}

@@ -12,16 +12,15 @@ alone; docs/results/study-clip-control/PLAN.md).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..checks import check_bounds, coerce_fields
-from ..config import MoDConfig
-from ..errors import ConfigError
+from ..mod.config import MoDConfig
 from ..train.config import TrainConfig
+from ..utils.checks import check_bounds, coerce_fields, from_flat_dict
+from ..utils.errors import ConfigError
 
-STUDIES = ("variants", "motivation", "sparsity", "topk", "ablations", "sweep", "router_sweep", "mod_vs_lora",
-           "clip_control")
 # TrainConfig fields that the study sets for each run itself (not settable for a study)
 RUN_FIELDS = ("preset", "seed", "output_dir", "report_to", "save_steps")
 # where a study's training differs from TrainConfig's defaults
@@ -125,17 +124,14 @@ class ExperimentConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> ExperimentConfig:
-        data = dict(data)
-        mod = data.pop("mod", None) or {}
-        if not isinstance(mod, dict):
-            raise ConfigError(f"mod must be a mapping of MoD fields, got {mod!r}.")
+        """From a flat mapping: this class's own fields, and TrainConfig's (MoD fields flat or under
+        ``mod:``) on top of the study defaults (:data:`STUDY_TRAINING`), except :data:`RUN_FIELDS`."""
         own = {f.name for f in dataclasses.fields(cls)} - {"train"}
-        train_fields = set(TrainConfig().to_dict()) - set(RUN_FIELDS)
-        mod_fields = {f.name for f in dataclasses.fields(MoDConfig)}
-        unknown = sorted(set(data) - own - train_fields) + sorted(f"mod.{key}" for key in set(mod) - mod_fields)
-        if unknown:
-            raise ConfigError(f"Unknown experiment field(s): {', '.join(unknown)}.")
-        train = TrainConfig.from_dict({**STUDY_TRAINING, **mod, **{k: v for k, v in data.items() if k in train_fields}})
+        train = {key: value for key, value in data.items() if key not in own}
+        run_fields = sorted(set(train) & set(RUN_FIELDS))
+        if run_fields:
+            raise ConfigError(f"Unknown experiment field(s): {', '.join(run_fields)} (each run of a study sets it).")
+        train = from_flat_dict(TrainConfig, {**STUDY_TRAINING, **train}, "experiment")
         return cls(train=train, **{key: value for key, value in data.items() if key in own})
 
     def mod_overrides(self) -> dict:
@@ -172,51 +168,54 @@ class RunSpec:
         return (root / self.rows_from / self.name) if self.rows_from else root / self.name
 
 
-def plan(study: str, config: ExperimentConfig) -> list[RunSpec]:
-    """The runs of a study, baseline first."""
-    k = config.train.mod.k
-    if study == "variants":
-        runs = []
-        for preset in ("lora_notk", "lora_notk_mod", "lora_all", "lora_all_mod", "mod_only"):
-            seeds = config.key_seeds if preset in ("lora_notk", "lora_notk_mod") else config.seeds[:1]
-            runs += [RunSpec(f"{preset}-s{seed}", preset, seed) for seed in seeds]
-        return runs
-    if study == "motivation":
-        return [RunSpec(f"lora_layer_{j}-s{s}", f"lora_layer_{j}", s) for j in range(3) for s in config.seeds]
-    if study == "sparsity":
-        return [RunSpec(f"{p}-s{s}", p, s, evaluate=False) for p in ("lora_notk_mod", "lora_all_mod")
-                for s in config.seeds]
-    if study == "topk":
-        seed = config.seeds[0]
-        runs = [RunSpec(f"lora_notk-s{seed}", "lora_notk", seed), RunSpec(f"lora_notk_mod-s{seed}", "lora_notk_mod", seed)]
-        runs += [RunSpec(f"topk{K}-s{seed}", "lora_notk_mod", seed, {"top_k": K}) for K in range(1, k)]  # K = k: dense
-        runs += [RunSpec(f"k{kk}-s{seed}", "lora_notk_mod", seed, {"k": kk}) for kk in config.k_values if kk != k]
-        return runs
-    if study == "ablations":
-        seed = config.seeds[0]
-        return [RunSpec(f"lora_notk-s{seed}", "lora_notk", seed), RunSpec(f"lora_notk_mod-s{seed}", "lora_notk_mod", seed),
-                RunSpec(f"no_distill-s{seed}", "lora_notk_mod", seed, {"distill_lambda": 0.0}),
-                RunSpec(f"no_member_norms-s{seed}", "lora_notk_mod", seed, {"member_norms": False})]
-    if study == "sweep":
-        seed = config.seeds[0]
-        runs = [RunSpec(f"lora_notk-s{seed}", "lora_notk", seed, evaluate=False)]
-        for lam in (0.0, 0.1, 1.0):
-            for init in ("uniform", "final"):
-                for body in ((True,) if lam == 0 else (True, False)):
-                    name = f"lam{lam:g}-{init}-{'body' if body else 'normsonly'}-s{seed}"
-                    runs.append(RunSpec(name, "lora_notk_mod", seed, {"distill_lambda": lam, "router_init": init,
-                                                                       "distill_through_body": body}, False))
-        return runs
-    if study == "router_sweep":
-        seed, lr = config.seeds[0], config.train.learning_rate
-        return [RunSpec(f"rlr{f:g}x-warm{w}-s{seed}", "lora_notk_mod", seed, evaluate=False,
-                        train={"router_lr": f * lr, "router_warmup_steps": w})
-                for f in config.router_lr_factors for w in config.router_warmups]
-    if study == "mod_vs_lora":
-        return _mod_vs_lora(config)
-    if study == "clip_control":
-        return _clip_control(config)
-    raise ConfigError(f"Unknown study {study!r}; choose one of {', '.join(STUDIES)}.")
+def _variants(config: ExperimentConfig) -> list[RunSpec]:
+    runs = []
+    for preset in ("lora_notk", "lora_notk_mod", "lora_all", "lora_all_mod", "mod_only"):
+        seeds = config.key_seeds if preset in ("lora_notk", "lora_notk_mod") else config.seeds[:1]
+        runs += [RunSpec(f"{preset}-s{seed}", preset, seed) for seed in seeds]
+    return runs
+
+
+def _motivation(config: ExperimentConfig) -> list[RunSpec]:
+    return [RunSpec(f"lora_layer_{j}-s{s}", f"lora_layer_{j}", s) for j in range(3) for s in config.seeds]
+
+
+def _sparsity(config: ExperimentConfig) -> list[RunSpec]:
+    return [RunSpec(f"{p}-s{s}", p, s, evaluate=False) for p in ("lora_notk_mod", "lora_all_mod") for s in config.seeds]
+
+
+def _topk(config: ExperimentConfig) -> list[RunSpec]:
+    seed, k = config.seeds[0], config.train.mod.k
+    runs = [RunSpec(f"lora_notk-s{seed}", "lora_notk", seed), RunSpec(f"lora_notk_mod-s{seed}", "lora_notk_mod", seed)]
+    runs += [RunSpec(f"topk{K}-s{seed}", "lora_notk_mod", seed, {"top_k": K}) for K in range(1, k)]  # K = k: dense
+    runs += [RunSpec(f"k{kk}-s{seed}", "lora_notk_mod", seed, {"k": kk}) for kk in config.k_values if kk != k]
+    return runs
+
+
+def _ablations(config: ExperimentConfig) -> list[RunSpec]:
+    seed = config.seeds[0]
+    return [RunSpec(f"lora_notk-s{seed}", "lora_notk", seed), RunSpec(f"lora_notk_mod-s{seed}", "lora_notk_mod", seed),
+            RunSpec(f"no_distill-s{seed}", "lora_notk_mod", seed, {"distill_lambda": 0.0}),
+            RunSpec(f"no_member_norms-s{seed}", "lora_notk_mod", seed, {"member_norms": False})]
+
+
+def _sweep(config: ExperimentConfig) -> list[RunSpec]:
+    seed = config.seeds[0]
+    runs = [RunSpec(f"lora_notk-s{seed}", "lora_notk", seed, evaluate=False)]
+    for lam in (0.0, 0.1, 1.0):
+        for init in ("uniform", "final"):
+            for body in ((True,) if lam == 0 else (True, False)):
+                name = f"lam{lam:g}-{init}-{'body' if body else 'normsonly'}-s{seed}"
+                runs.append(RunSpec(name, "lora_notk_mod", seed, {"distill_lambda": lam, "router_init": init,
+                                                                   "distill_through_body": body}, False))
+    return runs
+
+
+def _router_sweep(config: ExperimentConfig) -> list[RunSpec]:
+    seed, lr = config.seeds[0], config.train.learning_rate
+    return [RunSpec(f"rlr{f:g}x-warm{w}-s{seed}", "lora_notk_mod", seed, evaluate=False,
+                    train={"router_lr": f * lr, "router_warmup_steps": w})
+            for f in config.router_lr_factors for w in config.router_warmups]
 
 
 def _mod_vs_lora(config: ExperimentConfig) -> list[RunSpec]:
@@ -261,6 +260,74 @@ def _clip_control(config: ExperimentConfig) -> list[RunSpec]:
             runs += [RunSpec(f"lora_lr{f:g}x-s{seed}", "lora_notk", seed, train={"learning_rate": float(f"{f * lr:.6g}")})
                      for f in config.lr_factors]
     return runs
+
+
+PAPER_LLAMA7B = {  # the poster's table (LLaMA-7B, math_10k, beam search), for comparison only
+    "lora_notk": {"AddSub": 38.7, "AQuA": 13.4, "gsm8k": 37.3, "mawps": 56.3, "MultiArith": 78.2, "SingleEq": 59.8,
+                  "SVAMP": 42.3, "avg": 46.6},
+    "lora_all": {"AddSub": 41.3, "AQuA": 15.4, "gsm8k": 38.5, "mawps": 58.0, "MultiArith": 81.0, "SingleEq": 62.9,
+                 "SVAMP": 44.2, "avg": 48.8},
+    "lora_all_mod": {"AddSub": 42.0, "AQuA": 15.8, "gsm8k": 39.1, "mawps": 58.5, "MultiArith": 81.3,
+                     "SingleEq": 62.9, "SVAMP": 44.9, "avg": 49.2},
+    "lora_notk_mod": {"AddSub": 41.5, "AQuA": 16.1, "gsm8k": 38.2, "mawps": 58.4, "MultiArith": 80.7,
+                      "SingleEq": 62.3, "SVAMP": 43.8, "avg": 48.7},
+}
+# report sections every study shows (an empty table is left out), around each study's own
+TOP = ("runs", "paired", "pooled")
+MIDDLE = ("test_ce", "val_ce", "collapse", "spread")
+
+
+@dataclass(frozen=True)
+class Study:
+    """A study as data: its runs, and what its report shows (``report.py`` renders it and knows no
+    study by name). ``sections``: report sections in order (``report.SECTIONS``); ``plots``: extra
+    per-step series plotted beside the loss; ``primary``: the pre-registered primary test's sentence
+    (``{key_seeds}``, ``{seeds}``: their counts), put at the head of the pooled table; ``comparisons``:
+    declared ``(label, arm[:final], arm[:final])`` comparisons over seeds, and ``unseen`` the labels
+    repeated on items with no seen equation; ``paper``: reference numbers from the paper."""
+
+    runs: Callable[[ExperimentConfig], list[RunSpec]]
+    sections: tuple[str, ...] = (*TOP, *MIDDLE, "probe")
+    plots: tuple[str, ...] = ()
+    primary: str | None = None
+    comparisons: tuple[tuple[str, str, str], ...] = ()
+    unseen: tuple[str, ...] = ()
+    paper: dict | None = None
+
+
+SPARSITY_PLOT = ("sparsity",)
+STUDY = {
+    "variants": Study(_variants, (*TOP, *MIDDLE, "paper", "probe"), SPARSITY_PLOT, paper=PAPER_LLAMA7B),
+    "motivation": Study(_motivation, (*TOP, *MIDDLE, "probe", "venn")),
+    "sparsity": Study(_sparsity, (*TOP, *MIDDLE, "sparsity", "probe"), SPARSITY_PLOT),
+    "topk": Study(_topk, (*TOP, *MIDDLE, "probe", "topk_speed"), SPARSITY_PLOT),
+    "ablations": Study(_ablations, plots=SPARSITY_PLOT),
+    "sweep": Study(_sweep, plots=SPARSITY_PLOT),
+    "router_sweep": Study(_router_sweep, (*TOP, *MIDDLE, "router_movement", "probe")),
+    "mod_vs_lora": Study(_mod_vs_lora, (*TOP, *MIDDLE, "router_movement", "probe"), primary=(
+        "**Primary test (PLAN.md):** `lora_notk_mod` vs `lora_notk` over the {key_seeds} shared seeds, read from the "
+        "over-seed columns (MoD is better if the 95% t-interval lies above 0, worse if below, otherwise no difference "
+        "was detected at the stated MDE); `mod_uniform` and `mod_prefit` are read the same way over their {seeds} "
+        "seeds. The item-level columns are not the test.")),
+    "clip_control": Study(_clip_control, (*TOP, "comparisons", "final_member", "unseen", "reproduction", "clipping",
+                                          *MIDDLE, "probe"),
+                          comparisons=(("C1", "mod_pergroup", "lora_notk"), ("C2", "mod_pergroup", "lora_notk_mod"),
+                                       ("C3", "lora_lr1.5x", "lora_notk"), ("C4", "lora_lr2x", "lora_notk"),
+                                       ("C5", "mod_pergroup:final", "lora_notk"),
+                                       ("C5", "lora_notk_mod_rerun:final", "lora_notk"),
+                                       ("C5", "mod_pergroup:final", "mod_pergroup"),
+                                       ("C5", "lora_notk_mod_rerun:final", "lora_notk_mod_rerun"),
+                                       ("(reference)", "lora_notk_mod", "lora_notk")),
+                          unseen=("C1", "C2", "C4")),
+}
+STUDIES = tuple(STUDY)
+
+
+def plan(study: str, config: ExperimentConfig) -> list[RunSpec]:
+    """The runs of a study, baseline first."""
+    if study not in STUDY:
+        raise ConfigError(f"Unknown study {study!r}; choose one of {', '.join(STUDIES)}.")
+    return STUDY[study].runs(config)
 
 
 def run_train_config(spec: RunSpec, config: ExperimentConfig, run_dir: Path) -> TrainConfig:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..plotting import pyplot
-from ..stats import t_interval
+from ..utils.plotting import pyplot
+from ..utils.stats import t_interval
 from .plan import arm_of, arms_vs_lora
 
 

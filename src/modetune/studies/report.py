@@ -9,26 +9,23 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..stats import mcnemar, minimum_detectable_effect, over_seeds, paired_difference_ci, paired_over_seeds, wilson_interval
-from .comparisons import comparison_rows
-from .plan import SMOKE, SMOKE_STUDY, ExperimentConfig, arm_of, arms_vs_lora, is_baseline
+from ..utils.stats import (
+    mcnemar,
+    minimum_detectable_effect,
+    over_seeds,
+    paired_difference_ci,
+    paired_over_seeds,
+    wilson_interval,
+)
+from .comparisons import clip_rows, comparison_rows, final_member_rows, reproduction_rows, unseen_rows
+from .plan import SMOKE, SMOKE_STUDY, STUDY, ExperimentConfig, Study, arm_of, arms_vs_lora, is_baseline
 from .plots import plot_loss, plot_paired, plot_series
+from .probe_table import probe_rows
 
 TOPK_SPEED_NAME = "topk_speed.json"  # written by benchmarks/bench_topk.py into the topk study's folder
-
-PAPER_LLAMA7B = {  # the poster's table (LLaMA-7B, math_10k, beam search), for comparison only
-    "lora_notk": {"AddSub": 38.7, "AQuA": 13.4, "gsm8k": 37.3, "mawps": 56.3, "MultiArith": 78.2, "SingleEq": 59.8,
-                  "SVAMP": 42.3, "avg": 46.6},
-    "lora_all": {"AddSub": 41.3, "AQuA": 15.4, "gsm8k": 38.5, "mawps": 58.0, "MultiArith": 81.0, "SingleEq": 62.9,
-                 "SVAMP": 44.2, "avg": 48.8},
-    "lora_all_mod": {"AddSub": 42.0, "AQuA": 15.8, "gsm8k": 39.1, "mawps": 58.5, "MultiArith": 81.3,
-                     "SingleEq": 62.9, "SVAMP": 44.9, "avg": 49.2},
-    "lora_notk_mod": {"AddSub": 41.5, "AQuA": 16.1, "gsm8k": 38.2, "mawps": 58.4, "MultiArith": 80.7,
-                      "SingleEq": 62.3, "SVAMP": 43.8, "avg": 48.7},
-}
-
 
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
@@ -196,20 +193,6 @@ def _test_ce_rows(results: list[dict]) -> list[str]:
     return lines + [""]
 
 
-def _probe_rows(results: list[dict], root: Path) -> list[str]:
-    """The probe of each run (``<run>/probe/probe.json``) per arm, the base model's
-    (``probe-base/``) first: :func:`modetune.eval.probe.arm_table`."""
-    from ..eval.probe import arm_table
-
-    rows = [("base model (untrained)", [json.loads(p.read_text())])
-            for p in [root / "probe-base" / "probe.json"] if p.exists()]
-    groups: dict[str, list[dict]] = {}
-    for r in results:
-        if r.get("probe"):
-            groups.setdefault(arm_of(r["name"]), []).append(r["probe"])
-    return arm_table(rows + list(groups.items()))
-
-
 def _val_ce_rows(results: list[dict]) -> list[str]:
     """Validation CE (``val.json``: the same held-out training records per seed in every arm) per
     arm vs ``lora_notk`` of the same seed: mean difference, t-interval and sign test over seeds."""
@@ -291,48 +274,73 @@ def _complete_comparisons(results: list[dict], missing: list[str]) -> str:
     return f"{rule}; complete: {', '.join(done)}. The others are not read." if done else f"{rule}; none has yet."
 
 
+@dataclass
+class Context:
+    """What a report section reads: the study's declaration, its settings, the runs' results, the folder."""
+
+    study: Study
+    config: ExperimentConfig
+    results: list[dict]
+    root: Path
+    datasets: list[str]
+
+
+def _runs_section(c: Context) -> list[str]:
+    table, _ = _accuracy_rows(c.results)
+    return ["## Runs", "", "Accuracy in % with 95% Wilson intervals; validation cross-entropy "
+            "is teacher-forced, nats per answer token, on the held-out validation split.", "", *table, ""]
+
+
+def _paired_section(c: Context) -> list[str]:
+    paired = _paired_rows(c.results, c.datasets)
+    return ["## Paired comparisons", "", *paired, ""] if len(paired) > 2 else []
+
+
+def _pooled_section(c: Context) -> list[str]:
+    pooled = _pooled_rows(c.results, c.datasets)
+    if pooled and c.study.primary:  # the pre-registered reading (PLAN.md)
+        pooled[2:2] = [c.study.primary.format(key_seeds=len(c.config.key_seeds), seeds=len(c.config.seeds)), ""]
+    return pooled
+
+
+SECTIONS = {  # a study's declared sections (plan.Study.sections), by name
+    "runs": _runs_section,
+    "paired": _paired_section,
+    "pooled": _pooled_section,
+    "comparisons": lambda c: comparison_rows(c.study.comparisons, c.results),
+    "final_member": lambda c: final_member_rows(c.results),
+    "unseen": lambda c: unseen_rows(c.study.comparisons, c.study.unseen, c.results, c.root),
+    "reproduction": lambda c: reproduction_rows(c.results),
+    "clipping": lambda c: clip_rows(c.results),
+    "test_ce": lambda c: _test_ce_rows(c.results),
+    "val_ce": lambda c: _val_ce_rows(c.results),
+    "collapse": lambda c: _collapse_rows(c.results),
+    "spread": lambda c: _spread_rows(c.results),
+    "paper": lambda c: _paper_rows(c.study.paper),
+    "sparsity": lambda c: _sparsity_rows(c.results, c.config.train.mod.k),
+    "router_movement": lambda c: _router_movement_rows(c.results, c.config.train.mod.k),
+    "probe": lambda c: probe_rows(c.results, c.root),
+    "venn": lambda c: _motivation_venn(c.results, c.root),
+    "topk_speed": lambda c: _topk_speed_rows(c.root),
+}
+SERIES = {"sparsity": "routing sparsity (share of weights < 1e-5)"}  # the per-step series a study may plot
+
+
 def write_study_report(study: str, config: ExperimentConfig, results: list[dict], root: Path, seconds: float,
                        smoke: bool, missing: list[str] | None = None) -> Path:
-    """Write ``report.md`` (and ``report-<study>.md``) of a study into its folder ``root``;
-    ``missing`` names the planned runs without rows (the report then says it is partial)."""
+    """Write ``report.md`` (and ``report-<study>.md``) of a study into its folder ``root``: the
+    sections its declaration names (``plan.STUDY[study]``), then its plots; ``missing`` names the
+    planned runs without rows (the report then says it is partial)."""
+    declared = STUDY[study]
     lines = _header_lines(study, config, results, seconds, smoke)
     if missing:
         lines += [f"**Partial report: {len(results)} of {len(results) + len(missing)} planned runs have rows.** "
                   f"{_complete_comparisons(results, missing)} Without rows yet: {', '.join(missing)}.", ""]
-    table, datasets = _accuracy_rows(results)
-    lines += ["## Runs", "", "Accuracy in % with 95% Wilson intervals; validation cross-entropy "
-              "is teacher-forced, nats per answer token, on the held-out validation split.", "", *table, ""]
-    paired = _paired_rows(results, datasets)
-    if len(paired) > 2:
-        lines += ["## Paired comparisons", "", *paired, ""]
-    pooled = _pooled_rows(results, datasets)
-    if pooled and study == "mod_vs_lora":  # the pre-registered reading (PLAN.md)
-        pooled[2:2] = [f"**Primary test (PLAN.md):** `lora_notk_mod` vs `lora_notk` over the {len(config.key_seeds)} "
-                       "shared seeds, read from the over-seed columns (MoD is better if the 95% t-interval lies above "
-                       "0, worse if below, otherwise no difference was detected at the stated MDE); `mod_uniform` and "
-                       f"`mod_prefit` are read the same way over their {len(config.seeds)} seeds. The item-level "
-                       "columns are not the test.", ""]
-    lines += pooled
-    lines += comparison_rows(study, results, root)
-    lines += _test_ce_rows(results)
-    lines += _val_ce_rows(results)
-    lines += _collapse_rows(results)
-    lines += _spread_rows(results)
-    if study == "variants":
-        lines += _paper_rows()
+    context = Context(declared, config, results, root, _accuracy_rows(results)[1])
     plots = [plot_loss(results, root, f"{study}-loss.png"), plot_paired(results, root, f"{study}-paired.png")]
-    if study in ("sparsity", "variants", "ablations", "topk", "sweep"):
-        plots.append(plot_series(results, root, "sparsity", "routing sparsity (share of weights < 1e-5)",
-                                 f"{study}-sparsity.png"))
-    if study == "sparsity":
-        lines += _sparsity_rows(results, config.train.mod.k)
-    if study in ("router_sweep", "mod_vs_lora"):
-        lines += _router_movement_rows(results, config.train.mod.k)
-    lines += _probe_rows(results, root)
-    if study == "motivation":
-        lines += _motivation_venn(results, root)
-    if study == "topk":
-        lines += _topk_speed_rows(root)
+    plots += [plot_series(results, root, key, SERIES[key], f"{study}-{key}.png") for key in declared.plots]
+    for name in declared.sections:
+        lines += SECTIONS[name](context)
     lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots if p]
     path = root / "report.md"
     path.write_text("\n".join(lines) + "\n")
@@ -372,12 +380,14 @@ def _spread_rows(results: list[dict]) -> list[str]:
     return lines + [""]
 
 
-def _paper_rows() -> list[str]:
+def _paper_rows(paper: dict | None) -> list[str]:
+    if not paper:
+        return []
+    first = next(iter(paper.values()))
     lines = ["## The paper's numbers (LLaMA-7B, math_10k, beam search), for reference", "",
              "Arithmetic accuracy from the poster; it gives no per-dataset commonsense numbers.", "",
-             "| variant | " + " | ".join(PAPER_LLAMA7B["lora_notk"]) + " |",
-             "|---|" + "---|" * len(PAPER_LLAMA7B["lora_notk"])]
-    lines += [f"| {name} | " + " | ".join(str(v) for v in row.values()) + " |" for name, row in PAPER_LLAMA7B.items()]
+             "| variant | " + " | ".join(first) + " |", "|---|" + "---|" * len(first)]
+    lines += [f"| {name} | " + " | ".join(str(v) for v in row.values()) + " |" for name, row in paper.items()]
     return lines + [""]
 
 

@@ -14,12 +14,13 @@ from pathlib import Path
 
 import torch
 
-from ..config import MoDConfig
-from ..errors import ConfigError
-from ..integrity import read_json
-from ..model import parameter_counts
+from ..mod.config import MoDConfig
+from ..mod.model import parameter_counts
+from ..mod.variants import parse_preset
 from ..train.config import TRAIN_CONFIG_NAME, TrainConfig
-from ..variants import parse_preset
+from ..utils.checks import differing_settings
+from ..utils.errors import ConfigError
+from ..utils.integrity import read_json
 from .plan import SMOKE, SMOKE_STUDY, ExperimentConfig, RunSpec, plan, run_train_config
 from .report import write_study_report
 
@@ -43,12 +44,9 @@ def _check_same_run(run_dir: Path, train_config: TrainConfig) -> None:
         return
     saved, wanted = read_json(saved_path), train_config.to_dict()
     ignored = set(IGNORED_FIELDS)
-    defaults = TrainConfig().to_dict()  # a field newer than the run: the run had its default
-    ignored |= {key for key in wanted if key not in saved and wanted[key] == defaults.get(key)}
     if not parse_preset(wanted["preset"]).mod:
         ignored |= {f.name for f in dataclasses.fields(MoDConfig)}
-    differ = sorted(key for key in set(saved) | set(wanted)
-                    if key not in ignored and saved.get(key) != wanted.get(key))
+    differ = differing_settings(saved, wanted, TrainConfig().to_dict(), ignored)  # a newer field: its default
     if differ:
         detail = ", ".join(f"{key}: {saved.get(key)!r} != {wanted.get(key)!r}" for key in differ[:4])
         raise ConfigError(f"{run_dir} was trained with other settings ({detail}); use another --output-dir "
@@ -158,7 +156,7 @@ def run_study_probe(config: ExperimentConfig, root: Path, adapter: Path | None, 
     train = config.train
     print(f"[modetune experiment] probe of {adapter or 'the base model'} -> {output}", flush=True)
     run_probe(ProbeConfig(model=train.model, adapter=None if adapter is None else str(adapter), data=data,
-                          records=config.probe_records, k=train.mod.k, cutoff_len=train.cutoff_len,
+                          records=config.probe_records, num_members=train.mod.k, cutoff_len=train.cutoff_len,
                           prompt_style=train.prompt_style, output=str(output)))
 
 
@@ -219,6 +217,20 @@ def collect_result(spec: RunSpec, run_dir: Path) -> dict | None:
 
 
 TEST_CE_NAME = "test_ce.jsonl"
+
+
+def is_complete(spec: RunSpec, result: dict, config: ExperimentConfig) -> bool:
+    """Whether a run has every row its study asks for (a run still being evaluated has only some):
+    evaluation rows, test CE, the final member's rows and the probe, as configured."""
+    if spec.evaluate and "correct" not in result:
+        return False
+    if spec.rows_from:  # another study's committed rows: complete by that study's plan
+        return True
+    if spec.evaluate and config.test_ce and "test_ce" not in result:
+        return False
+    if spec.evaluate and config.final_member and parse_preset(spec.preset).mod and "correct_final" not in result:
+        return False
+    return not (spec.evaluate and config.probe_records and "probe" not in result)
 
 
 def write_test_ce(model, tokenizer, train_config: TrainConfig, config: ExperimentConfig, root: Path,
@@ -306,7 +318,8 @@ def run_study(study: str, config: ExperimentConfig, smoke: bool = False) -> Path
     if config.report_only:  # the report from the committed rows; nothing trains or evaluates
         for spec in specs:
             _check_same_run(spec.folder(root), run_train_config(spec, config, spec.folder(root)))
-        results = [result for spec in specs if (result := collect_result(spec, spec.folder(root))) is not None]
+        results = [result for spec in specs if (result := collect_result(spec, spec.folder(root))) is not None
+                   and is_complete(spec, result, config)]
         done = {result["name"] for result in results}
         missing = [spec.name for spec in specs if spec.name not in done]
         if missing:

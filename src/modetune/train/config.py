@@ -6,14 +6,15 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
-from ..checks import check_bounds, coerce_fields
-from ..config import MoDConfig
-from ..errors import ConfigError
-from ..prompts import STYLES
-from ..variants import parse_preset
+from ..mod.config import MoDConfig
+from ..mod.variants import parse_preset
+from ..utils.checks import check_bounds, coerce_fields, from_flat_dict
+from ..utils.errors import ConfigError
+from ..utils.prompts import STYLES
 from .clipping import SCOPES
 
 TRAIN_CONFIG_NAME = "train_config.json"
+FAULT_ENV = "MODETUNE_FAULT_AT_STEP"  # tests and debugging: train/faults.py's callback, e.g. kill:5
 POSITIVE = ("lora_r", "lora_alpha", "cutoff_len", "batch_size", "micro_batch_size", "learning_rate", "num_epochs",
             "logging_steps", "save_steps", "save_total_limit", "max_records")
 NON_NEGATIVE = ("val_size", "warmup_steps", "weight_decay", "eval_steps", "max_grad_norm")
@@ -121,7 +122,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
-        return cls(**flat_kwargs(cls, data, "config"))
+        return from_flat_dict(cls, data, "config")
 
 
 def validate_train_config(config: TrainConfig) -> None:
@@ -165,15 +166,3 @@ def check_batch(config: TrainConfig, world_size: int | None = None) -> None:
     if rest or per_process % config.micro_batch_size:
         raise ConfigError(f"batch_size {config.batch_size} must be a multiple of micro_batch_size "
                           f"{config.micro_batch_size} x {world} process(es): gradient accumulation cannot make it up.")
-
-
-def flat_kwargs(cls, data: dict, what: str) -> dict:
-    """Keyword arguments for a config dataclass with a nested ``mod: MoDConfig`` from a flat dict
-    (its own fields and MoDConfig's side by side, as in YAML and on the command line)."""
-    own = {f.name for f in dataclasses.fields(cls)} - {"mod"}
-    mod_fields = {f.name for f in dataclasses.fields(MoDConfig)}
-    unknown = sorted(set(data) - own - mod_fields)
-    if unknown:
-        raise ConfigError(f"Unknown {what} field(s): {', '.join(unknown)}.")
-    mod = MoDConfig(**{key: value for key, value in data.items() if key in mod_fields})
-    return {**{key: value for key, value in data.items() if key in own}, "mod": mod}

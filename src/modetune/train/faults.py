@@ -12,7 +12,7 @@ import signal
 
 from transformers import TrainerCallback
 
-FAULT_ENV = "MODETUNE_FAULT_AT_STEP"
+from .config import FAULT_ENV
 
 
 class FaultInjection(TrainerCallback):

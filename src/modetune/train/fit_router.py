@@ -26,9 +26,9 @@ from typing import Literal
 
 import torch
 
-from ..config import CONFIG_NAME, MoDConfig
-from ..errors import ConfigError
-from .config import flat_kwargs
+from ..mod.config import CONFIG_NAME, MoDConfig
+from ..utils.checks import from_flat_dict
+from ..utils.errors import ConfigError
 from .validation import teacher_forced_ce
 
 FIT_NAME = "fit_router.json"
@@ -70,7 +70,7 @@ class FitRouterConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> FitRouterConfig:
-        return cls(**flat_kwargs(cls, data, "fit-router"))
+        return from_flat_dict(cls, data, "fit-router")
 
     def to_dict(self) -> dict:
         return {**{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "mod"},
@@ -79,8 +79,8 @@ class FitRouterConfig:
 
 def load_frozen_members(config: FitRouterConfig):
     """``(MoDModel, tokenizer, kind)`` with only the router weights and member norms trainable."""
-    from ..model import ADAPTER_CONFIG, MoDModel
-    from ..models import load_model
+    from ..mod.model import ADAPTER_CONFIG, MoDModel
+    from ..utils.models import load_model
 
     base, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code)
     adapter = Path(config.adapter) if config.adapter else None

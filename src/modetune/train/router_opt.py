@@ -23,18 +23,10 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
+from ..mod.model import find_mod
+
 ROUTER, BODY = "router", "body"
 GROUP_KEY = "modetune_group"  # the name of each optimizer group: ROUTER or BODY
-
-
-def find_mod(model: nn.Module):
-    """The :class:`~modetune.model.MoDModel` inside ``model`` (itself, or wrapped by DDP/accelerate), or None."""
-    from ..model import MoDModel
-
-    for module in (model, getattr(model, "module", None)):
-        if isinstance(module, MoDModel):
-            return module
-    return None
 
 
 def router_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -92,7 +84,7 @@ def warmup_scheduler(args, optimizer: torch.optim.Optimizer, total_steps: int, w
         made = get_scheduler(args.lr_scheduler_type, optimizer=optimizer, num_warmup_steps=args.get_warmup_steps(n),
                              num_training_steps=n, scheduler_specific_kwargs=args.lr_scheduler_kwargs)
         if not isinstance(made, torch.optim.lr_scheduler.LambdaLR):
-            from ..errors import ConfigError
+            from ..utils.errors import ConfigError
 
             raise ConfigError(f"router_warmup_steps needs a step-based lr_scheduler, not {args.lr_scheduler_type!r}.")
         return made.lr_lambdas[0]

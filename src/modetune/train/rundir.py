@@ -18,8 +18,9 @@ import re
 import shutil
 from pathlib import Path
 
-from ..errors import ConfigError, DataError
-from ..integrity import damage, read_json, warn
+from ..utils.checks import differing_settings
+from ..utils.errors import ConfigError, DataError
+from ..utils.integrity import damage, read_json, warn
 from .config import TRAIN_CONFIG_NAME, TrainConfig
 
 LOG_NAME = "log.jsonl"
@@ -87,12 +88,8 @@ def check_same_settings(checkpoint: Path, config: TrainConfig) -> None:
     path = checkpoint / TRAIN_CONFIG_NAME
     if not path.is_file():
         return
-    saved = read_json(path)
-    wanted = json.loads(json.dumps(config.to_dict()))
-    default = json.loads(json.dumps(TrainConfig().to_dict()))  # a field newer than the checkpoint: its default
-    saved = {**{key: value for key, value in default.items() if key not in saved}, **saved}
-    differ = sorted(key for key in set(saved) | set(wanted)
-                    if key not in RESUMABLE_FIELDS and saved.get(key) != wanted.get(key))
+    saved, wanted = read_json(path), config.to_dict()
+    differ = differing_settings(saved, wanted, TrainConfig().to_dict(), RESUMABLE_FIELDS)
     if differ:
         detail = ", ".join(f"{key} {saved.get(key)!r} -> {wanted.get(key)!r}" for key in differ)
         raise ConfigError(f"--resume: the settings differ from those of {checkpoint} ({detail}); resume with the "

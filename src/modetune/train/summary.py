@@ -6,8 +6,8 @@ import json
 import math
 from pathlib import Path
 
-from ..plotting import pyplot
-from ..variants import parse_preset
+from ..mod.variants import parse_preset
+from ..utils.plotting import pyplot
 from .config import TrainConfig
 
 SPARSITY_EPS = 1e-5  # a router weight below this counts as "not routed" in the sparsity diagnostics

@@ -20,15 +20,14 @@ from transformers import Trainer, TrainerCallback
 
 from ..data import load_training_records, split_validation, tokenize_records
 from ..data.contamination import FINGERPRINT_NAME, warn_training_overlap, write_fingerprint
-from ..errors import ConfigError, NonFiniteLossError
-from ..integrity import check_adapter_base, load_safetensors, stored_fingerprint, write_base_record
-from ..model import MoDModel, base_fingerprint, gathered_state_dict, parameter_counts
-from ..sharding import check_launcher_sharding
-from ..variants import build_variant
-from ..version import __version__
+from ..mod.model import MoDModel, base_fingerprint, gathered_state_dict, parameter_counts
+from ..mod.variants import build_variant
+from ..utils.errors import ConfigError, NonFiniteLossError
+from ..utils.integrity import check_adapter_base, load_safetensors, stored_fingerprint, write_base_record
+from ..utils.sharding import check_launcher_sharding
+from ..utils.version import __version__
 from .clipping import clip_groups, clip_per_group, group_norms
-from .config import TRAIN_CONFIG_NAME, TrainConfig, check_batch
-from .faults import FaultInjection
+from .config import FAULT_ENV, TRAIN_CONFIG_NAME, TrainConfig, check_batch
 from .router_opt import GROUP_KEY, ROUTER, RouterWarmup, body_parameters, optimizer_groups, warmup_scheduler
 from .rundir import prepare_run_dir
 from .summary import SPARSITY_EPS, format_summary, summarise
@@ -36,7 +35,7 @@ from .summary import SPARSITY_EPS, format_summary, summarise
 
 def build_model(config: TrainConfig):
     """Load the base model and tokenizer and apply the preset: ``(model, tokenizer)``."""
-    from ..models import load_model
+    from ..utils.models import load_model
 
     base, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code)
     model = build_variant(base, config.preset, config.mod, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
@@ -185,7 +184,7 @@ class MoDTrainer(Trainer):
         if self._tokenizer_to_save is not None:
             self._tokenizer_to_save.save_pretrained(output_dir)
         if self._run_config is not None:
-            from ..models import record_base_model
+            from ..utils.models import record_base_model
 
             record_base_model(output_dir, self._run_config.model)
             Path(output_dir, TRAIN_CONFIG_NAME).write_text(json.dumps(self._run_config.to_dict(), indent=2) + "\n")
@@ -332,9 +331,10 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
     trainer.add_callback(_JsonlLogger(output_dir / "log.jsonl"))
     if config.router_warmup_steps > 0:
         trainer.add_callback(RouterWarmup(body_parameters(model), config.router_warmup_steps))
-    fault = FaultInjection.from_env()  # tests only: MODETUNE_FAULT_AT_STEP
-    if fault is not None:
-        trainer.add_callback(fault)
+    if os.environ.get(FAULT_ENV):  # tests and debugging only: the fault-injection callback
+        from .faults import FaultInjection
+
+        trainer.add_callback(FaultInjection.from_env())
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume_from)
     final_dir = output_dir / "adapter"

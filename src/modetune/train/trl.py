@@ -1,4 +1,4 @@
-"""TRL: train a :class:`~modetune.model.MoDModel` with ``trl.SFTTrainer`` (``pip install "modetune[trl]"``).
+"""TRL: train a :class:`~modetune.mod.model.MoDModel` with ``trl.SFTTrainer`` (``pip install "modetune[trl]"``).
 
 ``SFTTrainer`` computes its own cross-entropy through a fused LM head that reads the base model's
 head weights directly, which would bypass the MoD ensemble. :class:`MoDSFTTrainer` keeps everything

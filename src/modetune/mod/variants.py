@@ -17,10 +17,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ..utils.errors import ConfigError
 from .config import MoDConfig
-from .errors import ConfigError
 from .model import get_mod_model
-from .surgery import find_parts
+from .surgery import check_members, find_parts
 
 PRESETS = ("lora_notk", "lora_all", "lora_all_mod", "lora_notk_mod", "mod_only", "lora_layer_j")
 
@@ -87,8 +87,7 @@ def build_variant(model: nn.Module, preset: str, mod_config: MoDConfig | None = 
         mod_config = MoDConfig(**{**mod_config.to_dict(), "k": j + 1, "loss_layer": j, "member_norms": False,
                                   "distill_lambda": 0.0, "top_k": None})
     n = find_parts(model).num_layers
-    if mod_config.k >= n:
-        raise ConfigError(f"k={mod_config.k} must be smaller than the model's number of layers ({n}).")
+    check_members(mod_config.k, n)
     if variant.lora_layers != "none":
         from peft import LoraConfig, get_peft_model
 

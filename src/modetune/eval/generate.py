@@ -8,14 +8,15 @@ beam search all apply); ``member`` routes every token to one ensemble member
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-from .errors import ConfigError
+from ..utils.checks import from_flat_dict
+from ..utils.errors import ConfigError
+from .runner import ModelSource
 
 PROMPT_STYLES = ("auto", "chat", "alpaca", "llm-adapters", "raw")
 EXIT_COMMANDS = ("/exit", "/quit")
@@ -52,11 +53,7 @@ class DecodeConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> DecodeConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"Unknown decoding field(s): {', '.join(unknown)}.")
-        return cls(**data)
+        return from_flat_dict(cls, data, "decoding")
 
 
 def generation_config(model, tokenizer, config: DecodeConfig):
@@ -73,12 +70,38 @@ def generation_config(model, tokenizer, config: DecodeConfig):
                             pad_token_id=tokenizer.pad_token_id, **sampling)
 
 
-def load_for_generation(model: str | None, adapter: str | None, dtype: str = "float32", device: str | None = None):
+@dataclass
+class GenerateCommand:
+    """Everything ``modetune generate`` takes besides its prompts; every field is a flag."""
+
+    source: ModelSource = field(default_factory=ModelSource, metadata={"help": "the model and adapter"})
+    prompts_file: str | None = field(default=None, metadata={"help": "a file with one prompt per line ('-': stdin)"})
+    jsonl: bool = field(default=False, metadata={"help": "print one JSON object per prompt (off: plain text)"})
+    decode: DecodeConfig = field(default_factory=DecodeConfig, metadata={"help": "decoding options"})
+
+    @classmethod
+    def from_dict(cls, data: dict) -> GenerateCommand:
+        return from_flat_dict(cls, data, "generate")
+
+
+@dataclass
+class ChatCommand:
+    """Everything ``modetune chat`` takes; every field is a flag."""
+
+    source: ModelSource = field(default_factory=ModelSource, metadata={"help": "the model and adapter"})
+    decode: DecodeConfig = field(default_factory=DecodeConfig, metadata={"help": "decoding options"})
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ChatCommand:
+        return from_flat_dict(cls, data, "chat")
+
+
+def load_for_generation(source: ModelSource):
     """``(model, tokenizer, info)``: the base (``None``: the one the adapter records) with the adapter."""
-    from .eval.runner import load_for_eval, quiet_transformers
+    from .runner import quiet_transformers
 
     quiet_transformers()
-    return load_for_eval(model, adapter, dtype=dtype, device=device)
+    return source.load()
 
 
 def resolve_style(style: str, tokenizer, adapter: str | None) -> str:
@@ -94,7 +117,7 @@ def resolve_style(style: str, tokenizer, adapter: str | None) -> str:
 
 def wrap_prompt(tokenizer, prompt: str, style: str) -> str:
     """A user prompt as the model sees it in ``style`` (``raw``: unchanged)."""
-    from .data.chat import render_prompt
+    from ..data.chat import render_prompt
 
     return prompt if style == "raw" else render_prompt(tokenizer, prompt, "", style)
 
@@ -104,7 +127,7 @@ def _generate(model, tokenizer, text: str, config: DecodeConfig, streamer=None) 
     import torch
     from transformers import set_seed
 
-    from .eval.members import forced_member
+    from .members import forced_member
 
     encoded = tokenizer(text, add_special_tokens=False, return_tensors="pt").to(model.device)
     set_seed(config.seed)
@@ -149,7 +172,7 @@ def chat_loop(model, tokenizer, config: DecodeConfig, stdin: TextIO = sys.stdin,
 
     ``/reset`` starts a new conversation, ``/exit`` (or end of input) ends; returns the messages.
     """
-    from .data.chat import render
+    from ..data.chat import render
 
     opening = [{"role": "system", "content": config.system}] if config.system else []
     messages = list(opening)

@@ -132,3 +132,66 @@ def check_device(device: str | None) -> str | None:
     elif parsed.type not in ("cpu", "cuda", "mps"):
         raise ConfigError(f"Unsupported device {device!r}; use cpu, cuda, cuda:N or mps.")
     return device
+
+
+def _nested(cls) -> dict[str, tuple[type, set[str]]]:
+    """The fields of a config class that hold another config dataclass: ``{name: (class, hidden names)}``
+    (a nested config's fields listed under its metadata's ``"hide"`` are not set through the outer one)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: (hints[f.name], set(f.metadata.get("hide", ()))) for f in dataclasses.fields(cls)
+            if isinstance(hints[f.name], type) and dataclasses.is_dataclass(hints[f.name])}
+
+
+def field_names(cls) -> set[str]:
+    """Every name a flat mapping may set on a config class: its own fields and, recursively, those
+    of the configs nested in it (``TrainConfig`` takes ``k`` for its ``mod: MoDConfig``)."""
+    nested = _nested(cls)
+    own = {f.name for f in dataclasses.fields(cls)} - set(nested)
+    return own.union(*(field_names(inner) - hidden for inner, hidden in nested.values()))
+
+
+def same_field(cls, name: str, **changes):
+    """A dataclass field with the default and help of ``cls``'s field ``name`` (``changes``: metadata
+    to change): one place for a default that several commands share."""
+    source = {f.name: f for f in dataclasses.fields(cls)}[name]
+    metadata = {**source.metadata, **changes}
+    if source.default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=source.default_factory, metadata=metadata)
+    return dataclasses.field(default=source.default, metadata=metadata)
+
+
+def from_flat_dict(cls, data: dict, what: str = "config", ignored: tuple[str, ...] = ()):
+    """``cls`` from a flat mapping (YAML, flags, a saved JSON file): each key goes to the config
+    that owns it, nested configs included; a nested config may also be given whole (a mapping or an
+    instance) under its own name. Unknown keys (other than ``ignored``) raise :class:`ConfigError`
+    naming them: the one ``from_dict`` of every config class."""
+    nested = _nested(cls)
+    data = {key: value for key, value in data.items() if key not in ignored}
+    unknown = sorted(set(data) - field_names(cls) - set(nested))
+    if unknown:
+        raise ConfigError(f"Unknown {what} field(s): {', '.join(unknown)}.")
+    kwargs = {key: value for key, value in data.items() if key not in nested and key in
+              {f.name for f in dataclasses.fields(cls)}}
+    for name, (inner, hidden) in nested.items():
+        given = data.get(name)
+        if isinstance(given, inner):
+            kwargs[name] = given
+            continue
+        if given is not None and not isinstance(given, dict):
+            raise ConfigError(f"{name} must be a mapping of {inner.__name__} fields, got {given!r}.")
+        part = {**(given or {}), **{key: value for key, value in data.items()
+                                    if key in field_names(inner) - hidden}}
+        kwargs[name] = from_flat_dict(inner, part, what)
+    return cls(**kwargs)
+
+
+def differing_settings(saved: dict, wanted: dict, defaults: dict | None = None, ignored=frozenset()) -> list[str]:
+    """The settings (keys) whose values differ between a saved run and the one asked for, compared as
+    JSON values; a key the saved run lacks (a setting newer than the run) counts as its default from
+    ``defaults``. The one "same settings" check of resuming, study runs and evaluation folders."""
+    import json
+
+    normal = lambda mapping: json.loads(json.dumps(mapping))  # noqa: E731 (tuples -> lists, as saved)
+    saved, wanted = normal(saved), normal(wanted)
+    saved = {**{key: value for key, value in normal(defaults or {}).items() if key not in saved}, **saved}
+    return sorted(key for key in set(saved) | set(wanted) if key not in ignored and saved.get(key) != wanted.get(key))

@@ -2,7 +2,7 @@
 
 - :func:`read_json`, :func:`load_safetensors`, :func:`damage`: read or check a JSON file, a
   safetensors file or a torch checkpoint file (a zip archive: its CRCs are checked, nothing is
-  unpickled), raising :class:`~modetune.errors.DataError` that names the file.
+  unpickled), raising :class:`~modetune.utils.errors.DataError` that names the file.
 - :func:`write_base_record`, :func:`stored_fingerprint`, :func:`check_adapter_base`: a LoRA-only adapter
   written by modetune carries ``modetune_adapter.json`` (the base fingerprint, as MoD adapters
   carry it in ``mod_config.json``); loaders refuse another base unless told to ignore it, loudly.
@@ -39,6 +39,7 @@ def read_json(path: str | Path):
 
 def load_safetensors(path: str | Path, device: str = "cpu") -> dict:
     """The tensors of a safetensors file; :class:`DataError` naming the file when it is truncated or corrupt."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -46,7 +47,7 @@ def load_safetensors(path: str | Path, device: str = "cpu") -> dict:
         raise FileNotFoundError(f"{path} not found.")
     try:
         return load_file(str(path), device=device)
-    except Exception as error:  # safetensors raises its own SafetensorError (and OSError, ValueError)
+    except (SafetensorError, OSError, ValueError) as error:  # a bad header, a short file, a bad dtype or shape
         raise DataError(f"{path} is damaged (not a complete safetensors file: {first_line(error)}).") from None
 
 

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import MoDConfig
+from .ensemble import autocast_dtype, head_logits, without_autocast
 from .logit_grads import logit_grads, row_block_size
-from .precision import projection_dtype, without_autocast
 
 
 @dataclass
@@ -50,11 +50,13 @@ class HeadSpec:
 
     def logits(self, z: Tensor) -> Tensor:
         """``cap(z W^T + b)`` in float32 (the projection itself in the weight's dtype)."""
-        out = F.linear(z.to(self.weight.dtype), self.weight, self.bias)
-        out = out.to(torch.promote_types(out.dtype, torch.float32))
-        if self.softcap is not None:
-            out = torch.tanh(out / self.softcap) * self.softcap
-        return out
+        return head_logits(z, self.weight, self.bias, self.softcap)
+
+
+def projection_dtype(weight: Tensor) -> torch.dtype:
+    """The dtype of the head projections: the autocast dtype when autocast is on, else ``weight.dtype``.
+    Everything else of the loss (log-softmax, CE, KL and their gradients) runs in float32."""
+    return autocast_dtype(weight.device.type) or weight.dtype
 
 
 def _kl_rows(log_p: Tensor, log_q: Tensor) -> Tensor:
@@ -106,7 +108,7 @@ def _chunk_grads(zs: list[Tensor], weights: Tensor, labels: Tensor, head: HeadSp
     ``(P_N - P_i) / tau``. Forward KL: student ``(P_i - P_N) / tau``, teacher
     ``P_N (log P_N - log P_i - KL) / tau``. ``dz = dl W`` (times ``1 - (l/c)^2`` first under
     soft-capping); constant factors are applied to the ``[n, d]`` results, not to ``[n, V]``.
-    The element-wise ``[n, V]`` part runs in cache-sized row blocks (:mod:`modetune.logit_grads`).
+    The element-wise ``[n, V]`` part runs in cache-sized row blocks (:mod:`modetune.mod.logit_grads`).
 
     Returns the task CE sum, per-member KL sums, per-member CE sums (``None`` on the
     one-projection path), task ``dz`` list, distillation ``dz`` list, ``dG``.
@@ -243,7 +245,7 @@ def fused_mod_loss(hs: list[Tensor], router_input: Tensor | None, labels: Tensor
     """Chunked MoD loss with the same contract as :func:`naive_mod_loss` (see module docstring).
 
     Gradients flow to ``hs``, ``router_input`` and every trainable parameter of ``norms``
-    and ``router``; the head is frozen. Mixed precision (:mod:`modetune.precision`): the head
+    and ``router``; the head is frozen. Mixed precision (:mod:`modetune.utils.precision`): the head
     projections run in the weights' dtype, or the autocast dtype under autocast; the router,
     the softmaxes, CE, KL and their gradients stay in float32, with autocast switched off.
     """

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .errors import UnsupportedModelError
+from ..utils.errors import ConfigError, UnsupportedModelError
 
 
 @dataclass
@@ -86,3 +86,9 @@ def find_parts(model: nn.Module) -> ModelParts:
         if getattr(config, attribute, None) not in (None, 1, 1.0):
             raise UnsupportedModelError(f"{name} rescales its logits (`{attribute}`), which MoD does not model yet.")
     return ModelParts(decoder, layers, norms[0], head, num_layers, hidden_size, softcap)
+
+
+def check_members(k: int, num_layers: int) -> None:
+    """The ensemble's ``k`` members are the last ``k`` layers: ``k`` must lie in ``1 .. num_layers - 1``."""
+    if not 1 <= k < num_layers:
+        raise ConfigError(f"k={k} must be at least 1 and smaller than the model's number of layers ({num_layers}).")

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from .checks import coerce_fields
-from .errors import ConfigError, DataError
-from .integrity import read_json
+from ..utils.checks import coerce_fields, from_flat_dict
+from ..utils.errors import ConfigError, DataError
+from ..utils.integrity import read_json
 
 CONFIG_NAME = "mod_config.json"
 
@@ -99,11 +99,8 @@ class MoDConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> MoDConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known - {"modetune_version", "base_fingerprint"})
-        if unknown:
-            raise ConfigError(f"Unknown MoDConfig field(s): {', '.join(unknown)}.")
-        return cls(**{key: value for key, value in data.items() if key in known})
+        """From ``mod_config.json``'s mapping (its metadata, the base fingerprint and version, set aside)."""
+        return from_flat_dict(cls, data, "MoDConfig", ignored=("modetune_version", "base_fingerprint"))
 
     def save(self, directory: str | Path, **metadata) -> None:
         path = Path(directory) / CONFIG_NAME

@@ -1,4 +1,4 @@
-"""Sharded training of a :class:`~modetune.model.MoDModel` with FSDP2 (``torch.distributed.fsdp.fully_shard``).
+"""Sharded training of a :class:`~modetune.mod.model.MoDModel` with FSDP2 (``torch.distributed.fsdp.fully_shard``).
 
 The HF Trainer shards through accelerate (``accelerate launch --config_file
 configs/accelerate_fsdp.yaml``), which accelerate only does on GPUs; for a custom training loop,
@@ -46,7 +46,7 @@ def shard_mod_model(model: nn.Module, mesh=None, reshard_after_forward: bool = T
 
     kwargs = {"mesh": mesh, "mp_policy": mp_policy or MixedPrecisionPolicy(),
               "offload_policy": offload_policy or OffloadPolicy()}
-    for layer in model._parts.layers:
+    for layer in model.parts.layers:
         fully_shard(layer, reshard_after_forward=reshard_after_forward, **kwargs)
     fully_shard(model, reshard_after_forward=False, **kwargs)
     return model
@@ -64,4 +64,4 @@ def check_launcher_sharding(cuda_available: bool, environ: dict | None = None) -
         if environ.get(key, "false").lower() == "true" and not cuda_available:
             raise ConfigError(f"{name} through accelerate needs GPUs: on CPU accelerate ignores the {name} config and "
                               "the Trainer would train unsharded (data parallel) without saying so. Launch without "
-                              "it, or shard a custom loop with modetune.sharding.shard_mod_model (docs/scaling.md).")
+                              "it, or shard a custom loop with modetune.utils.sharding.shard_mod_model (docs/scaling.md).")

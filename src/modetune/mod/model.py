@@ -8,12 +8,11 @@ How it is wired, with hooks only (the wrapped model's own code is untouched):
   shortcut). Where the shortcut is not exact (final-logit soft-capping) a forward hook
   mixes the members' explicit logits instead;
 - with ``labels``, :meth:`MoDModel.forward` computes ``L_task + lambda * L_distill`` with
-  the fused, chunked loss of :mod:`modetune.losses` on the labelled tokens only.
+  the fused, chunked loss of :mod:`modetune.mod.losses` on the labelled tokens only.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 from dataclasses import dataclass
@@ -24,14 +23,14 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from ..utils.errors import DataError
+from ..utils.integrity import check_adapter_base, check_files, load_safetensors
+from ..utils.sharding import full_weight
+from ..utils.version import __version__
 from .config import MoDConfig
-from .errors import ConfigError, DataError
-from .integrity import check_adapter_base, check_files, load_safetensors
+from .ensemble import MoDEnsemble, Router
 from .losses import HeadSpec, MoDLossOutput, fused_mod_loss, naive_mod_loss
-from .routing import Router
-from .sharding import full_weight
-from .surgery import find_parts, unwrap
-from .version import __version__
+from .surgery import ModelParts, check_members, find_parts, unwrap
 
 WEIGHTS_NAME = "mod_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -52,17 +51,6 @@ class MoDCausalLMOutput(CausalLMOutputWithPast):
     distill_losses: Tensor | None = None
     member_ce: Tensor | None = None
     router_weights: Tensor | None = None
-
-
-def _slice_like(hidden: Tensor, logits_to_keep, target: Tensor) -> Tensor:
-    """Slice a member's ``[B, T, d]`` states to the positions the head sees (``target``)."""
-    if isinstance(logits_to_keep, Tensor):
-        from transformers.modeling_utils import slice_logits_to_keep
-
-        return slice_logits_to_keep(hidden, logits_to_keep)
-    if target.dim() == 3 and target.shape[1] != hidden.shape[1]:
-        return hidden[:, -target.shape[1]:]
-    return hidden
 
 
 def parameter_counts(model: nn.Module) -> tuple[int, int]:
@@ -124,8 +112,7 @@ class MoDModel(nn.Module):
         shortcut is exact (for tests and analysis; it is always used under soft-capping)."""
         super().__init__()
         parts = find_parts(model)
-        if config.k >= parts.num_layers:
-            raise ConfigError(f"k={config.k} must be smaller than the model's number of layers ({parts.num_layers}).")
+        check_members(config.k, parts.num_layers)
         self.base_model = model
         self.mod_config = config
         on_meta = parts.head.weight.device.type == "meta"  # parameter counting from a config alone
@@ -143,78 +130,47 @@ class MoDModel(nn.Module):
         if parts.head.weight.requires_grad:
             raise ValueError("MoD shares a frozen LM head, but the model's head is trainable.")
 
-        self.norms = nn.ModuleList()
-        if config.member_norms:
-            for _ in range(k - 1):
-                norm = copy.deepcopy(parts.final_norm)
-                for param in norm.parameters():
-                    param.requires_grad_(True)
-                self.norms.append(norm)
         fixed = None if config.loss_layer is None else k - 1 - config.loss_layer
-        self.router = Router(parts.hidden_size, k, config.router_init, config.router_init_final_weight,
-                             config.top_k, fixed).to(parts.head.weight.device)
+        self.ensemble = MoDEnsemble(parts.layers, parts.final_norm, parts.head, k=k, hidden_size=parts.hidden_size,
+                                    member_norms=config.member_norms, router_input=config.router_input,
+                                    router_init=config.router_init, final_weight=config.router_init_final_weight,
+                                    top_k=config.top_k, fixed=fixed, softcap=parts.softcap,
+                                    explicit_mixing=explicit_mixing, full_weight=full_weight)
+        self.ensemble.keep_states = True  # the loss reads every member's states after the forward pass
+        self.ensemble.attach(unwrap(model))
 
-        self._stash: dict = {}
-        self._handles = [parts.layers[i].register_forward_hook(self._capture_member(i)) for i in self.member_layers]
-        if config.router_input == "entry":
-            self._handles.append(parts.layers[n - k].register_forward_pre_hook(self._capture_entry, with_kwargs=True))
-        self._handles.append(unwrap(model).register_forward_pre_hook(self._capture_kwargs, with_kwargs=True))
-        self.softcap = parts.softcap
-        if self.softcap is None and not explicit_mixing:
-            self._handles.append(parts.head.register_forward_pre_hook(self._mix_states))
-        else:
-            if self.softcap is not None:  # the model must not cap the mixture again
-                unwrap(model).config.get_text_config().final_logit_softcapping = None
-            self._handles.append(parts.head.register_forward_hook(self._mix_logits))
+    # ------------------------------------------------------------------ parts
+    @property
+    def parts(self) -> ModelParts:
+        """The wrapped model's parts MoD uses: decoder, layers, final norm, head, sizes, soft-capping."""
+        return self._parts
 
-    # ------------------------------------------------------------------ hooks
-    def _capture_member(self, index: int):
-        def hook(module, args, output):
-            self._stash[index] = output[0] if isinstance(output, tuple) else output
+    @property
+    def router(self) -> Router:
+        """The router ``G``."""
+        return self.ensemble.router
 
-        return hook
+    @property
+    def norms(self) -> nn.ModuleList:
+        """The k-1 new member norms (empty when ``member_norms`` is off)."""
+        return self.ensemble.norms
 
-    def _capture_entry(self, module, args, kwargs):
-        self._stash["entry"] = args[0] if args else kwargs["hidden_states"]
+    @property
+    def head(self) -> nn.Linear:
+        """The shared, frozen LM head ``phi``."""
+        return self._parts.head
 
-    def _capture_kwargs(self, module, args, kwargs):
-        self._stash["logits_to_keep"] = kwargs.get("logits_to_keep", 0)
+    @property
+    def softcap(self) -> float | None:
+        return self._parts.softcap
 
     def member_norms(self) -> list[nn.Module]:
         """The norm of each member, shallow to final (the final one is the model's ``N_p``)."""
-        final = self._parts.final_norm
-        return [*self.norms, final] if self.mod_config.member_norms else [final] * self.mod_config.k
+        return self.ensemble.member_norms()
 
-    def _members_at_head(self, x: Tensor) -> tuple[list[Tensor], Tensor]:
-        """Normed member states and router weights at the positions of the head input ``x``."""
-        keep = self._stash.get("logits_to_keep", 0)
-        norms = self.member_norms()
-        zs = [norm(_slice_like(self._stash[i], keep, x)) for norm, i in zip(norms[:-1], self.member_layers[:-1])]
-        zs.append(x)
-        entry = self._stash.get("entry")
-        weights = self.router(x if entry is None else _slice_like(entry, keep, x))
-        self._stash["router_weights"] = weights.detach()
-        return zs, weights
-
-    def _mix_states(self, module, args):
-        """Head pre-hook: the head input becomes ``sum_i G_i z_i`` (then one projection gives ``sum_i G_i l_i``)."""
-        zs, weights = self._members_at_head(args[0])
-        mixed = sum(weights[..., i : i + 1].to(z.dtype) * z for i, z in enumerate(zs))
-        return (mixed,)
-
-    def _mix_logits(self, module, args, output):
-        """Head hook, explicit form: ``sum_i G_i cap(phi(z_i))``, the final member's logits from the head's own output."""
-        zs, weights = self._members_at_head(args[0])
-        head = self._head_spec()
-        final = output.float() if self.softcap is None else torch.tanh(output.float() / self.softcap) * self.softcap
-        logits = [head.logits(z) for z in zs[:-1]] + [final]
-        return sum(weights[..., i : i + 1] * lg for i, lg in enumerate(logits)).to(output.dtype)
-
-    def _head_spec(self) -> HeadSpec:
+    def head_spec(self) -> HeadSpec:
         """The head as the loss reads it: whole, even where a sharding wrapper left it sharded."""
-        head = self._parts.head
-        bias = None if head.bias is None else full_weight(head.bias)
-        return HeadSpec(full_weight(head.weight), bias, self.softcap)
+        return HeadSpec(*self.ensemble.head_weights(), self.softcap)
 
     # ------------------------------------------------------------------ forward
     def forward(self, input_ids: Tensor | None = None, attention_mask: Tensor | None = None,
@@ -230,14 +186,15 @@ class MoDModel(nn.Module):
         if return_logits is None:
             return_logits = labels is None or not (self.training and torch.is_grad_enabled())
         keep = logits_to_keep if return_logits else 1
-        self._stash.clear()
-        self._stash["logits_to_keep"] = keep
+        stash = self.ensemble.stash
+        stash.clear()
+        stash["logits_to_keep"] = keep
         try:
             out = self.base_model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=keep, **kwargs)
-            router_weights = self._stash.get("router_weights")
+            router_weights = stash.get("router_weights")
             mod_loss = self.compute_loss(labels, num_items_in_batch) if labels is not None else None
         finally:
-            self._stash.clear()
+            stash.clear()
         result = MoDCausalLMOutput(
             loss=None if mod_loss is None else mod_loss.loss,
             logits=out.logits if return_logits else None,
@@ -263,13 +220,14 @@ class MoDModel(nn.Module):
         def gather(states: Tensor) -> Tensor:
             return states[:, :-1].reshape(-1, d).index_select(0, rows)
 
-        hs = [gather(self._stash[i]) for i in self.member_layers]
-        entry = gather(self._stash["entry"]) if "entry" in self._stash else None
+        stash = self.ensemble.stash
+        hs = [gather(stash[i]) for i in self.member_layers]
+        entry = gather(stash["entry"]) if "entry" in stash else None
         targets = shift.index_select(0, rows)
         normaliser = float(num_items_in_batch) if num_items_in_batch is not None else None
         norms = self.member_norms()
         loss_fn = fused_mod_loss if self.mod_config.loss_impl == "chunked" else naive_mod_loss
-        return loss_fn(hs, entry, targets, norms, self.router, self._head_spec(), self.mod_config, normaliser)
+        return loss_fn(hs, entry, targets, norms, self.router, self.head_spec(), self.mod_config, normaliser)
 
     # ------------------------------------------------------------------ HF-like surface
     def generate(self, *args, **kwargs):
@@ -295,11 +253,7 @@ class MoDModel(nn.Module):
 
     def remove_hooks(self) -> nn.Module:
         """Detach MoD from the wrapped model and return it (soft-capping restored)."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-        if self.softcap is not None:
-            unwrap(self.base_model).config.get_text_config().final_logit_softcapping = self.softcap
+        self.ensemble.detach()
         return self.base_model
 
     # ------------------------------------------------------------------ save / load
@@ -314,8 +268,8 @@ class MoDModel(nn.Module):
 
     def _mod_entries(self) -> dict[str, str]:
         """Each entry of ``mod_model.safetensors`` -> its key in this model's own ``state_dict``."""
-        entries = {f"norms.{name}": f"norms.{name}" for name in self.norms.state_dict()}
-        entries["router.weight"] = "router.weight"
+        entries = {f"norms.{name}": f"ensemble.norms.{name}" for name in self.norms.state_dict()}
+        entries["router.weight"] = "ensemble.router.weight"
         if self.mod_config.train_final_norm:
             final = self._parts.final_norm
             prefix = next(name for name, module in self.named_modules() if module is final)
@@ -403,6 +357,15 @@ class MoDModel(nn.Module):
         if rest not in tensors:
             raise DataError(f"Unexpected tensor {name!r} in {WEIGHTS_NAME}: it does not match this MoD config.")
         return tensors[rest]
+
+
+def find_mod(model: nn.Module) -> MoDModel | None:
+    """The :class:`MoDModel` in ``model``: itself, or inside a DDP / accelerate wrapper (``.module``);
+    ``None`` for a plain or peft model."""
+    for module in (model, getattr(model, "module", None)):
+        if isinstance(module, MoDModel):
+            return module
+    return None
 
 
 def get_mod_model(model: nn.Module, config: MoDConfig | None = None) -> MoDModel:
