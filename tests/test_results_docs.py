@@ -106,7 +106,8 @@ def test_clip_control_report_regenerates_from_its_committed_rows(tmp_path):
     assert "| (reference) | `lora_notk_mod` vs `lora_notk` | 42, 43, 44, 45, 46, 47, 48, 49 | 600 |" in report
     import json
 
-    reruns = sorted(study.glob("lora_notk_mod_rerun-s*/eval/builtin.jsonl"))
+    reruns = sorted(path.with_name("builtin.jsonl")  # evaluations that completed (summary.json is written last)
+                    for path in study.glob("lora_notk_mod_rerun-s*/eval/summary.json"))
     assert reruns, "no rerun of the committed arm is committed"
     responses = lambda path: [json.loads(line)["response"] for line in path.read_text().splitlines() if line]  # noqa: E731
     for rerun in reruns:  # retraining a committed run reproduced it: every response, text for text
