@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from modetune.cli import main
+from modetune.cli import build_parser, main
 from modetune.cli.flags import config_from_args, load_yaml_config
 from modetune.train.config import TrainConfig
 from train_helpers import fails
@@ -34,6 +34,7 @@ def test_yaml_config_and_flag_override(tmp_path):
 
 def test_shipped_configs_parse():
     root = Path(__file__).resolve().parents[1] / "configs"
+    assert root.resolve() == Path(__file__).resolve().parents[1] / "src/modetune/configs"  # the clone's link
     names = sorted(p.name for p in root.glob("*.yaml"))
     assert {"default.yaml", "paper_llama7b.yaml", "smollm_math_split.yaml"} <= set(names)
     for path in root.glob("*.yaml"):
@@ -116,7 +117,9 @@ def _config_classes() -> list[type]:
             continue
         module = importlib.import_module(info.name)
         for name, obj in inspect.getmembers(module, inspect.isclass):
-            if name.endswith("Config") and dataclasses.is_dataclass(obj) and obj.__module__.startswith("modetune."):
+            is_hf = any(base.__module__.startswith("transformers.") for base in obj.__mro__)  # an export's config.json
+            if name.endswith("Config") and dataclasses.is_dataclass(obj) and obj.__module__.startswith("modetune.") \
+                    and not is_hf:
                 found[f"{obj.__module__}.{name}"] = obj
     return list(found.values())
 
@@ -166,3 +169,21 @@ def test_bad_input_errors_print_one_line(monkeypatch, capsys, tmp_path):
     (tmp_path / "bad.yaml").write_text("a: [1,\n")
     fails(capsys, ["experiment", "variants", "--config", str(tmp_path / "bad.yaml")], "Malformed YAML",
           command="experiment")
+
+
+def test_config_list_and_show_and_config_by_name(capsys):
+    from modetune.utils.shipped import CONFIG_DIR, config_file
+
+    assert main(["config", "list"]) == 0
+    listing = capsys.readouterr().out
+    for name in ("default", "paper_llama7b", "paper_llama2_7b", "accelerate_fsdp", "deepspeed_zero3",
+                 "experiments/commonsense"):
+        assert f"{name} " in listing
+    assert main(["config", "show", "paper_llama7b"]) == 0
+    assert capsys.readouterr().out == (CONFIG_DIR / "paper_llama7b.yaml").read_text()
+    assert config_file("configs/paper_llama7b.yaml").resolve() == config_file("paper_llama7b.yaml")  # path or name
+    args = build_parser().parse_args(["train", "--config", "paper_llama7b", "--lora-r", "8"])
+    config = config_from_args(args)
+    assert (config.lora_r, config.num_epochs, config.warmup_steps) == (8, 3.0, 100)
+    assert main(["config", "show", "nope"]) == 1
+    assert "shipped config" in capsys.readouterr().err

@@ -21,14 +21,17 @@ pytestmark = pytest.mark.slow
 TOLERANCE = 1e-4  # max |logit difference|: merging LoRA into the weights only reorders float32 sums
 
 LOADER = r'''
-import json, sys
+import importlib.util, json, sys
+BLOCKED = ("peft", "modetune")
+sys.modules.update(dict.fromkeys(BLOCKED))  # none can be imported: as in a Python without them
+for name in BLOCKED:
+    try:
+        __import__(name)
+        sys.exit(name + " is importable")
+    except ImportError:
+        assert importlib.util.find_spec(name) is None  # transformers sees it as not installed
 import torch
 from safetensors.torch import save_file
-try:
-    import modetune  # noqa: F401
-    sys.exit("modetune is importable")
-except ImportError:
-    pass
 from transformers import AutoModelForCausalLM
 folder, ids, out = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
 model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)
@@ -63,8 +66,11 @@ def test_export_loads_without_modetune_and_matches(tmp_path, tiny_model_dir, con
     assert {"config.json", "model.safetensors", "mod_model.safetensors", "modeling_mod.py", "tokenizer.json"} <= files
     assert ("lora" in files) != merge
     config_json = json.loads((out / "config.json").read_text())
-    assert config_json["auto_map"] == {"AutoModelForCausalLM": "modeling_mod.MoDForCausalLM"}
-    assert "modetune" not in (out / "modeling_mod.py").read_text().split('"""', 2)[2].replace("modetune export", "")
+    assert config_json["auto_map"] == {"AutoConfig": "modeling_mod.MoDEnsembleConfig",
+                                       "AutoModelForCausalLM": "modeling_mod.MoDForCausalLM"}
+    assert config_json["model_type"] == "modetune_mod" and config_json["mod_ensemble"]["model_type"] == "llama"
+    source = (out / "modeling_mod.py").read_text()
+    assert not any(line.lstrip().startswith(("import modetune", "from modetune", "from .")) for line in source.splitlines())
 
     mod, tokenizer, _ = load_for_eval(None, str(adapter))  # the MoDModel it came from (recorded base)
     ids = torch.tensor([[1, 17, 23, 99, 314, 2718, 5, 8], [1, 40, 41, 42, 43, 44, 45, 46]])
@@ -72,13 +78,17 @@ def test_export_loads_without_modetune_and_matches(tmp_path, tiny_model_dir, con
         expected = mod(input_ids=ids).logits
         expected_gen = mod.generate(input_ids=ids[:1], max_new_tokens=8, do_sample=False, min_new_tokens=8)
 
-    stub = tmp_path / "stub" / "modetune"
-    stub.mkdir(parents=True)
-    (stub / "__init__.py").write_text("raise ImportError('modetune is not importable here')\n")
-    env = {**os.environ, "PYTHONPATH": str(stub.parent), "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "m")}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "m")}
     result_file = tmp_path / "result.safetensors"
     done = subprocess.run([sys.executable, "-c", LOADER, str(out), json.dumps(ids.tolist()), str(result_file)],
                           capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    if not merge:  # LoRA kept apart needs peft, and says so (in the folder's README too)
+        assert done.returncode != 0 and "needs peft" in done.stderr, done.stderr[-3000:]
+        assert "peft" in (out / "README.md").read_text()
+        env.pop("PYTHONPATH", None)
+        done = subprocess.run([sys.executable, "-c", LOADER.replace('("peft", "modetune")', '("modetune",)'), str(out),
+                               json.dumps(ids.tolist()), str(result_file)],
+                              capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     result = load_file(str(result_file))
     difference = (result["logits"] - expected).abs().max().item()
@@ -134,3 +144,46 @@ def test_the_export_runs_the_ensemble_module_itself_on_three_architectures(tmp_p
         assert loaded.mod_ensemble.stash == {} or set(loaded.mod_ensemble.stash) <= {"router_weights", "logits_to_keep"}
         assert loaded.mod_ensemble.stash["router_weights"].dtype == torch.float32  # the router stays float32
         assert (under_autocast.float() - reference.float()).abs().max() < 0.1
+
+
+def test_without_trust_remote_code_the_export_refuses_to_load(tmp_path, tiny_model_dir):
+    """Its model type is its own: plain transformers cannot mistake the folder for the base model
+    (which would be the final member alone) and asks for trust_remote_code."""
+    from transformers import AutoModelForCausalLM
+
+    adapter = _adapter(tmp_path, tiny_model_dir, MoDConfig(k=3))
+    out = tmp_path / "exported"
+    assert main(["export", "--adapter", str(adapter), "--output", str(out)]) == 0
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        AutoModelForCausalLM.from_pretrained(str(out), trust_remote_code=False)
+
+
+def test_final_member_export_is_a_plain_model_equal_to_member_last(tmp_path, tiny_model_dir, capsys):
+    """``--final-member``: a standard folder (no remote code, no ensemble) that
+    ``AutoModelForCausalLM`` loads without flags, with the logits of ``--member -1``."""
+    from transformers import AutoModelForCausalLM
+
+    from modetune.eval.members import forced_member
+    from modetune.eval.runner import load_for_eval
+
+    adapter = _adapter(tmp_path, tiny_model_dir, MoDConfig(k=3))
+    out = tmp_path / "plain"
+    assert main(["export", "--adapter", str(adapter), "--output", str(out), "--final-member"]) == 0
+    assert "final member alone" in capsys.readouterr().out
+    files = {p.name for p in out.iterdir()}
+    assert "modeling_mod.py" not in files and "mod_model.safetensors" not in files
+    config_json = json.loads((out / "config.json").read_text())
+    assert config_json["model_type"] == "llama" and "auto_map" not in config_json
+    assert "from_pretrained(folder)" in (out / "README.md").read_text()
+
+    mod, _, _ = load_for_eval(None, str(adapter))
+    ids = torch.tensor([[1, 17, 23, 99, 314, 2718, 5, 8]])
+    with torch.no_grad(), forced_member(mod, -1):
+        expected = mod(input_ids=ids).logits
+    with torch.no_grad():
+        ensemble = mod(input_ids=ids).logits
+        got = AutoModelForCausalLM.from_pretrained(str(out))(ids).logits
+    assert (got - expected).abs().max() < TOLERANCE
+    assert (got - ensemble).abs().max() > 100 * TOLERANCE  # it is not the ensemble
+    assert main(["export", "--adapter", str(adapter), "--output", str(tmp_path / "x"), "--final-member",
+                 "--no-merge"]) == 1

@@ -45,6 +45,10 @@ def test_wheel_contents_and_metadata(built):
     packaged = [p for p in (ROOT / "src/modetune/data/files").rglob("*") if p.is_file()]
     assert len(shipped) == len(packaged) > 10  # every packaged dataset file is in the wheel
     assert "modetune/mod/ensemble.py" in names and "modetune/cli/main.py" in names
+    configs = sorted(p.relative_to(ROOT / "src/modetune").as_posix() for p in (ROOT / "src/modetune/configs").rglob("*.*"))
+    assert {"configs/default.yaml", "configs/paper_llama7b.yaml", "configs/accelerate_fsdp.yaml",
+            "configs/deepspeed_zero3.json"} <= set(configs)
+    assert sorted(n for n in names if n.startswith("modetune/configs/")) == ["modetune/" + c for c in configs]
     meta_name = next(n for n in names if n.endswith(".dist-info/METADATA"))
     meta = Parser().parsestr(zipfile.ZipFile(built["wheel"]).read(meta_name).decode())
     assert meta["Name"] == "modetune" and meta["Version"] == __version__
@@ -78,7 +82,11 @@ def test_wheel_in_a_fresh_venv(built, default_model_dir):
     modetune = env_dir / "bin" / "modetune"
     assert _run(modetune, "--version", env=env, cwd=run_dir).strip() == f"modetune {__version__}"
     assert "trainable" in _run(modetune, "params", env=env, cwd=run_dir).lower()
-    out = _run(modetune, "train", "--max-steps", "2", "--data", "builtin:arithmetic:16", "--batch-size", "2",
-               "--micro-batch-size", "2", "--cutoff-len", "64", "--val-size", "0", "--report-to", "none",
-               "--save-steps", "100", "--output-dir", run_dir / "run", env=env, cwd=run_dir)
+    listing = _run(modetune, "config", "list", env=env, cwd=run_dir)
+    assert "paper_llama7b" in listing and "deepspeed_zero3" in listing and str(own_site) in listing
+    assert _run(modetune, "config", "show", "default", env=env, cwd=run_dir) == \
+        (ROOT / "src/modetune/configs/default.yaml").read_text()
+    out = _run(modetune, "train", "--config", "default", "--max-steps", "2", "--data", "builtin:arithmetic:16",
+               "--batch-size", "2", "--micro-batch-size", "2", "--cutoff-len", "64", "--val-size", "0",
+               "--report-to", "none", "--save-steps", "100", "--output-dir", run_dir / "run", env=env, cwd=run_dir)
     assert (run_dir / "run" / "adapter" / "mod_model.safetensors").exists(), out

@@ -58,6 +58,24 @@ def test_train_end_to_end_writes_adapter_logs_and_plots(tiny_model_dir, tmp_path
     summary = json.loads((out / "summary.json").read_text())
     assert len(summary["router_weights"]) == 3 and abs(sum(summary["router_weights"]) - 1) < 1e-4
     assert 0 < summary["router_entropy"] <= 1.0987 and 0 <= summary["router_nonfinal_top"] <= 1  # entropy <= log 3
+    card = (out / "adapter" / "README.md").read_text()  # the model card says what the adapter is
+    assert str(tmp_path) not in card and "/tmp" not in card  # never a local path as the base
+    assert "base model | a local model" in card and "| preset | lora_notk_mod |" in card
+    assert f"| steps | {summary['steps']} |" in card and "| k (members) | 3 |" in card
+    assert f"| validation CE (nats/answer token) | {summary['val_loss']:.4f} |" in card
+
+
+def test_model_card_names_the_hub_model():
+    from modetune.train.card import adapter_card, hub_name
+    from modetune.train.config import TrainConfig
+
+    assert hub_name("default") == "HuggingFaceTB/SmolLM2-135M-Instruct" == hub_name("smollm2-135m-instruct")
+    assert hub_name("meta-llama/Llama-2-7b-hf") == "meta-llama/Llama-2-7b-hf"
+    assert hub_name("/no/such/folder") is None
+    card = adapter_card(TrainConfig(), steps=38, val_loss=0.123456)
+    assert card.startswith("---\nbase_model: HuggingFaceTB/SmolLM2-135M-Instruct\n")
+    assert "| validation CE (nats/answer token) | 0.1235 |" in card and "| steps | 38 |" in card
+    assert "| distillation lambda | 1.0 |" in card
 
 
 def test_gradient_accumulation_equals_full_batch(tiny_model_dir, tmp_path):

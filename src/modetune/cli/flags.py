@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..train.config import TrainConfig
 from ..utils.errors import ConfigError, first_line
+from ..utils.shipped import config_file
 
 TYPE_NAMES = {int: "INT", float: "FLOAT", str: "TEXT"}
 
@@ -117,7 +118,8 @@ def add_config_flags(parser: argparse.ArgumentParser, config=TrainConfig, yaml: 
     takes ``--config FILE`` (added here), whose values the flags override."""
     name = config.__name__ if isinstance(config, type) else type(config).__name__
     if yaml:
-        parser.add_argument("--config", help=f"YAML file of {name} fields (flags override it)")
+        parser.add_argument("--config", help=f"YAML file of {name} fields, or a shipped config's name "
+                            "(`modetune config list`); flags override it")
     group = parser.add_argument_group("config fields (override the YAML file)" if yaml else "options")
     for flag in config_flags(config):
         option = "--" + flag.name.replace("_", "-")
@@ -133,9 +135,7 @@ def add_config_flags(parser: argparse.ArgumentParser, config=TrainConfig, yaml: 
 def load_yaml_config(path: str | Path) -> dict:
     import yaml
 
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"Config file not found: {path}")
+    path = config_file(path)
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:

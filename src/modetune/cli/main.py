@@ -24,7 +24,8 @@ def _add_train(sub) -> None:
     from ..train.config import TrainConfig
 
     p = sub.add_parser("train", help="train a MoD / LoRA variant (the main job)", formatter_class=HelpFormatter,
-                       description="Train a variant. Defaults: configs/default.yaml values; every field is a flag.")
+                       description="Train a variant. Defaults: the shipped config `default` "
+                       "(`modetune config show default`); every field is a flag.")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest complete checkpoint in output_dir (default: start afresh)")
     p.add_argument("--overwrite", action="store_true",
@@ -271,6 +272,31 @@ def _run_chat(args) -> None:
     chat_loop(model, tokenizer, command.decode, interactive=sys.stdin.isatty())
 
 
+def _add_config(sub) -> None:
+    p = sub.add_parser("config", help="the configs installed with modetune: list them, print one",
+                       formatter_class=HelpFormatter)
+    actions = p.add_subparsers(dest="action", required=True)
+    actions.add_parser("list", help="every shipped config: name, purpose, file").set_defaults(func=_run_config_list)
+    show = actions.add_parser("show", help="print a shipped config (to copy and edit, or pass by name to --config)")
+    show.add_argument("name", help="a name from `modetune config list`")
+    show.set_defaults(func=_run_config_show)
+
+
+def _run_config_list(args) -> None:
+    from ..utils.shipped import describe, shipped_configs
+
+    configs = shipped_configs()
+    width = max(map(len, configs))
+    for name, path in configs.items():
+        print(f"{name:<{width}}  {describe(path)}  ({path})")
+
+
+def _run_config_show(args) -> None:
+    from ..utils.shipped import config_file
+
+    print(config_file(args.name).read_text(encoding="utf-8"), end="")
+
+
 def _add_export(sub) -> None:
     from ..export import ExportCommand
 
@@ -288,7 +314,8 @@ def _run_export(args) -> None:
 
 # ---------------------------------------------------------------- entry point
 COMMANDS = [_add_train, _add_fit_router, _add_params, _add_experiment, _add_eval, _add_probe, _add_report,
-            _add_solved, _add_lm_eval, _add_generate, _add_chat, _add_export, _add_data]
+            _add_solved, _add_lm_eval, _add_generate, _add_chat, _add_export, _add_data,
+            _add_config]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,6 +10,8 @@ byte for byte, which imports torch, transformers and safetensors only, so
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,24 +19,35 @@ from pathlib import Path
 from safetensors.torch import save_file
 
 from ..mod import ensemble
-from ..mod.ensemble import MOD_WEIGHTS
+from ..mod.ensemble import EXPORT_MODEL_TYPE, MOD_WEIGHTS
 from ..mod.surgery import unwrap
 from ..utils.checks import check_dtype, coerce_fields, from_flat_dict
 from ..utils.errors import ConfigError
 
 MODELING_FILE = "modeling_mod.py"  # mod/ensemble.py, copied byte for byte
-ENTRY_CLASS = "modeling_mod.MoDForCausalLM"
+# What serving the final member alone costs, as measured (docs/results/study-clip-control, "C5")
+FINAL_MEMBER_NOTE = ("What it loses against the ensemble, as measured on 600 held-out arithmetic items "
+                     "(docs/results/study-clip-control): final member minus ensemble +0.0 points [-0.2, +0.2] over 6 "
+                     "seeds of per-group clipping, -0.3 [-0.9, +0.4] over 3 seeds of global clipping; no difference "
+                     "detected.")
+AUTO_MAP = {"AutoConfig": "modeling_mod.MoDEnsembleConfig", "AutoModelForCausalLM": "modeling_mod.MoDForCausalLM"}
 
 
-def export_model(mod, tokenizer, output: str | Path, merge: bool = True) -> Path:
+def export_model(mod, tokenizer, output: str | Path, merge: bool = True, final_member: bool = False) -> Path:
     """Write the folder for a loaded :class:`~modetune.mod.model.MoDModel` ``mod``; returns its path.
 
     ``merge=True`` merges LoRA into the base weights (the MoD hooks stay on the same modules);
     ``merge=False`` saves the base weights unchanged and the LoRA adapter in ``lora/``.
+    ``final_member=True`` writes the final member alone: the base architecture with LoRA merged,
+    no ensemble and no remote code, loadable anywhere the base model is (vLLM, TGI, GGUF converters).
+    ``mod`` is consumed: merging changes its weights in place.
     """
     output = Path(output)
     if output.exists() and any(output.iterdir()):
         raise ConfigError(f"{output} exists and is not empty; choose a new folder.")
+    if final_member and not merge:
+        raise ConfigError("--final-member writes one plain model with LoRA merged in; it cannot keep LoRA apart "
+                          "(--no-merge).")
     wrapped = mod.base_model
     is_peft = wrapped is not unwrap(wrapped)
     if is_peft and merge:
@@ -44,22 +57,62 @@ def export_model(mod, tokenizer, output: str | Path, merge: bool = True) -> Path
         if is_peft:
             wrapped.save_pretrained(str(output / "lora"))
             plain = _without_lora(wrapped)
-    spec = {"architecture": type(plain).__name__, **mod.ensemble.spec(plain)}
-    plain.config.auto_map = {"AutoModelForCausalLM": ENTRY_CLASS}
-    plain.config.mod_ensemble = spec
-    softcap = mod.softcap
-    if softcap is not None:  # the saved config keeps the model's own soft-capping (MoD turned it off in memory)
-        plain.config.get_text_config().final_logit_softcapping = softcap
-    try:
-        plain.save_pretrained(str(output))
-    finally:
-        if softcap is not None:
-            plain.config.get_text_config().final_logit_softcapping = None
+    base_name = getattr(plain.config, "_name_or_path", "") or "the base model"
+    with _own_softcap(mod, plain):
+        if final_member:
+            plain.save_pretrained(str(output))
+        else:
+            _save_ensemble_folder(mod, plain, output)
     tokenizer.save_pretrained(str(output))
+    kind = "final" if final_member else "merged" if merge or not is_peft else "lora"
+    (output / "README.md").write_text(model_card(kind, mod.mod_config.k, base_name))
+    return output
+
+
+def _save_ensemble_folder(mod, plain, output: Path) -> None:
+    """The base weights, ``mod_model.safetensors``, ``modeling_mod.py`` and a ``config.json`` of
+    model type ``modetune_mod`` holding the base's whole config (so no default is lost)."""
+    spec = {"architecture": type(plain).__name__, "model_type": plain.config.model_type, **mod.ensemble.spec(plain)}
+    plain.save_pretrained(str(output))
+    config = plain.config.to_dict()
+    config.update(model_type=EXPORT_MODEL_TYPE, mod_ensemble=spec, auto_map=AUTO_MAP)
+    (output / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     weights = {name: tensor for name, tensor in mod.mod_state_dict().items() if not name.startswith("final_norm.")}
     save_file(weights, str(output / MOD_WEIGHTS), metadata={"format": "pt"})
     shutil.copyfile(ensemble.__file__, output / MODELING_FILE)
-    return output
+
+
+@contextlib.contextmanager
+def _own_softcap(mod, plain):
+    """The saved config keeps the model's own soft-capping (MoD turns it off in memory)."""
+    softcap = mod.softcap
+    if softcap is not None:
+        plain.config.get_text_config().final_logit_softcapping = softcap
+    try:
+        yield
+    finally:
+        if softcap is not None:
+            plain.config.get_text_config().final_logit_softcapping = None
+
+
+def model_card(kind: str, k: int, base: str) -> str:
+    """The exported folder's ``README.md``: what it is, what loading it needs, and how."""
+    load = "AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=True)"
+    if kind == "final":
+        what = (f"The final member of a MoD ensemble (k = {k}) trained on {base}, alone: the base architecture "
+                "with LoRA merged in, no ensemble and no custom code. It loads wherever the base model does "
+                "(transformers, vLLM, TGI, GGUF converters). " + FINAL_MEMBER_NOTE)
+        load = "AutoModelForCausalLM.from_pretrained(folder)"
+        needs = "torch and transformers (or any engine that serves the base architecture)"
+    elif kind == "lora":
+        what = (f"A MoD ensemble (k = {k}) on {base}, LoRA kept apart in `lora/` (exported with --no-merge).")
+        needs = "torch, transformers, safetensors **and peft** (for `lora/`)"
+    else:
+        what = f"A MoD ensemble (k = {k}) on {base}, LoRA merged into the weights."
+        needs = "torch, transformers and safetensors (no peft, no modetune)"
+    return (f"# {base} + MoD (exported by modetune)\n\n{what}\n\n"
+            f"Loading needs {needs}:\n\n```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+            f"model = {load}\ntokenizer = AutoTokenizer.from_pretrained(folder)\n```\n")
 
 
 def _without_lora(peft_model):
@@ -77,6 +130,9 @@ class ExportCommand:
         "help": "base model (none: the one the adapter was trained on)"})
     merge: bool = field(default=True, metadata={
         "help": "merge LoRA into the base weights (--no-merge: keep it apart in OUTPUT/lora; loading then needs peft)"})
+    final_member: bool = field(default=False, metadata={
+        "help": "write the final member alone as a standard model folder (LoRA merged, no ensemble, no remote code: "
+                "for vLLM, TGI, GGUF); it loses what the ensemble adds"})
     dtype: str = field(default="float32", metadata={"help": "weights dtype (a torch dtype name)"})
     trust_remote_code: bool = field(default=False, metadata={
         "help": "let transformers run the model folder's own code (off: refuse such a model)"})
@@ -104,4 +160,7 @@ def run_export(command: ExportCommand) -> Path:
                          trust_remote_code=command.trust_remote_code,
                          ignore_base_mismatch=command.ignore_base_mismatch)
     mod, tokenizer, _ = source.load()
-    return export_model(mod, tokenizer, command.output, merge=command.merge)
+    output = export_model(mod, tokenizer, command.output, merge=command.merge, final_member=command.final_member)
+    if command.final_member:
+        print(f"[modetune export] {output} is the final member alone. {FINAL_MEMBER_NOTE}", flush=True)
+    return output

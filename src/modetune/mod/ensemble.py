@@ -33,6 +33,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 MOD_WEIGHTS = "mod_model.safetensors"
 LORA_FOLDER = "lora"
+EXPORT_MODEL_TYPE = "modetune_mod"  # an exported folder's config.json model_type
 
 
 def autocast_dtype(device_type: str) -> torch.dtype | None:
@@ -256,6 +257,25 @@ class MoDEnsemble(nn.Module):
         return sum(weights[..., i : i + 1] * lg for i, lg in enumerate(logits)).to(output.dtype)
 
 
+class MoDEnsembleConfig(PretrainedConfig):
+    """An exported folder's ``config.json``: the base model's whole config under a model type of its own.
+
+    The type ``modetune_mod`` is unknown to transformers, so loading the folder without
+    ``trust_remote_code=True`` stops with transformers' own error instead of silently giving the
+    base architecture (the final member alone). ``mod_ensemble`` holds the ensemble's spec,
+    with the base's ``model_type`` and class name.
+    """
+
+    model_type = EXPORT_MODEL_TYPE
+
+    def base_config(self) -> PretrainedConfig:
+        """The base architecture's own config (every field as saved)."""
+        from transformers import AutoConfig
+
+        data = {key: value for key, value in self.to_dict().items() if key not in ("model_type", "auto_map")}
+        return AutoConfig.for_model(self.mod_ensemble["model_type"], **data)
+
+
 class MoDForCausalLM(PreTrainedModel):
     """Entry point of an exported folder's ``auto_map``: loads the base architecture
     (``config.mod_ensemble["architecture"]``) and attaches the ensemble saved beside it.
@@ -264,7 +284,7 @@ class MoDForCausalLM(PreTrainedModel):
     ensemble as its ``mod_ensemble`` submodule; ``generate``, caching and beams work as usual.
     """
 
-    config_class = PretrainedConfig
+    config_class = MoDEnsembleConfig
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
@@ -276,7 +296,9 @@ class MoDForCausalLM(PreTrainedModel):
         kwargs.pop("trust_remote_code", None)
         config = config or AutoConfig.from_pretrained(path, trust_remote_code=True)
         spec = config.mod_ensemble
-        model = getattr(transformers, spec["architecture"]).from_pretrained(path, *model_args, config=config, **kwargs)
+        base_config = config.base_config() if isinstance(config, MoDEnsembleConfig) else config
+        model = getattr(transformers, spec["architecture"]).from_pretrained(path, *model_args, config=base_config,
+                                                                          **kwargs)
         inner = model
         if os.path.isdir(os.path.join(path, LORA_FOLDER)):  # exported with --no-merge: LoRA kept apart
             try:

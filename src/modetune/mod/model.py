@@ -13,8 +13,10 @@ How it is wired, with hooks only (the wrapped model's own code is untouched):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -235,12 +237,51 @@ class MoDModel(nn.Module):
         return self.base_model.generate(*args, **kwargs)
 
     def __getattr__(self, name: str):
+        """Attributes of the wrapped model (``config``, ``generation_config``, ``device``, embeddings,
+        ...), except the methods in :data:`REFUSED`, which would bypass or desynchronise the ensemble."""
         try:
             return super().__getattr__(name)
         except AttributeError:
             if name == "base_model":
                 raise
+            if name in REFUSED:
+                raise AttributeError(f"MoDModel.{name} is refused: {REFUSED[name]}") from None
             return getattr(self.base_model, name)
+
+    # ------------------------------------------------------------------ PEFT-shaped methods, MoD-aware
+    def print_trainable_parameters(self) -> None:
+        """peft's one-line summary, counting the router and member norms too."""
+        trainable, total = self.trainable_parameters()
+        mod = sum(p.numel() for p in self.ensemble.parameters() if p.requires_grad)
+        print(f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}"
+              f" (of which MoD router and member norms: {mod:,})")
+
+    @contextlib.contextmanager
+    def disable_adapter(self, lora: bool = True, ensemble: bool = True) -> Iterator[None]:
+        """Inside the block the model runs without LoRA (``lora``) and/or without the ensemble
+        (``ensemble``: the base model's own head on ``N_p(h_N)``, soft-capping restored). The
+        default switches off the whole adapter: the base model as it was loaded."""
+        with contextlib.ExitStack() as stack:
+            if lora and self.base_model is not unwrap(self.base_model):
+                stack.enter_context(self.base_model.disable_adapter())
+            if ensemble:
+                self.ensemble.detach()
+                stack.callback(self.ensemble.attach, unwrap(self.base_model))
+            yield
+
+    def push_to_hub(self, repo_id: str, private: bool | None = None, token: str | None = None,
+                    commit_message: str = "Upload MoD adapter", api=None) -> str:
+        """Upload the complete adapter (LoRA and MoD files, config, model card) to the hub repo
+        ``repo_id``, created if needed; returns the commit URL. ``api``: an ``HfApi``-like object."""
+        import tempfile
+
+        from huggingface_hub import HfApi
+
+        api = api or HfApi(token=token)
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="modetune-push-") as folder:
+            self.save_pretrained(folder)
+            return str(api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message))
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         """Gradient checkpointing of the wrapped model (non-reentrant by default)."""
@@ -357,6 +398,22 @@ class MoDModel(nn.Module):
         if rest not in tensors:
             raise DataError(f"Unexpected tensor {name!r} in {WEIGHTS_NAME}: it does not match this MoD config.")
         return tensors[rest]
+
+
+_TO_EXPORT = "use modetune.export.export_model (or `modetune export`; --final-member for a plain model)"
+# Methods of the wrapped (peft / transformers) model that would leave the ensemble out or out of step
+REFUSED = {
+    "merge_and_unload": "merging LoRA into the weights here would leave an adapter that no longer matches its base; "
+                        + _TO_EXPORT + ".",
+    "unload": "it removes LoRA under the ensemble, which was trained with it; " + _TO_EXPORT + ".",
+    "enable_adapter_layers": "it toggles LoRA only; use MoDModel.disable_adapter(lora=..., ensemble=...).",
+    "disable_adapter_layers": "it toggles LoRA only; use MoDModel.disable_adapter(lora=..., ensemble=...).",
+    "add_adapter": "the ensemble was trained with one LoRA adapter; train a new MoD adapter instead.",
+    "load_adapter": "the ensemble was trained with one LoRA adapter; load another with MoDModel.from_pretrained.",
+    "set_adapter": "the ensemble was trained with one LoRA adapter; load another with MoDModel.from_pretrained.",
+    "delete_adapter": "the ensemble was trained with its LoRA adapter; load the base model without the adapter.",
+    "resize_token_embeddings": "it replaces the LM head the ensemble shares; resize before get_mod_model.",
+}
 
 
 def find_mod(model: nn.Module) -> MoDModel | None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..mod.variants import parse_preset
 from ..utils.plotting import pyplot
+from .card import adapter_card
 from .config import TrainConfig
 
 SPARSITY_EPS = 1e-5  # a router weight below this counts as "not routed" in the sparsity diagnostics
@@ -37,6 +38,8 @@ def summarise(output_dir: Path, config: TrainConfig, trainable: int, total: int,
         "eval_command": f"modetune eval --adapter {adapter} --model {config.model} " + _eval_datasets(config.data),
     }
     Path(output_dir, "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if Path(adapter).is_dir():  # the model card (replacing peft's blank one)
+        Path(adapter, "README.md").write_text(adapter_card(config, summary["steps"], val_loss))
     plot_training(output_dir, k)
     return summary
 
