@@ -211,3 +211,33 @@ def test_fault_injection_is_imported_and_added_only_when_asked(tiny_model_dir, t
     assert f"faults imported: {fault is not None}" in done.stdout
     assert ("FaultInjection" in done.stdout.split("callbacks:")[1].splitlines()[0]) == (fault is not None)
 
+
+
+def test_resume_of_a_finished_run_changes_nothing_and_a_larger_budget_extends_it(tiny_model_dir, tmp_path, capsys):
+    """``--resume`` on a complete run says so and trains nothing; with a larger ``--max-steps`` it
+    continues, and the learning rate follows the linear schedule planned for the new length."""
+    import hashlib
+
+    out = tmp_path / "run"
+    args = train_args(tiny_model_dir, out, "--batch-size", "4", "--micro-batch-size", "4", "--save-steps", "2")
+    assert main([*args, "--max-steps", "4"]) == 0
+    first = _logged(out)
+    digest = lambda: {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+                      for p in sorted(out.rglob("*")) if p.is_file() and "runs" not in p.parts}
+    before = digest()
+    capsys.readouterr()
+    assert main([*args, "--max-steps", "4", "--resume"]) == 0
+    assert "holds a complete run (4 steps): nothing to do" in capsys.readouterr().out
+    assert digest() == before  # not one file changed
+    assert main([*args, "--max-steps", "2", "--resume"]) == 1  # a shorter budget is another run
+    assert "max_steps 4 -> 2" in capsys.readouterr().err
+
+    assert main([*args, "--max-steps", "6", "--resume"]) == 0
+    steps = _logged(out)
+    assert [row["step"] for row in steps] == [1, 2, 3, 4, 5, 6]
+    assert steps[:4] == first
+    # linear decay, warm-up 0, planned for 6 steps from step 5 on: lr_s = lr * (6 - (s - 1)) / 6
+    assert steps[4]["learning_rate"] == pytest.approx(1e-2 * 2 / 6) and steps[5]["learning_rate"] == pytest.approx(
+        1e-2 * 1 / 6)
+    assert json.loads((out / "summary.json").read_text())["steps"] == 6
+    assert (out / "checkpoint-6").is_dir()

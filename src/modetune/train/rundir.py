@@ -30,6 +30,7 @@ CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")
 # settings that may change between a run and its resumption (they do not change the weights)
 RESUMABLE_FIELDS = {"output_dir", "report_to", "logging_steps", "save_steps", "save_total_limit", "eval_steps",
                     "trust_remote_code"}
+BUDGET_FIELDS = {"max_steps", "num_epochs"}  # may grow on resume (the run is extended)
 
 
 def checkpoints(run_dir: Path) -> list[Path]:
@@ -83,17 +84,42 @@ def pick_checkpoint(run_dir: Path) -> Path:
     raise DataError(f"--resume: no complete checkpoint in {run_dir}: {'; '.join(problems)}")
 
 
+def extends_budget(saved: dict, wanted: dict) -> bool:
+    """Whether ``wanted`` trains the same run for longer: a larger ``max_steps``, or (both
+    counting in epochs, ``max_steps`` -1) a larger ``num_epochs``."""
+    old_steps, new_steps = saved.get("max_steps", -1), wanted["max_steps"]
+    if old_steps > 0 or new_steps > 0:
+        return old_steps > 0 and new_steps > old_steps
+    return wanted["num_epochs"] > saved.get("num_epochs", wanted["num_epochs"])
+
+
 def check_same_settings(checkpoint: Path, config: TrainConfig) -> None:
-    """Refuse to resume ``checkpoint`` with settings other than those it was trained with."""
+    """Refuse to resume ``checkpoint`` with settings other than those it was trained with; a
+    longer budget (:func:`extends_budget`) is allowed: the run continues to it."""
     path = checkpoint / TRAIN_CONFIG_NAME
     if not path.is_file():
         return
     saved, wanted = read_json(path), config.to_dict()
-    differ = differing_settings(saved, wanted, TrainConfig().to_dict(), RESUMABLE_FIELDS)
+    allowed = RESUMABLE_FIELDS | (BUDGET_FIELDS if extends_budget(saved, wanted) else set())
+    differ = differing_settings(saved, wanted, TrainConfig().to_dict(), allowed)
     if differ:
         detail = ", ".join(f"{key} {saved.get(key)!r} -> {wanted.get(key)!r}" for key in differ)
         raise ConfigError(f"--resume: the settings differ from those of {checkpoint} ({detail}); resume with the "
                           "same settings, or pass --overwrite to start over.")
+
+
+COMPLETE = "complete"  # prepare_run_dir's answer for a finished run resumed with the same budget
+
+
+def is_complete(run_dir: Path, checkpoint: Path, config: TrainConfig) -> bool:
+    """Whether the run finished (its adapter and summary written after the last step) and
+    ``config`` asks for no more steps than it trained."""
+    state = read_json(checkpoint / "trainer_state.json")
+    saved_path = checkpoint / TRAIN_CONFIG_NAME
+    longer = saved_path.is_file() and extends_budget(read_json(saved_path), config.to_dict())
+    finished = state.get("global_step") == state.get("max_steps") and (run_dir / "summary.json").is_file() \
+        and (run_dir / "adapter" / TRAIN_CONFIG_NAME).is_file()
+    return finished and not longer
 
 
 def trim_log(run_dir: Path, step: int) -> None:
@@ -126,6 +152,8 @@ def prepare_run_dir(config: TrainConfig, resume: bool = False, overwrite: bool =
     if resume:
         checkpoint = pick_checkpoint(run_dir)
         check_same_settings(checkpoint, config)
+        if is_complete(run_dir, checkpoint, config):
+            return COMPLETE
         if is_main:
             trim_log(run_dir, int(CHECKPOINT_RE.fullmatch(checkpoint.name).group(1)))
         return str(checkpoint)

@@ -23,13 +23,13 @@ from ..data.contamination import FINGERPRINT_NAME, warn_training_overlap, write_
 from ..mod.model import MoDModel, base_fingerprint, gathered_state_dict, parameter_counts
 from ..mod.variants import build_variant
 from ..utils.errors import ConfigError, NonFiniteLossError
-from ..utils.integrity import check_adapter_base, load_safetensors, stored_fingerprint, write_base_record
+from ..utils.integrity import check_adapter_base, load_safetensors, read_json, stored_fingerprint, write_base_record
 from ..utils.sharding import check_launcher_sharding
 from ..utils.version import __version__
 from .clipping import clip_groups, clip_per_group, group_norms
 from .config import FAULT_ENV, TRAIN_CONFIG_NAME, TrainConfig, check_batch
 from .router_opt import GROUP_KEY, ROUTER, RouterWarmup, body_parameters, optimizer_groups, warmup_scheduler
-from .rundir import prepare_run_dir
+from .rundir import COMPLETE, prepare_run_dir
 from .summary import SPARSITY_EPS, format_summary, summarise
 
 
@@ -235,6 +235,19 @@ class MoDTrainer(Trainer):
         if isinstance(unwrapped, MoDModel):
             unwrapped.load_mod_weights(resume_from_checkpoint)
 
+    def _load_optimizer_and_scheduler(self, checkpoint) -> None:
+        """Resume the optimizer and scheduler, then set each group's rate from the schedule as
+        planned now: ``lr_g * lambda(step)``. For a plain resume that is the saved rate, bit for
+        bit; for an extended run (a larger ``max_steps``) the linear decay is re-planned for the new
+        total from the resumed step on, instead of the saved rate (0 at the old end) being used once."""
+        super()._load_optimizer_and_scheduler(checkpoint)
+        scheduler = self.lr_scheduler
+        if checkpoint is None or not hasattr(scheduler, "lr_lambdas"):
+            return
+        for group, base, schedule in zip(self.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * schedule(scheduler.last_epoch)
+        scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]  # what the Trainer logs
+
 
 class _JsonlLogger(TrainerCallback):
     """A Trainer callback appending every log to ``log.jsonl``."""
@@ -305,6 +318,11 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
         raise ConfigError("router_warmup_steps freezes the body by requires_grad, which DDP cannot follow: "
                           "run the warm-up in one process.")
     resume_from = prepare_run_dir(config, resume, overwrite, is_main)
+    if resume_from == COMPLETE:  # a finished run is never changed by a resume
+        summary = read_json(output_dir / "summary.json")
+        print(f"[modetune] {output_dir} holds a complete run ({summary.get('steps')} steps): nothing to do. "
+              "Pass a larger --max-steps or --num-epochs with --resume to train it further.", flush=True)
+        return summary
     set_seed(config.seed)
     records = load_training_records(config.data, config.max_records, config.seed)
     if is_main:  # the contamination guard: warn before the model loads
