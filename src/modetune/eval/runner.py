@@ -26,6 +26,7 @@ from ..data.contamination import eval_contamination
 from ..utils.checks import check_device, check_dtype, coerce_fields, differing_settings, from_flat_dict
 from ..utils.errors import BaseModelMismatchError, ConfigError, first_line
 from ..utils.integrity import read_json
+from ..utils.models import QUANTIZATIONS
 from ..utils.prompts import STYLES
 from .datasets import get_dataset, parse_dataset_list
 from .generation import generate_responses
@@ -110,16 +111,22 @@ class ModelSource:
         "help": "let transformers run the model folder's own code (off: refuse such a model)"})
     ignore_base_mismatch: bool = field(default=False, metadata={
         "help": "load an adapter recorded for another base model anyway, with a warning (off: refuse)"})
+    quantization: str = field(default="none", metadata={
+        "help": "load the base quantized by bitsandbytes: '4bit' (NF4) or '8bit', as a QLoRA adapter was trained "
+                "('none': as saved)"})
 
     def __post_init__(self) -> None:
         coerce_fields(self)
         check_dtype(self.dtype)
         check_device(self.device)
+        if self.quantization not in QUANTIZATIONS:
+            raise ConfigError(f"Unknown quantization {self.quantization!r}; choose one of {', '.join(QUANTIZATIONS)}.")
 
     def load(self):
         """``(model, tokenizer, info)``: :func:`load_for_eval` of this source."""
         return load_for_eval(self.model, self.adapter, dtype=self.dtype, device=self.device,
-                             trust_remote_code=self.trust_remote_code, ignore_base_mismatch=self.ignore_base_mismatch)
+                             trust_remote_code=self.trust_remote_code, ignore_base_mismatch=self.ignore_base_mismatch,
+                             quantization=self.quantization)
 
 
 @dataclass
@@ -161,7 +168,7 @@ class EvalCommand:
 # ---------------------------------------------------------------------------- models
 def load_for_eval(model: str | None = "default", adapter: str | Path | None = None, dtype: str = "float32",
                   device: str | None = None, trust_remote_code: bool = False,
-                  ignore_base_mismatch: bool = False) -> tuple[nn.Module, Any, dict]:
+                  ignore_base_mismatch: bool = False, quantization: str = "none") -> tuple[nn.Module, Any, dict]:
     """Load ``(model, tokenizer, info)`` for evaluation.
 
     ``adapter``: a MoD folder (``mod_config.json``; loaded with :meth:`MoDModel.from_pretrained`,
@@ -182,7 +189,8 @@ def load_for_eval(model: str | None = "default", adapter: str | Path | None = No
         if not adapter_path.is_dir():
             raise FileNotFoundError(f"Adapter folder {adapter_path} does not exist.")
         check_files(adapter_path, (CONFIG_NAME, WEIGHTS_NAME, ADAPTER_CONFIG, ADAPTER_WEIGHTS))
-    base, tokenizer = load_model(model, dtype=dtype, trust_remote_code=trust_remote_code, device=device)
+    base, tokenizer = load_model(model, dtype=dtype, trust_remote_code=trust_remote_code, device=device,
+                                 quantization=quantization)
     kind = "base"
     if adapter_path is not None:
         if (adapter_path / CONFIG_NAME).exists():

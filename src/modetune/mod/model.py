@@ -248,6 +248,12 @@ class MoDModel(nn.Module):
                 raise AttributeError(f"MoDModel.{name} is refused: {REFUSED[name]}") from None
             return getattr(self.base_model, name)
 
+    @property
+    def _hf_peft_config_loaded(self) -> bool:
+        """Trainable adapters sit on the base (MoD's router and norms, and LoRA): what the HF Trainer
+        asks before it trains a quantized (QLoRA) base."""
+        return True
+
     # ------------------------------------------------------------------ PEFT-shaped methods, MoD-aware
     def print_trainable_parameters(self) -> None:
         """peft's one-line summary, counting the router and member norms too."""

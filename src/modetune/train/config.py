@@ -10,6 +10,7 @@ from ..mod.config import MoDConfig
 from ..mod.variants import parse_preset
 from ..utils.checks import check_bounds, coerce_fields, from_flat_dict
 from ..utils.errors import ConfigError
+from ..utils.models import QUANTIZATIONS
 from ..utils.prompts import STYLES
 from .clipping import SCOPES
 
@@ -33,6 +34,10 @@ class TrainConfig:
         "help": "variant: lora_notk, lora_all, lora_all_mod, lora_notk_mod, mod_only or lora_layer_j (j = 0, 1, ...)"})
     trust_remote_code: bool = field(default=False, metadata={
         "help": "let transformers run the model repository's own code"})
+    quantization: str = field(default="none", metadata={
+        "help": "QLoRA: load the base model's linear layers quantized by bitsandbytes, '4bit' (NF4) or '8bit' "
+                "(LLM.int8); LoRA and MoD train in full precision on top ('none': no quantization). Evaluate "
+                "with the same --quantization (the adapter records that base)"})
     # LoRA (the paper's settings)
     lora_r: int = field(default=32, metadata={"help": "LoRA rank"})
     lora_alpha: int = field(default=64, metadata={"help": "LoRA scaling alpha (the update is scaled by alpha / r)"})
@@ -146,6 +151,11 @@ def validate_train_config(config: TrainConfig) -> None:
     schedulers = [s.value for s in SchedulerType]
     if config.lr_scheduler not in schedulers:
         raise ConfigError(f"Unknown lr_scheduler {config.lr_scheduler!r}; choose one of {', '.join(schedulers)}.")
+    if config.quantization not in QUANTIZATIONS:
+        raise ConfigError(f"Unknown quantization {config.quantization!r}; choose one of {', '.join(QUANTIZATIONS)}.")
+    if config.quantization != "none" and parse_preset(config.preset).lora_layers == "none":
+        raise ConfigError(f"quantization {config.quantization} is QLoRA: it needs a preset with LoRA "
+                          f"({config.preset} trains no LoRA on the quantized base).")
     if config.clip_scope not in SCOPES:
         raise ConfigError(f"Unknown clip_scope {config.clip_scope!r}; choose one of {', '.join(SCOPES)}.")
     if config.bf16 and config.fp16:

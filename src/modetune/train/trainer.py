@@ -37,7 +37,12 @@ def build_model(config: TrainConfig):
     """Load the base model and tokenizer and apply the preset: ``(model, tokenizer)``."""
     from ..utils.models import load_model
 
-    base, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code)
+    base, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code,
+                                 quantization=config.quantization)
+    if config.quantization != "none":  # QLoRA: norms and embeddings in float32, inputs that carry gradients
+        from peft import prepare_model_for_kbit_training
+
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=config.gradient_checkpointing)
     model = build_variant(base, config.preset, config.mod, lora_r=config.lora_r, lora_alpha=config.lora_alpha,
                           lora_dropout=config.lora_dropout, lora_targets=config.lora_targets, use_dora=config.use_dora)
     return model, tokenizer
@@ -242,11 +247,14 @@ class MoDTrainer(Trainer):
         total from the resumed step on, instead of the saved rate (0 at the old end) being used once."""
         super()._load_optimizer_and_scheduler(checkpoint)
         scheduler = self.lr_scheduler
-        if checkpoint is None or not hasattr(scheduler, "lr_lambdas"):
+        if checkpoint is None or not isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
             return
-        for group, base, schedule in zip(self.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-            group["lr"] = base * schedule(scheduler.last_epoch)
-        scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]  # what the Trainer logs
+        import warnings
+
+        scheduler.last_epoch -= 1  # step() recomputes lr_g * lambda(step) for the restored step
+        with warnings.catch_warnings():  # "step() before optimizer.step()": on purpose here
+            warnings.simplefilter("ignore", UserWarning)
+            scheduler.step()
 
 
 class _JsonlLogger(TrainerCallback):

@@ -120,6 +120,10 @@ def check_adapter_base(directory: str | Path, found: str, ignore: bool = False) 
         return
     message = (f"The adapter in {directory} was trained on a different base model "
                f"(fingerprint {expected}, this base is {found})")
+    config = Path(directory, "train_config.json")
+    quantized = read_json(config).get("quantization", "none") if config.is_file() else "none"
+    if quantized != "none":  # a QLoRA adapter: its base is the quantized one
+        message += f"; it was trained on the base quantized as {quantized}: load it with --quantization {quantized}"
     if not ignore:
         raise BaseModelMismatchError(message + "; pass --ignore-base-mismatch to load it anyway.")
     warn(message + ". Loading it anyway (--ignore-base-mismatch): its outputs may be meaningless.")

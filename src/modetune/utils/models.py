@@ -116,28 +116,53 @@ def model_error(name: str, error: Exception) -> Exception:
     return FileNotFoundError(f"Cannot load model {name!r}: {text}")
 
 
+QUANTIZATIONS = ("none", "4bit", "8bit")
+
+
+def quantization_config(quantization: str, dtype: torch.dtype):
+    """bitsandbytes settings for a quantized base (QLoRA): ``4bit`` is NF4 with double quantization
+    and ``dtype`` compute; ``8bit`` is LLM.int8(); ``none``: ``None``."""
+    if quantization not in QUANTIZATIONS:
+        raise ConfigError(f"Unknown quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}.")
+    if quantization == "none":
+        return None
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(f"quantization {quantization} needs bitsandbytes: pip install 'modetune[qlora]'.")
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=dtype)
+
+
 def load_model(name_or_path: str = "default", dtype: torch.dtype | str = torch.float32,
-               trust_remote_code: bool = False, device: str | None = None):
+               trust_remote_code: bool = False, device: str | None = None, quantization: str = "none"):
     """Load ``(model, tokenizer)``: the default, a local folder or a hub name (with network).
 
     Remote code is never run unless ``trust_remote_code=True``. The tokenizer gets a pad
-    token (its EOS) when it has none.
+    token (its EOS) when it has none. ``quantization`` (``4bit``/``8bit``): the base's linear
+    layers quantized by bitsandbytes (:func:`quantization_config`), the rest in ``dtype``.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if isinstance(dtype, str):
         dtype = getattr(torch, check_dtype(dtype))
     check_device(device)
+    quantized = quantization_config(quantization, dtype)
     path = resolve_model(name_or_path)
     check_remote_code(name_or_path, path, trust_remote_code)
+    extra = {} if quantized is None else {"quantization_config": quantized, "device_map": device or "cpu"}
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code, **extra)
     except (OSError, ValueError) as error:
         raise model_error(name_or_path, error) from error
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if device:
+    if device and quantized is None:  # a quantized model was placed by device_map
         model.to(device)
     return model.eval(), tokenizer
 
