@@ -110,8 +110,8 @@ def test_no_chat_template_is_a_data_error(tokenizer):
 
 @pytest.mark.slow
 def test_train_on_conversations_and_evaluate_in_chat_style(tmp_path, tiny_model_dir, capsys):
-    """End to end on the tiny model: a JSONL of conversations trains; eval --prompt-style chat renders the
-    test questions with the chat template; a bad record stops training with one line."""
+    """End to end on the tiny model: a JSONL of conversations trains; eval, by default in the adapter's own
+    style (chat), renders the test questions with the chat template; a bad record stops training with one line."""
     from modetune.cli import main
     from train_helpers import fails, train_args
 
@@ -124,9 +124,12 @@ def test_train_on_conversations_and_evaluate_in_chat_style(tmp_path, tiny_model_
     args[args.index("--data") + 1] = str(data)
     assert main(args) == 0
     capsys.readouterr()
+    assert json.loads((tmp_path / "run" / "adapter" / "prompt.json").read_text()) == {"prompt_style": "chat"}
     assert main(["eval", "--adapter", str(tmp_path / "run" / "adapter"), "--datasets", "builtin", "--limit", "2",
-                 "--max-new-tokens", "4", "--prompt-style", "chat", "--output", str(tmp_path / "eval"),
+                 "--max-new-tokens", "4", "--output", str(tmp_path / "eval"),  # the adapter's style: chat
                  "--no-progress"]) == 0
+    run = json.loads((tmp_path / "eval" / "run.json").read_text())
+    assert run["settings"]["prompt_style"] == "chat"
     results = [json.loads(line) for line in (tmp_path / "eval").glob("*.jsonl").__next__().read_text().splitlines()]
     assert len(results) == 2
     for row in results:

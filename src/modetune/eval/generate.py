@@ -8,7 +8,6 @@ beam search all apply); ``member`` routes every token to one ensemble member
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,12 +106,12 @@ def load_for_generation(source: ModelSource):
 def resolve_style(style: str, tokenizer, adapter: str | None) -> str:
     """``auto`` -> the adapter's training ``prompt_style`` (``train_config.json``), else ``chat`` when the
     tokenizer has a chat template, else ``alpaca``."""
-    if style != "auto":
+    from ..utils.prompts import AUTO
+    from ..utils.prompts import resolve_style as resolve
+
+    if style != AUTO:  # generate's own styles include raw
         return style
-    trained = Path(adapter, "train_config.json") if adapter else None
-    if trained is not None and trained.is_file():
-        return json.loads(trained.read_text()).get("prompt_style", "alpaca")
-    return "chat" if getattr(tokenizer, "chat_template", None) else "alpaca"
+    return resolve(style, adapter, fallback="chat" if getattr(tokenizer, "chat_template", None) else "alpaca")
 
 
 def wrap_prompt(tokenizer, prompt: str, style: str) -> str:

@@ -26,6 +26,7 @@ from ..mod.headroom import MemberLogits, exact_mix_ce, fit_linear_router, global
 from ..utils.checks import from_flat_dict
 from ..utils.errors import ConfigError
 from ..utils.plotting import pyplot
+from ..utils.prompts import AUTO, resolve_style
 
 
 @dataclass
@@ -42,7 +43,8 @@ class ProbeConfig:
     num_members: int = field(default=3, metadata={
         "help": "members probed (the last N layers) when the adapter is not a MoD adapter (a MoD adapter: its own k)"})
     cutoff_len: int = field(default=256, metadata={"help": "tokens per record after truncation"})
-    prompt_style: str = field(default="alpaca", metadata={"help": "prompt template: 'alpaca' or 'llm-adapters'"})
+    prompt_style: str = field(default="auto", metadata={
+        "help": "prompt template: auto (the adapter's training style, else alpaca), alpaca, llm-adapters or chat"})
     seed: int = field(default=0, metadata={"help": "seed of the record draw, the fit/score split and the router fit"})
     oracle_steps: int = field(default=12, metadata={"help": "projected-Newton steps of the per-token oracle mix"})
     candidates: int = field(default=1024, metadata={
@@ -55,6 +57,8 @@ class ProbeConfig:
     output: str = field(default="runs/probe", metadata={"help": "folder for probe.json, probe.md and probe.png"})
 
     def __post_init__(self) -> None:
+        if self.prompt_style != AUTO:
+            resolve_style(self.prompt_style, None)  # refuses an unknown style
         if self.records < 4:
             raise ConfigError(f"probe needs at least 4 records (fit, validation and scoring parts), got {self.records}.")
         if self.num_members < 1:
@@ -200,11 +204,13 @@ def probe_rows(config: ProbeConfig, tokenizer) -> list[dict]:
     if len(records) > config.records:
         chosen = sorted(random.Random(config.seed).sample(range(len(records)), config.records))
         records = [records[i] for i in chosen]
-    return tokenize_records(records, tokenizer, config.cutoff_len, False, config.prompt_style)
+    style = resolve_style(config.prompt_style, config.adapter)  # auto: the adapter's training style
+    return tokenize_records(records, tokenizer, config.cutoff_len, False, style)
 
 
 def run_probe(config: ProbeConfig) -> dict:
     """Load, collect, measure; write ``probe.json``, ``probe.md`` and ``probe.png`` into ``config.output``."""
+    config = dataclasses.replace(config, prompt_style=resolve_style(config.prompt_style, config.adapter))  # recorded
     from .runner import load_for_eval
 
     start = time.perf_counter()

@@ -27,7 +27,7 @@ from ..utils.checks import check_device, check_dtype, coerce_fields, differing_s
 from ..utils.errors import BaseModelMismatchError, ConfigError, first_line
 from ..utils.integrity import read_json
 from ..utils.models import QUANTIZATIONS
-from ..utils.prompts import STYLES
+from ..utils.prompts import AUTO, resolve_style
 from .datasets import get_dataset, parse_dataset_list
 from .generation import generate_responses
 from .members import describe_member, forced_member, member_index, parse_members, variant_name
@@ -53,9 +53,9 @@ class EvalConfig:
     max_new_tokens: int | None = field(default=None, metadata={
         "help": "generation budget (none: the reference's 256 arithmetic, 32 commonsense)"})
     num_beams: int = field(default=1, metadata={"help": "1 = greedy; the reference protocol uses 4"})
-    prompt_style: str = field(default="alpaca", metadata={
-        "help": "prompt template: alpaca, llm-adapters (the reference's string, byte for byte) or chat (the "
-                "tokenizer's chat template, for adapters trained with prompt_style chat)"})
+    prompt_style: str = field(default="auto", metadata={
+        "help": "prompt template: auto (the adapter's training style, else alpaca), alpaca, llm-adapters (the "
+                "reference's string, byte for byte) or chat (the tokenizer's chat template)"})
     limit: int | None = field(default=None, metadata={"help": "first N items of each dataset (none: all)"})
     members: list[int | None] | None = field(default=None, metadata={
         "help": "routings to evaluate: member indices and/or none (= the ensemble); none: the model as loaded"})
@@ -80,8 +80,8 @@ class EvalConfig:
             raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}.")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"limit must be >= 1, got {self.limit}.")
-        if self.prompt_style not in STYLES:
-            raise ConfigError(f"Unknown prompt style {self.prompt_style!r}; choose one of {', '.join(STYLES)}.")
+        if self.prompt_style != AUTO:
+            resolve_style(self.prompt_style, None)
 
     @property
     def decoding(self) -> str:
@@ -393,6 +393,7 @@ def evaluate(model: nn.Module, tokenizer, datasets: str | Sequence[str] | list[t
     output_dir = Path(output_dir)
     loaded = load_datasets(datasets, data_dir)
     info = dict(info or {})
+    config = dataclasses.replace(config, prompt_style=resolve_style(config.prompt_style, info.get("adapter")))
     members = config.members if config.members is not None else [None]
     run = {"label": label or _default_label(info), "model": info.get("model"), "adapter": info.get("adapter"),
            "kind": info.get("kind"), "settings": config.settings(),
@@ -427,6 +428,7 @@ def run_eval(command: EvalCommand) -> dict:
     from ..utils.models import base_model_for
 
     source, config = command.source, command.options
+    config = dataclasses.replace(config, prompt_style=resolve_style(config.prompt_style, source.adapter))
     model = base_model_for(source.model, source.adapter)
     source = dataclasses.replace(source, model=model)
     output = command.output

@@ -29,6 +29,7 @@ import torch
 from ..mod.config import CONFIG_NAME, MoDConfig
 from ..utils.checks import from_flat_dict
 from ..utils.errors import ConfigError
+from ..utils.prompts import AUTO, resolve_style
 from .validation import teacher_forced_ce
 
 FIT_NAME = "fit_router.json"
@@ -50,7 +51,8 @@ class FitRouterConfig:
     ce_records: int = field(default=64, metadata={
         "help": "training records (the first N) on which the before/after training CE is measured"})
     cutoff_len: int = field(default=256, metadata={"help": "tokens per record after truncation"})
-    prompt_style: str = field(default="alpaca", metadata={"help": "prompt template: 'alpaca' or 'llm-adapters'"})
+    prompt_style: str = field(default="auto", metadata={
+        "help": "prompt template: auto (the adapter's training style, else alpaca), alpaca, llm-adapters or chat"})
     steps: int = field(default=100, metadata={"help": "Adam steps"})
     batch_size: int = field(default=8, metadata={"help": "records per step"})
     learning_rate: float = field(default=1e-3, metadata={"help": "Adam learning rate (constant)"})
@@ -63,6 +65,8 @@ class FitRouterConfig:
         "help": "the new ensemble's settings (ignored when --adapter is already a MoD adapter)"})
 
     def __post_init__(self) -> None:
+        if self.prompt_style != AUTO:
+            resolve_style(self.prompt_style, None)  # refuses an unknown style
         if self.steps < 1 or self.batch_size < 1 or not self.learning_rate > 0:
             raise ConfigError("steps and batch_size must be positive, and learning_rate > 0.")
         if self.objective not in ("mod", "task"):
@@ -120,6 +124,7 @@ def _batches(rows: list[dict], batch_size: int, steps: int, seed: int, pad_id: i
 
 def fit_router(config: FitRouterConfig, progress: bool = True):
     """Fit the router and member norms; save the MoD adapter to ``config.output``. Returns ``(model, result)``."""
+    config = dataclasses.replace(config, prompt_style=resolve_style(config.prompt_style, config.adapter))
     from ..data import load_training_records, split_validation, tokenize_records
 
     if config.adapter and not Path(config.adapter).is_dir():

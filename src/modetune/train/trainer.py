@@ -24,6 +24,7 @@ from ..mod.model import MoDModel, base_fingerprint, gathered_state_dict, paramet
 from ..mod.variants import build_variant
 from ..utils.errors import ConfigError, NonFiniteLossError
 from ..utils.integrity import check_adapter_base, load_safetensors, read_json, stored_fingerprint, write_base_record
+from ..utils.prompts import PROMPT_FILE
 from ..utils.sharding import check_launcher_sharding
 from ..utils.version import __version__
 from .clipping import clip_groups, clip_per_group, group_norms
@@ -59,6 +60,7 @@ class MoDTrainer(Trainer):
         self._clock = time.perf_counter()
         self._tokenizer_to_save = tokenizer_to_save
         self._run_config = run_config
+        self.prompt_style = None if run_config is None else run_config.prompt_style  # "chat" for conversations
         if run_config is not None and run_config.clip_scope == "per_group" and self.is_deepspeed_enabled:
             raise ConfigError("clip_scope per_group is not available under DeepSpeed, which clips inside its engine "
                               "over all parameters; use clip_scope global (DeepSpeed's gradient_clipping).")
@@ -193,6 +195,7 @@ class MoDTrainer(Trainer):
 
             record_base_model(output_dir, self._run_config.model)
             Path(output_dir, TRAIN_CONFIG_NAME).write_text(json.dumps(self._run_config.to_dict(), indent=2) + "\n")
+            Path(output_dir, PROMPT_FILE).write_text(json.dumps({"prompt_style": self.prompt_style}) + "\n")
 
     def _save_checkpoint(self, model, trial) -> None:
         """Write the checkpoint into a hidden folder, then rename it into place: a kill at
@@ -354,6 +357,8 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
     collator = DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=8, return_tensors="pt", padding=True)
     trainer = MoDTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=val_rows,
                          data_collator=collator, tokenizer_to_save=tokenizer, run_config=config)
+    if any("messages" in record for record in train_records):  # conversations render with the chat template
+        trainer.prompt_style = "chat"
     trainer.add_callback(_JsonlLogger(output_dir / "log.jsonl"))
     if config.router_warmup_steps > 0:
         trainer.add_callback(RouterWarmup(body_parameters(model), config.router_warmup_steps))

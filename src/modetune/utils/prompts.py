@@ -8,6 +8,9 @@ inside the prompt, for exact comparability with checkpoints trained by their cod
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from .errors import ConfigError
 
 HEADER_WITH_INPUT = (
@@ -17,6 +20,30 @@ HEADER_WITH_INPUT = (
 HEADER_NO_INPUT = "Below is an instruction that describes a task. Write a response that appropriately completes the request."
 RESPONSE_MARKER = "### Response:"
 STYLES = ("alpaca", "llm-adapters", "chat")  # chat: the tokenizer's chat template (modetune.data.chat)
+AUTO = "auto"  # the adapter's own training style (its train_config.json), else a command's fallback
+
+
+PROMPT_FILE = "prompt.json"  # in an adapter: the style its training text was rendered in
+
+
+def trained_style(adapter: str | Path | None) -> str | None:
+    """The style an adapter's training text was rendered in: its ``prompt.json`` (``chat`` when it
+    trained on conversations), else its ``train_config.json``'s ``prompt_style``; ``None`` if unknown."""
+    for name in (PROMPT_FILE, "train_config.json"):
+        path = Path(adapter, name) if adapter else None
+        if path is not None and path.is_file():
+            style = json.loads(path.read_text(encoding="utf-8")).get("prompt_style")
+            return style if style in STYLES else None
+    return None
+
+
+def resolve_style(style: str, adapter: str | Path | None, fallback: str = "alpaca") -> str:
+    """``auto`` -> the adapter's training style, else ``fallback``; any other style is checked and kept."""
+    if style == AUTO:
+        return trained_style(adapter) or fallback
+    if style not in STYLES:
+        raise ConfigError(f"Unknown prompt style {style!r}; choose one of {', '.join((AUTO, *STYLES))}.")
+    return style
 
 
 def format_prompt(instruction: str, input: str = "", style: str = "alpaca") -> str:
