@@ -21,6 +21,7 @@ from modetune.eval.lm_eval import (
 from modetune.eval.members import forced_member
 from modetune.eval.protocol import score_response
 from modetune.eval.sources import load_test_items
+from modetune.utils.errors import ConfigError
 from modetune.utils.prompts import format_prompt
 from tiny import tiny_model
 
@@ -159,3 +160,19 @@ def test_default_model_lm_eval_equals_our_scorers(packaged_data, default_model_d
     assert results["modetune_boolq_mc"]["acc,none"] == pytest.approx(ours_mc)
     assert results["modetune_boolq_gen"]["acc,none"] == pytest.approx(ours_gen)
     assert 0 < ours_mc < 1  # a real, non-degenerate score
+
+
+def test_chat_style_task_renders_with_the_chat_template(tokenizer, mod_model, boolq_file):
+    """prompt_style chat: lm-eval sees the same chat-template prompts as modetune eval, and generates the same."""
+    from modetune.data.chat import render_prompt
+
+    path, records = boolq_file
+    with pytest.raises(ConfigError, match="pass the tokenizer"):
+        task_config("boolq", "gen", path, prompt_style="chat")
+    spec = task_config("boolq", "gen", path, prompt_style="chat", max_gen_toks=8, tokenizer=tokenizer)
+    prompts = [render_prompt(tokenizer, r["instruction"], r.get("input") or "", "chat") for r in records]
+    assert [spec["doc_to_text"](r) for r in records] == prompts and prompts[0].startswith("<|im_start|>")
+    results = run_lm_eval(mod_model, tokenizer, [spec], batch_size=4, log_samples=True)
+    samples = sorted(results["samples"]["modetune_boolq_gen"], key=lambda s: s["doc_id"])
+    ours = generate_responses(mod_model, tokenizer, prompts, "boolq", 8, stop_at_answer=False)
+    assert [s["resps"][0][0].strip() for s in samples] == ours

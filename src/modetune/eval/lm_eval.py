@@ -32,9 +32,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.chat import render_prompt
 from ..utils.checks import coerce_fields, from_flat_dict
 from ..utils.errors import ConfigError
-from ..utils.prompts import format_prompt
+from ..utils.prompts import AUTO, format_prompt, resolve_style
 from .datasets import get_dataset
 from .members import forced_member
 from .protocol import score_response
@@ -116,16 +117,19 @@ def loglikelihood_accuracy(model: nn.Module, tokenizer, dataset: str, records: S
 
 
 def task_config(dataset: str, kind: str, data_file: str | Path, prompt_style: str = "alpaca",
-                max_gen_toks: int | None = None, name: str | None = None) -> dict:
+                max_gen_toks: int | None = None, name: str | None = None, tokenizer=None) -> dict:
     """An lm-eval task (a config dict) over an LLM-Adapters JSON file.
 
     ``kind="gen"``: ``generate_until`` (greedy, EOS only, ``max_gen_toks`` default = the
     dataset's budget), metric ``acc`` = our protocol. ``kind="mc"``: ``multiple_choice`` over
     :func:`answer_choices` with no delimiter between prompt and answer, metric ``acc``.
+    ``prompt_style="chat"`` renders with ``tokenizer``'s chat template.
     """
     info = get_dataset(dataset)
     if kind not in ("gen", "mc"):
         raise ConfigError(f"Task kind must be 'gen' or 'mc', got {kind!r}.")
+    if prompt_style == "chat" and tokenizer is None:
+        raise ConfigError("prompt_style chat renders with a tokenizer's chat template: pass the tokenizer.")
     if kind == "mc" and info.kind == "numeric":
         raise ConfigError(f"{info.name} is numeric: only modetune_{info.name}_gen exists.")
     config: dict[str, Any] = {
@@ -133,7 +137,7 @@ def task_config(dataset: str, kind: str, data_file: str | Path, prompt_style: st
         "dataset_path": "json",
         "dataset_kwargs": {"data_files": {"test": str(data_file)}},
         "test_split": "test",
-        "doc_to_text": lambda doc: format_prompt(doc["instruction"], doc.get("input") or "", prompt_style),
+        "doc_to_text": lambda doc: render_prompt(tokenizer, doc["instruction"], doc.get("input") or "", prompt_style),
         "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
     }
     if kind == "gen":
@@ -152,7 +156,7 @@ def task_config(dataset: str, kind: str, data_file: str | Path, prompt_style: st
 
 
 def resolve_tasks(tasks: str | Sequence[str], data_dir: str | Path | None = None, prompt_style: str = "alpaca",
-                  max_gen_toks: int | None = None, workdir: str | Path | None = None) -> list[str | dict]:
+                  max_gen_toks: int | None = None, workdir: str | Path | None = None, tokenizer=None) -> list[str | dict]:
     """Task names -> lm-eval task specs: ``modetune_<dataset>_<gen|mc>`` become config dicts
     (data from ``data_dir``, :func:`~modetune.eval.sources.resolve_data_dir`: by default the packaged
     files; items from the hub are written to ``workdir`` as JSON); others stay names."""
@@ -175,7 +179,8 @@ def resolve_tasks(tasks: str | Sequence[str], data_dir: str | Path | None = None
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / f"{info.name}.json"
             path.write_text(json.dumps(records))
-        out.append(task_config(info.name, match.group("kind"), path, prompt_style, max_gen_toks, name=name))
+        out.append(task_config(info.name, match.group("kind"), path, prompt_style, max_gen_toks, name=name,
+                               tokenizer=tokenizer))
     return out
 
 
@@ -221,7 +226,8 @@ class LmEvalCommand:
     limit: float | None = field(default=None, metadata={"help": "items per task (a fraction if < 1; none: all)"})
     num_fewshot: int | None = field(default=None, metadata={"help": "few-shot examples (none: the task's default)"})
     member: int | None = field(default=None, metadata={"help": "evaluate ensemble member i alone (none: as loaded)"})
-    prompt_style: str = field(default="alpaca", metadata={"help": "prompt template: alpaca or llm-adapters"})
+    prompt_style: str = field(default="auto", metadata={
+        "help": "prompt template: auto (the adapter's training style, else alpaca), alpaca, llm-adapters or chat"})
     max_gen_toks: int | None = field(default=None, metadata={"help": "for modetune_*_gen tasks (none: per dataset)"})
     output: str | None = field(default=None, metadata={"help": "write the results as JSON to this file (none: print)"})
 
@@ -229,8 +235,8 @@ class LmEvalCommand:
         coerce_fields(self)
         if not self.tasks.strip():
             raise ConfigError("tasks must name at least one task.")
-        if self.prompt_style not in ("alpaca", "llm-adapters"):
-            raise ConfigError(f"lm-eval prompt_style must be alpaca or llm-adapters, got {self.prompt_style!r}.")
+        if self.prompt_style != AUTO:
+            resolve_style(self.prompt_style, None)  # refuses an unknown style
 
     @classmethod
     def from_dict(cls, data: dict) -> LmEvalCommand:
@@ -248,10 +254,12 @@ def run_lm_eval_cli(command: LmEvalCommand) -> dict:
     if c.output and Path(c.output).is_dir():
         raise ConfigError(f"Output {c.output} is a folder; give a file name for the JSON results.")
     workdir = Path(c.output).parent / ".lm-eval-data" if c.output else None
-    specs = resolve_tasks(c.tasks, data_dir=c.data_dir, prompt_style=c.prompt_style, max_gen_toks=c.max_gen_toks,
-                          workdir=workdir)  # bad task names/data fail before the model loads
-    quiet_transformers()
+    style = resolve_style(c.prompt_style, c.source.adapter)
+    resolve_tasks(c.tasks, data_dir=c.data_dir, max_gen_toks=c.max_gen_toks, workdir=workdir)  # bad names/data fail
+    quiet_transformers()                                                                   # before the model loads
     loaded, tokenizer, info = c.source.load()
+    specs = resolve_tasks(c.tasks, data_dir=c.data_dir, prompt_style=style, max_gen_toks=c.max_gen_toks,
+                          workdir=workdir, tokenizer=tokenizer)
     limit = int(c.limit) if c.limit is not None and c.limit >= 1 else c.limit
     results = run_lm_eval(loaded, tokenizer, specs, batch_size=c.batch_size, limit=limit, num_fewshot=c.num_fewshot,
                           include_path=c.include_path, member=c.member)
