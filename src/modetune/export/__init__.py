@@ -27,9 +27,8 @@ from ..utils.errors import ConfigError
 MODELING_FILE = "modeling_mod.py"  # mod/ensemble.py, copied byte for byte
 # What serving the final member alone costs, as measured (docs/results/study-clip-control, "C5")
 FINAL_MEMBER_NOTE = ("What it loses against the ensemble, as measured on 600 held-out arithmetic items "
-                     "(docs/results/study-clip-control): final member minus ensemble +0.0 points [-0.2, +0.2] over 6 "
-                     "seeds of per-group clipping, -0.3 [-0.9, +0.4] over 3 seeds of global clipping; no difference "
-                     "detected.")
+                     "(docs/results/study-clip-control): final member minus ensemble -0.0 points [-0.2, +0.2] over 8 "
+                     "seeds (per-group clipping) and -0.2 [-0.6, +0.2] over 4 (global clipping); no loss detected.")
 AUTO_MAP = {"AutoConfig": "modeling_mod.MoDEnsembleConfig", "AutoModelForCausalLM": "modeling_mod.MoDForCausalLM"}
 
 
