@@ -140,3 +140,65 @@ def test_train_on_conversations_and_evaluate_in_chat_style(tmp_path, tiny_model_
     args[args.index("--output-dir") + 1] = str(tmp_path / "run-bad")  # a fresh folder: "run" holds a run now
     fails(capsys, args, "record 1: the conversation has no assistant turn")
     assert not (tmp_path / "run-bad").exists()
+
+
+def test_pack_rows_keeps_every_token_and_never_targets_a_record_start():
+    """Packing: the concatenation of the blocks is the concatenation of the rows; every block but the
+    last is full; each row's first token is no target; other labels are kept."""
+    from modetune.data import pack_rows
+
+    rows = [{"input_ids": list(range(10 * i, 10 * i + n)), "labels": [-100, -100, *range(10 * i + 2, 10 * i + n)]}
+            for i, n in enumerate([5, 7, 3, 9])]
+    blocks = pack_rows(rows, 6)
+    assert [len(b["input_ids"]) for b in blocks] == [6, 6, 6, 6]
+    assert [t for b in blocks for t in b["input_ids"]] == [t for r in rows for t in r["input_ids"]]
+    labels = [t for b in blocks for t in b["labels"]]
+    assert labels == [t for r in rows for t in [-100, *r["labels"][1:]]]
+    assert all(b["attention_mask"] == [1] * len(b["input_ids"]) for b in blocks)
+    starts = [0, 5, 12, 15]
+    assert all(labels[s] == -100 for s in starts)
+    # with train_on_inputs every token but each record's first is learned
+    full = [{"input_ids": r["input_ids"], "labels": list(r["input_ids"])} for r in rows]
+    learned = [t for b in pack_rows(full, 8) for t in b["labels"] if t != -100]
+    assert learned == [t for r in rows for t in r["input_ids"][1:]]
+    # a block with no target is dropped
+    assert pack_rows([{"input_ids": [1, 2, 3], "labels": [-100, -100, -100]}], 2) == []
+
+
+TEMPLATE = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+            "{% if add_generation_prompt %}[assistant] {% endif %}")
+
+
+@pytest.mark.slow
+def test_chat_template_override_and_packing_train_and_follow_the_adapter(tmp_path, tiny_model_dir, capsys):
+    """`train --chat-template FILE --packing`: the records render with that template, are packed into
+    blocks of cutoff_len, the adapter records the template (prompt.json), and eval uses it by default;
+    eval's own --chat-template replaces it; a missing template file is one line."""
+    from modetune.cli import main
+    from train_helpers import fails, train_args
+
+    template = tmp_path / "template.jinja"
+    template.write_text(TEMPLATE)
+    args = train_args(tiny_model_dir, tmp_path / "run", "--max-steps", "1", "--batch-size", "4", "--val-size", "2",
+                      "--save-steps", "100", "--prompt-style", "chat", "--chat-template", str(template), "--packing",
+                      "--cutoff-len", "64")
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "training blocks of 64 tokens (packed)" in out
+    prompt = json.loads((tmp_path / "run" / "adapter" / "prompt.json").read_text())
+    assert prompt == {"prompt_style": "chat", "chat_template": TEMPLATE}
+    evaluate = ["eval", "--adapter", str(tmp_path / "run" / "adapter"), "--datasets", "builtin", "--limit", "1",
+                "--max-new-tokens", "2", "--no-progress"]
+    assert main([*evaluate, "--output", str(tmp_path / "eval")]) == 0
+    row = json.loads(next((tmp_path / "eval").glob("*.jsonl")).read_text().splitlines()[0])
+    assert row["prompt"].startswith("[user] ") and row["prompt"].endswith("\n[assistant] ")
+    other = tmp_path / "other.jinja"
+    other.write_text(TEMPLATE.replace("[{{ m['role'] }}]", "<{{ m['role'] }}>").replace("[assistant]", "<assistant>"))
+    assert main([*evaluate, "--output", str(tmp_path / "eval2"), "--chat-template", str(other)]) == 0
+    row = json.loads(next((tmp_path / "eval2").glob("*.jsonl")).read_text().splitlines()[0])
+    assert row["prompt"].startswith("<user> ") and row["prompt"].endswith("\n<assistant> ")
+    capsys.readouterr()
+    fails(capsys, [*evaluate, "--chat-template", str(tmp_path / "missing.jinja")],
+          "is neither a file nor a Jinja template", command="eval")
+    fails(capsys, [*evaluate, "--chat-template", "{% for m in messages %}"], "chat_template does not parse",
+          command="eval")

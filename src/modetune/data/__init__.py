@@ -13,8 +13,8 @@ from .records import (
     parse_source,
     select_records,
 )
-from .tokenize import Tokenized, split_validation, tokenize_record, tokenize_records
+from .tokenize import Tokenized, pack_rows, split_validation, tokenize_record, tokenize_records
 
 __all__ = ["REQUIRED_FIELDS", "Tokenized", "builtin_arithmetic", "builtin_split", "check_fields", "gsm8k_record",
            "hash_half", "load_json_records", "load_training_records", "normalise_text", "parse_source",
-           "select_records", "split_validation", "tokenize_record", "tokenize_records"]
+           "pack_rows", "select_records", "split_validation", "tokenize_record", "tokenize_records"]

@@ -54,6 +54,22 @@ def tokenize_records(records: list[dict], tokenizer, cutoff_len: int, train_on_i
     return rows
 
 
+def pack_rows(rows: list[dict], block: int) -> list[dict]:
+    """Tokenised rows concatenated in order and cut into blocks of ``block`` tokens (the last
+    block may be shorter): no padding, every block full. Each row's first label becomes -100, so
+    no token is trained to predict the start of the next record from the end of the previous
+    one; attention still spans record boundaries inside a block (TRL's ``wrapped`` packing).
+    Blocks with no target left are dropped."""
+    ids = [token for row in rows for token in row["input_ids"]]
+    labels = [label for row in rows for label in [-100, *row["labels"][1:]]]
+    blocks = []
+    for start in range(0, len(ids), block):
+        chunk = labels[start:start + block]
+        if any(label != -100 for label in chunk[1:]):
+            blocks.append({"input_ids": ids[start:start + block], "attention_mask": [1] * len(chunk), "labels": chunk})
+    return blocks
+
+
 def split_validation(records: list[dict], val_size: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
     """A seeded random validation split of ``val_size`` records (0: none)."""
     if val_size <= 0:

@@ -26,7 +26,7 @@ from ..mod.headroom import MemberLogits, exact_mix_ce, fit_linear_router, global
 from ..utils.checks import from_flat_dict
 from ..utils.errors import ConfigError
 from ..utils.plotting import pyplot
-from ..utils.prompts import AUTO, resolve_style
+from ..utils.prompts import AUTO, read_chat_template, resolve_style
 
 
 @dataclass
@@ -45,6 +45,9 @@ class ProbeConfig:
     cutoff_len: int = field(default=256, metadata={"help": "tokens per record after truncation"})
     prompt_style: str = field(default="auto", metadata={
         "help": "prompt template: auto (the adapter's training style, else alpaca), alpaca, llm-adapters or chat"})
+    chat_template: str | None = field(default=None, metadata={
+        "help": "a Jinja chat template (a file, or the template text) replacing the tokenizer's (none: the one the "
+                "adapter trained with, else the tokenizer's own)"})
     seed: int = field(default=0, metadata={"help": "seed of the record draw, the fit/score split and the router fit"})
     oracle_steps: int = field(default=12, metadata={"help": "projected-Newton steps of the per-token oracle mix"})
     candidates: int = field(default=1024, metadata={
@@ -59,6 +62,7 @@ class ProbeConfig:
     def __post_init__(self) -> None:
         if self.prompt_style != AUTO:
             resolve_style(self.prompt_style, None)  # refuses an unknown style
+        read_chat_template(self.chat_template)
         if self.records < 4:
             raise ConfigError(f"probe needs at least 4 records (fit, validation and scoring parts), got {self.records}.")
         if self.num_members < 1:
@@ -214,7 +218,7 @@ def run_probe(config: ProbeConfig) -> dict:
     from .runner import load_for_eval
 
     start = time.perf_counter()
-    model, tokenizer, info = load_for_eval(config.model, config.adapter,
+    model, tokenizer, info = load_for_eval(config.model, config.adapter, chat_template=config.chat_template,
                                            device="cuda" if torch.cuda.is_available() else None)
     tokenizer.padding_side = "right"
     rows = probe_rows(config, tokenizer)

@@ -27,7 +27,7 @@ from ..utils.checks import check_device, check_dtype, coerce_fields, differing_s
 from ..utils.errors import BaseModelMismatchError, ConfigError, first_line
 from ..utils.integrity import read_json
 from ..utils.models import QUANTIZATIONS
-from ..utils.prompts import AUTO, resolve_style
+from ..utils.prompts import AUTO, read_chat_template, resolve_style, trained_chat_template
 from .datasets import get_dataset, parse_dataset_list
 from .generation import generate_responses
 from .members import describe_member, forced_member, member_index, parse_members, variant_name
@@ -114,10 +114,14 @@ class ModelSource:
     quantization: str = field(default="none", metadata={
         "help": "load the base quantized by bitsandbytes: '4bit' (NF4) or '8bit', as a QLoRA adapter was trained "
                 "('none': as saved)"})
+    chat_template: str | None = field(default=None, metadata={
+        "help": "a Jinja chat template (a file, or the template text) replacing the tokenizer's (none: the one the "
+                "adapter trained with, else the tokenizer's own)"})
 
     def __post_init__(self) -> None:
         coerce_fields(self)
         check_dtype(self.dtype)
+        read_chat_template(self.chat_template)  # refuses a missing file now
         check_device(self.device)
         if self.quantization not in QUANTIZATIONS:
             raise ConfigError(f"Unknown quantization {self.quantization!r}; choose one of {', '.join(QUANTIZATIONS)}.")
@@ -126,7 +130,7 @@ class ModelSource:
         """``(model, tokenizer, info)``: :func:`load_for_eval` of this source."""
         return load_for_eval(self.model, self.adapter, dtype=self.dtype, device=self.device,
                              trust_remote_code=self.trust_remote_code, ignore_base_mismatch=self.ignore_base_mismatch,
-                             quantization=self.quantization)
+                             quantization=self.quantization, chat_template=self.chat_template)
 
 
 @dataclass
@@ -168,7 +172,8 @@ class EvalCommand:
 # ---------------------------------------------------------------------------- models
 def load_for_eval(model: str | None = "default", adapter: str | Path | None = None, dtype: str = "float32",
                   device: str | None = None, trust_remote_code: bool = False,
-                  ignore_base_mismatch: bool = False, quantization: str = "none") -> tuple[nn.Module, Any, dict]:
+                  ignore_base_mismatch: bool = False, quantization: str = "none",
+                  chat_template: str | None = None) -> tuple[nn.Module, Any, dict]:
     """Load ``(model, tokenizer, info)`` for evaluation.
 
     ``adapter``: a MoD folder (``mod_config.json``; loaded with :meth:`MoDModel.from_pretrained`,
@@ -176,7 +181,9 @@ def load_for_eval(model: str | None = "default", adapter: str | Path | None = No
     folder (``adapter_config.json``; peft; its ``modetune_adapter.json`` fingerprint must match
     too), or ``None`` for the base model alone; ``ignore_base_mismatch`` turns the refusal of
     another base into a warning. Damaged adapter files are named before the model loads. The
-    tokenizer pads on the left. ``info``: ``model``, ``adapter``, ``kind`` (base/lora/mod).
+    tokenizer pads on the left; its chat template is ``chat_template`` if given, else the one the
+    adapter trained with when that overrode the tokenizer's (``prompt.json``). ``info``: ``model``,
+    ``adapter``, ``kind`` (base/lora/mod).
     """
     from ..mod.config import CONFIG_NAME
     from ..mod.model import ADAPTER_CONFIG, ADAPTER_WEIGHTS, WEIGHTS_NAME, MoDModel, base_fingerprint
@@ -189,8 +196,10 @@ def load_for_eval(model: str | None = "default", adapter: str | Path | None = No
         if not adapter_path.is_dir():
             raise FileNotFoundError(f"Adapter folder {adapter_path} does not exist.")
         check_files(adapter_path, (CONFIG_NAME, WEIGHTS_NAME, ADAPTER_CONFIG, ADAPTER_WEIGHTS))
+    if chat_template is None:
+        chat_template = trained_chat_template(adapter_path)
     base, tokenizer = load_model(model, dtype=dtype, trust_remote_code=trust_remote_code, device=device,
-                                 quantization=quantization)
+                                 quantization=quantization, chat_template=chat_template)
     kind = "base"
     if adapter_path is not None:
         if (adapter_path / CONFIG_NAME).exists():

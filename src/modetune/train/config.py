@@ -11,7 +11,7 @@ from ..mod.variants import parse_preset
 from ..utils.checks import check_bounds, coerce_fields, from_flat_dict
 from ..utils.errors import ConfigError
 from ..utils.models import QUANTIZATIONS
-from ..utils.prompts import STYLES
+from ..utils.prompts import STYLES, read_chat_template
 from .clipping import SCOPES
 
 TRAIN_CONFIG_NAME = "train_config.json"
@@ -62,6 +62,14 @@ class TrainConfig:
     prompt_style: str = field(default="alpaca", metadata={
         "help": "prompt template of Alpaca records: 'alpaca', 'llm-adapters' (their template, byte for byte) or "
                 "'chat' (the tokenizer's chat template; conversation records always use it)"})
+    chat_template: str | None = field(default=None, metadata={
+        "help": "a Jinja chat template (a file, or the template text) replacing the tokenizer's for chat rendering; "
+                "the adapter records it, and every command that loads the adapter uses it (none: the tokenizer's)"})
+    packing: bool = field(default=False, metadata={
+        "help": "concatenate the tokenised training records (each ending in EOS or its chat template's end of turn) "
+                "and cut them into blocks of "
+                "cutoff_len tokens, so no step pads; attention spans record boundaries, and a record's first token "
+                "is never a target of the previous one (validation records stay unpacked)"})
     # optimisation
     learning_rate: float = field(default=3e-4, metadata={"help": "peak learning rate (AdamW)"})
     num_epochs: float = field(default=1.0, metadata={"help": "passes over the training records"})
@@ -143,6 +151,7 @@ def validate_train_config(config: TrainConfig) -> None:
         raise ConfigError(f"lora_dropout must lie in [0, 1), got {config.lora_dropout}.")
     if config.prompt_style not in STYLES:
         raise ConfigError(f"Unknown prompt_style {config.prompt_style!r}; choose one of {', '.join(STYLES)}.")
+    read_chat_template(config.chat_template)
     if not config.data.strip() or not config.model.strip() or not config.output_dir.strip():
         raise ConfigError("model, data and output_dir must not be empty.")
     check_batch(config, world_size=1)  # train() checks again with the processes it was launched with

@@ -29,7 +29,7 @@ import torch
 from ..mod.config import CONFIG_NAME, MoDConfig
 from ..utils.checks import from_flat_dict
 from ..utils.errors import ConfigError
-from ..utils.prompts import AUTO, resolve_style
+from ..utils.prompts import AUTO, read_chat_template, resolve_style, trained_chat_template
 from .validation import teacher_forced_ce
 
 FIT_NAME = "fit_router.json"
@@ -61,12 +61,16 @@ class FitRouterConfig:
     seed: int = field(default=42, metadata={"help": "seed of the record order and the validation split"})
     output: str = field(default="runs/fit-router", metadata={"help": "folder of the fitted MoD adapter"})
     trust_remote_code: bool = field(default=False, metadata={"help": "let transformers run the model's own code"})
+    chat_template: str | None = field(default=None, metadata={
+        "help": "a Jinja chat template (a file, or the template text) replacing the tokenizer's (none: the one the "
+                "adapter trained with, else the tokenizer's own)"})
     mod: MoDConfig = field(default_factory=MoDConfig, metadata={
         "help": "the new ensemble's settings (ignored when --adapter is already a MoD adapter)"})
 
     def __post_init__(self) -> None:
         if self.prompt_style != AUTO:
             resolve_style(self.prompt_style, None)  # refuses an unknown style
+        read_chat_template(self.chat_template)
         if self.steps < 1 or self.batch_size < 1 or not self.learning_rate > 0:
             raise ConfigError("steps and batch_size must be positive, and learning_rate > 0.")
         if self.objective not in ("mod", "task"):
@@ -86,7 +90,8 @@ def load_frozen_members(config: FitRouterConfig):
     from ..mod.model import ADAPTER_CONFIG, MoDModel
     from ..utils.models import load_model
 
-    base, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code)
+    base, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code,
+                                 chat_template=config.chat_template or trained_chat_template(config.adapter))
     adapter = Path(config.adapter) if config.adapter else None
     if adapter is not None and (adapter / CONFIG_NAME).exists():
         model, kind = MoDModel.from_pretrained(base, adapter), "mod"

@@ -18,13 +18,13 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback
 
-from ..data import load_training_records, split_validation, tokenize_records
+from ..data import load_training_records, pack_rows, split_validation, tokenize_records
 from ..data.contamination import FINGERPRINT_NAME, warn_training_overlap, write_fingerprint
 from ..mod.model import MoDModel, base_fingerprint, gathered_state_dict, parameter_counts
 from ..mod.variants import build_variant
 from ..utils.errors import ConfigError, NonFiniteLossError
 from ..utils.integrity import check_adapter_base, load_safetensors, read_json, stored_fingerprint, write_base_record
-from ..utils.prompts import PROMPT_FILE
+from ..utils.prompts import PROMPT_FILE, read_chat_template
 from ..utils.sharding import check_launcher_sharding
 from ..utils.version import __version__
 from .clipping import clip_groups, clip_per_group, group_norms
@@ -39,7 +39,7 @@ def build_model(config: TrainConfig):
     from ..utils.models import load_model
 
     base, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code,
-                                 quantization=config.quantization)
+                                 quantization=config.quantization, chat_template=config.chat_template)
     if config.quantization != "none":  # QLoRA: norms and embeddings in float32, inputs that carry gradients
         from peft import prepare_model_for_kbit_training
 
@@ -195,7 +195,10 @@ class MoDTrainer(Trainer):
 
             record_base_model(output_dir, self._run_config.model)
             Path(output_dir, TRAIN_CONFIG_NAME).write_text(json.dumps(self._run_config.to_dict(), indent=2) + "\n")
-            Path(output_dir, PROMPT_FILE).write_text(json.dumps({"prompt_style": self.prompt_style}) + "\n")
+            prompt = {"prompt_style": self.prompt_style}
+            if self._run_config.chat_template is not None:
+                prompt["chat_template"] = read_chat_template(self._run_config.chat_template)
+            Path(output_dir, PROMPT_FILE).write_text(json.dumps(prompt) + "\n")
 
     def _save_checkpoint(self, model, trial) -> None:
         """Write the checkpoint into a hidden folder, then rename it into place: a kill at
@@ -342,6 +345,8 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
     model, tokenizer = build_model(config)
     tokenizer.padding_side = "right"
     train_rows = tokenize_records(train_records, tokenizer, config.cutoff_len, config.train_on_inputs, config.prompt_style)
+    if config.packing:
+        train_rows = pack_rows(train_rows, config.cutoff_len)
     val_rows = (tokenize_records(val_records, tokenizer, config.cutoff_len, config.train_on_inputs, config.prompt_style)
                 if val_records else None)
 
@@ -351,7 +356,8 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
         output_dir.mkdir(parents=True, exist_ok=True)
         write_fingerprint(records, output_dir)  # the training questions' hashes, once the model has loaded
         print(f"[modetune] {config.preset} on {config.model}: {trainable:,} trainable of {total:,} parameters "
-              f"({100 * trainable / total:.4f}%); {len(train_rows)} training records, "
+              f"({100 * trainable / total:.4f}%); {len(train_rows)} training "
+              f"{f'blocks of {config.cutoff_len} tokens (packed)' if config.packing else 'records'}, "
               f"{len(val_rows or [])} validation; global batch "
               f"{args.gradient_accumulation_steps * config.micro_batch_size * world_size}")
     collator = DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=8, return_tensors="pt", padding=True)

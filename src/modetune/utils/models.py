@@ -20,6 +20,7 @@ import torch
 from .checks import check_device, check_dtype
 from .errors import ConfigError, first_line
 from .integrity import read_json
+from .prompts import read_chat_template
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 DEFAULT_HUB_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the embedded GGUF file holds
@@ -139,18 +140,22 @@ def quantization_config(quantization: str, dtype: torch.dtype):
 
 
 def load_model(name_or_path: str = "default", dtype: torch.dtype | str = torch.float32,
-               trust_remote_code: bool = False, device: str | None = None, quantization: str = "none"):
+               trust_remote_code: bool = False, device: str | None = None, quantization: str = "none",
+               chat_template: str | None = None):
     """Load ``(model, tokenizer)``: the default, a local folder or a hub name (with network).
 
     Remote code is never run unless ``trust_remote_code=True``. The tokenizer gets a pad
     token (its EOS) when it has none. ``quantization`` (``4bit``/``8bit``): the base's linear
     layers quantized by bitsandbytes (:func:`quantization_config`), the rest in ``dtype``.
+    ``chat_template`` (a Jinja file or text, :func:`~modetune.utils.prompts.read_chat_template`)
+    replaces the tokenizer's own chat template.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if isinstance(dtype, str):
         dtype = getattr(torch, check_dtype(dtype))
     check_device(device)
+    template = read_chat_template(chat_template)
     quantized = quantization_config(quantization, dtype)
     path = resolve_model(name_or_path)
     check_remote_code(name_or_path, path, trust_remote_code)
@@ -162,6 +167,8 @@ def load_model(name_or_path: str = "default", dtype: torch.dtype | str = torch.f
         raise model_error(name_or_path, error) from error
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if template is not None:
+        tokenizer.chat_template = template
     if device and quantized is None:  # a quantized model was placed by device_map
         model.to(device)
     return model.eval(), tokenizer

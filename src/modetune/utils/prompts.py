@@ -37,6 +37,39 @@ def trained_style(adapter: str | Path | None) -> str | None:
     return None
 
 
+def read_chat_template(value: str | None) -> str | None:
+    """A ``--chat-template`` value as template text: a file's contents (a ``.jinja`` file, or any
+    text file), or the value itself when it is Jinja (holds ``{%`` or ``{{``); ``None`` stays ``None``."""
+    if value is None:
+        return None
+    text = value
+    if "{%" not in value and "{{" not in value:
+        path = Path(value)
+        if not path.is_file():
+            raise ConfigError(f"chat_template {value!r} is neither a file nor a Jinja template (no '{{%' or '{{{{').")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"chat_template file {path} is not UTF-8 text "
+                              f"({error.reason} at byte {error.start}).") from None
+    import jinja2
+
+    try:
+        jinja2.Environment().parse(text)
+    except jinja2.TemplateSyntaxError as error:
+        raise ConfigError(f"chat_template does not parse as Jinja (line {error.lineno}: {error.message}).") from None
+    return text
+
+
+def trained_chat_template(adapter: str | Path | None) -> str | None:
+    """The chat template an adapter was trained with when it overrode the tokenizer's (its
+    ``prompt.json``'s ``chat_template``), else ``None``."""
+    path = Path(adapter, PROMPT_FILE) if adapter else None
+    if path is None or not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8")).get("chat_template")
+
+
 def resolve_style(style: str, adapter: str | Path | None, fallback: str = "alpaca") -> str:
     """``auto`` -> the adapter's training style, else ``fallback``; any other style is checked and kept."""
     if style == AUTO:
