@@ -106,6 +106,7 @@ def _add_report(sub) -> None:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="folders written by 'modetune eval'")
     p.add_argument("--output", help="write OUTPUT.md and OUTPUT.json (a path without extension; none: print only)")
     p.add_argument("--json", action="store_true", help="print JSON instead of markdown (default: markdown)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing OUTPUT.md/.json (default: refuse)")
     p.set_defaults(func=_run_report)
 
 
@@ -114,7 +115,7 @@ def _run_report(args) -> None:
 
     table = report(args.runs)
     if args.output:
-        write_accuracy_report(table, args.output)
+        write_accuracy_report(table, args.output, inputs=args.runs, overwrite=args.overwrite)
     print(json.dumps({k: v for k, v in table.items() if k != "markdown"}, indent=2) if args.json else table["markdown"])
 
 
@@ -127,6 +128,7 @@ def _add_solved(sub) -> None:
     p.add_argument("--variant", default=None, help="with run folders: 'ensemble' or member<i> (none: ensemble)")
     p.add_argument("--labels", help="comma-separated names of the runs, in order (none: from the paths)")
     p.add_argument("--output", default=".", help="folder for solved-<dataset>.png/.md/.json")
+    p.add_argument("--overwrite", action="store_true", help="replace existing solved-<dataset> files (default: refuse)")
     p.set_defaults(func=_run_solved)
 
 
@@ -134,7 +136,8 @@ def _run_solved(args) -> None:
     from ..eval.results import solved
 
     labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
-    result = solved(args.results, labels=labels, dataset=args.dataset, variant=args.variant, output_dir=args.output)
+    result = solved(args.results, labels=labels, dataset=args.dataset, variant=args.variant, output_dir=args.output,
+                    overwrite=args.overwrite)
     print(result["markdown"])
     print("\nWrote " + ", ".join(result["files"].values()))
 
@@ -185,7 +188,7 @@ def _run_data_split(args) -> None:
     from ..data.split import SplitCommand, format_counts, split_arithmetic_source
 
     command = config_from_args(args, SplitCommand)
-    print(format_counts(split_arithmetic_source(command.source, command.output), command.output))
+    print(format_counts(split_arithmetic_source(command.source, command.output, command.overwrite), command.output))
 
 
 def _add_probe(sub) -> None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..utils.checks import coerce_fields, from_flat_dict
 from ..utils.errors import DataError
+from ..utils.outputs import check_output, staged
 from .text import normalise_text
 
 
@@ -32,6 +33,8 @@ class SplitCommand:
     source: str = field(default="", metadata={
         "help": "LLM-Adapters' dataset folder: math_data.json and <Name>/test.json", "required": True})
     output: str = field(default="", metadata={"help": "folder to write the split into", "required": True})
+    overwrite: bool = field(default=False, metadata={
+        "help": "replace an existing output folder, once the new one is complete (off: refuse it)"})
 
     def __post_init__(self) -> None:
         coerce_fields(self)
@@ -76,25 +79,28 @@ def write_json(records: list[dict], path: Path) -> None:
     path.write_text(json.dumps(records, indent=1), encoding="utf-8")
 
 
-def split_arithmetic_files(math_data: str | Path, test_dir: str | Path, output_dir: str | Path) -> dict[str, int]:
+def split_arithmetic_files(math_data: str | Path, test_dir: str | Path, output_dir: str | Path,
+                           overwrite: bool = False) -> dict[str, int]:
     """Rebuild the split from ``math_data`` (LLM-Adapters' ``math_data.json``) and ``test_dir/<Name>/test.json``
-    into ``output_dir`` (``train.json`` and ``<Name>/test.json``); returns the record counts."""
+    into ``output_dir`` (``train.json`` and ``<Name>/test.json``); returns the record counts. The
+    output may not be or hold an input, and replaces an existing folder only with ``overwrite``."""
+    check_output(output_dir, [math_data, test_dir], overwrite)
     train, halves = split_arithmetic(_read(Path(math_data)),
                                      {name: _read(Path(test_dir) / name / "test.json") for name in ARITHMETIC_SETS})
-    output_dir = Path(output_dir)
-    write_json(train, output_dir / "train.json")
-    for name, records in halves.items():
-        write_json(records, output_dir / name / "test.json")
+    with staged(output_dir) as stage:
+        write_json(train, stage / "train.json")
+        for name, records in halves.items():
+            write_json(records, stage / name / "test.json")
     return {"train": len(train), **{name: len(records) for name, records in halves.items()}}
 
 
-def split_arithmetic_source(source_dir: str | Path, output_dir: str | Path) -> dict[str, int]:
+def split_arithmetic_source(source_dir: str | Path, output_dir: str | Path, overwrite: bool = False) -> dict[str, int]:
     """:func:`split_arithmetic_files` from LLM-Adapters' dataset folder (``math_data.json`` and
     ``<Name>/test.json`` side by side): ``modetune data split-arithmetic``."""
     source_dir = Path(source_dir)
     if not source_dir.is_dir():
         raise DataError(f"{source_dir}: no such folder (expected LLM-Adapters' dataset folder).")
-    return split_arithmetic_files(source_dir / "math_data.json", source_dir, output_dir)
+    return split_arithmetic_files(source_dir / "math_data.json", source_dir, output_dir, overwrite)
 
 
 def format_counts(counts: dict[str, int], output_dir: str | Path) -> str:

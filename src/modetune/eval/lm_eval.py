@@ -35,6 +35,7 @@ from torch import nn
 from ..data.chat import render_prompt
 from ..utils.checks import coerce_fields, from_flat_dict
 from ..utils.errors import ConfigError
+from ..utils.outputs import check_output, write_text
 from ..utils.prompts import AUTO, format_prompt, resolve_style
 from .datasets import get_dataset
 from .members import forced_member
@@ -230,11 +231,18 @@ class LmEvalCommand:
         "help": "prompt template: auto (the adapter's training style, else alpaca), alpaca, llm-adapters or chat"})
     max_gen_toks: int | None = field(default=None, metadata={"help": "for modetune_*_gen tasks (none: per dataset)"})
     output: str | None = field(default=None, metadata={"help": "write the results as JSON to this file (none: print)"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing output file (off: refuse it)"})
 
     def __post_init__(self) -> None:
         coerce_fields(self)
         if not self.tasks.strip():
             raise ConfigError("tasks must name at least one task.")
+        if self.limit is not None and not self.limit > 0:
+            raise ConfigError(f"limit must be positive (a count, or a fraction below 1), got {self.limit}.")
+        if self.num_fewshot is not None and self.num_fewshot < 0:
+            raise ConfigError(f"num_fewshot must be >= 0, got {self.num_fewshot}.")
+        if self.batch_size < 1 or (self.max_gen_toks is not None and self.max_gen_toks < 1):
+            raise ConfigError("batch_size and max_gen_toks must be positive.")
         if self.prompt_style != AUTO:
             resolve_style(self.prompt_style, None)  # refuses an unknown style
 
@@ -253,22 +261,23 @@ def run_lm_eval_cli(command: LmEvalCommand) -> dict:
         raise FileNotFoundError(f"Data folder {c.data_dir} does not exist.")
     if c.output and Path(c.output).is_dir():
         raise ConfigError(f"Output {c.output} is a folder; give a file name for the JSON results.")
-    workdir = Path(c.output).parent / ".lm-eval-data" if c.output else None
+    if c.output:
+        check_output(c.output, [c.source.adapter, c.source.model, folder, c.include_path], c.overwrite)
     style = resolve_style(c.prompt_style, c.source.adapter)
-    resolve_tasks(c.tasks, data_dir=c.data_dir, max_gen_toks=c.max_gen_toks, workdir=workdir)  # bad names/data fail
-    quiet_transformers()                                                                   # before the model loads
-    loaded, tokenizer, info = c.source.load()
-    specs = resolve_tasks(c.tasks, data_dir=c.data_dir, prompt_style=style, max_gen_toks=c.max_gen_toks,
-                          workdir=workdir, tokenizer=tokenizer)
-    limit = int(c.limit) if c.limit is not None and c.limit >= 1 else c.limit
-    results = run_lm_eval(loaded, tokenizer, specs, batch_size=c.batch_size, limit=limit, num_fewshot=c.num_fewshot,
-                          include_path=c.include_path, member=c.member)
+    with tempfile.TemporaryDirectory(prefix="modetune-lm-eval-") as workdir:  # hub items, removed at the end
+        resolve_tasks(c.tasks, data_dir=c.data_dir, max_gen_toks=c.max_gen_toks, workdir=workdir)  # bad names fail
+        quiet_transformers()                                                          # before the model loads
+        loaded, tokenizer, info = c.source.load()
+        specs = resolve_tasks(c.tasks, data_dir=c.data_dir, prompt_style=style, max_gen_toks=c.max_gen_toks,
+                              workdir=workdir, tokenizer=tokenizer)
+        limit = int(c.limit) if c.limit is not None and c.limit >= 1 else c.limit
+        results = run_lm_eval(loaded, tokenizer, specs, batch_size=c.batch_size, limit=limit,
+                              num_fewshot=c.num_fewshot, include_path=c.include_path, member=c.member)
     from lm_eval.utils import make_table
 
     summary = {"model": info, "member": c.member, "results": results.get("results", {}),
                "n_samples": results.get("n-samples", {}), "table": make_table(results)}
     if c.output:
-        Path(c.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(c.output).write_text(json.dumps({k: v for k, v in summary.items() if k != "table"}, indent=2,
-                                           default=str) + "\n")
+        write_text(c.output, json.dumps({k: v for k, v in summary.items() if k != "table"}, indent=2,
+                                        default=str) + "\n")
     return summary

@@ -25,6 +25,7 @@ import torch
 from ..mod.headroom import MemberLogits, exact_mix_ce, fit_linear_router, global_mix, member_ce, oracle_mix
 from ..utils.checks import from_flat_dict
 from ..utils.errors import ConfigError
+from ..utils.outputs import check_output, data_paths, staged
 from ..utils.plotting import pyplot
 from ..utils.prompts import AUTO, read_chat_template, resolve_style
 
@@ -58,6 +59,8 @@ class ProbeConfig:
     fit_patience: int = field(default=4, metadata={
         "help": "stop the router fit after N epochs without a better validation CE"})
     output: str = field(default="runs/probe", metadata={"help": "folder for probe.json, probe.md and probe.png"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "replace an existing output, once the new one is complete (off: refuse it)"})
 
     def __post_init__(self) -> None:
         if self.prompt_style != AUTO:
@@ -217,6 +220,7 @@ def run_probe(config: ProbeConfig) -> dict:
     config = dataclasses.replace(config, prompt_style=resolve_style(config.prompt_style, config.adapter))  # recorded
     from .runner import load_for_eval
 
+    check_output(config.output, [config.adapter, config.model, *data_paths(config.data)], config.overwrite)
     start = time.perf_counter()
     model, tokenizer, info = load_for_eval(config.model, config.adapter, chat_template=config.chat_template,
                                            device="cuda" if torch.cuda.is_available() else None)
@@ -227,11 +231,10 @@ def run_probe(config: ProbeConfig) -> dict:
               **headroom(data, config.oracle_steps), "fitted_router": fitted_router(data, config)}
     result["collect_seconds"] = data["seconds"]
     result["seconds"] = time.perf_counter() - start
-    output = Path(config.output)
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "probe.json").write_text(json.dumps(result, indent=2) + "\n")
-    (output / "probe.md").write_text(probe_markdown(result) + "\n")
-    plot_probe(result, output / "probe.png")
+    with staged(config.output) as output:
+        (output / "probe.json").write_text(json.dumps(result, indent=2) + "\n")
+        (output / "probe.md").write_text(probe_markdown(result) + "\n")
+        plot_probe(result, output / "probe.png")
     return result
 
 

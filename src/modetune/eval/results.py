@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..utils.errors import ConfigError, DataError
 from ..utils.integrity import read_json, warn
+from ..utils.outputs import check_outputs, staged, write_text
 from ..utils.plotting import pyplot
 from .datasets import ALL_DATASETS, ARITHMETIC, BUILTIN, COMMONSENSE, get_dataset
 
@@ -135,13 +136,15 @@ def report(run_dirs: Sequence[str | Path]) -> dict:
     return report_from_summaries([summarize_run(d) for d in run_dirs])
 
 
-def write_accuracy_report(table: dict, prefix: str | Path) -> tuple[Path, Path]:
-    """Write a :func:`report` table as ``PREFIX.md`` and ``PREFIX.json``."""
+def write_accuracy_report(table: dict, prefix: str | Path, inputs: Sequence[str | Path] = (),
+                          overwrite: bool = False) -> tuple[Path, Path]:
+    """Write a :func:`report` table as ``PREFIX.md`` and ``PREFIX.json`` (existing files only with
+    ``overwrite``; never inside one of the ``inputs``)."""
     prefix = Path(prefix)
-    prefix.parent.mkdir(parents=True, exist_ok=True)
     md, js = prefix.with_name(prefix.name + ".md"), prefix.with_name(prefix.name + ".json")
-    md.write_text(table["markdown"] + "\n")
-    js.write_text(json.dumps({k: v for k, v in table.items() if k != "markdown"}, indent=2) + "\n")
+    check_outputs([md, js], inputs, overwrite)
+    write_text(md, table["markdown"] + "\n")
+    write_text(js, json.dumps({k: v for k, v in table.items() if k != "markdown"}, indent=2) + "\n")
     return md, js
 
 
@@ -243,7 +246,7 @@ def _load_solved(path: Path, dataset: str | None, variant: str | None) -> tuple[
 
 
 def solved(results: Sequence[str | Path], labels: Sequence[str] | None = None, dataset: str | None = None,
-           variant: str | None = None, output_dir: str | Path | None = None) -> dict:
+           variant: str | None = None, output_dir: str | Path | None = None, overwrite: bool = False) -> dict:
     """Which items each run solved, and their overlaps, on one dataset.
 
     ``results``: 2+ results files (``<dataset>[.member<i>].jsonl``) or run folders (then
@@ -252,7 +255,8 @@ def solved(results: Sequence[str | Path], labels: Sequence[str] | None = None, d
     "n", "solved": {label: count}, "intersections": [{"runs", "count"}] (every subset of 2+
     runs: items solved by all of them), "none", "union", "regions"}``; ``regions`` (2 or 3
     runs) are the Venn diagram's exclusive regions, keyed by the runs that solved them. With
-    ``output_dir``, writes ``solved-<dataset>.md``, ``.json`` and (2-3 runs) ``.png``.
+    ``output_dir``, writes ``solved-<dataset>.md``, ``.json`` and (2-3 runs) ``.png`` (existing
+    files only with ``overwrite``; never into one of the ``results``).
     """
     if len(results) < 2:
         raise ConfigError("solved needs at least two results to compare.")
@@ -287,7 +291,7 @@ def solved(results: Sequence[str | Path], labels: Sequence[str] | None = None, d
               "items": {name: sorted(items) for name, items in sets.items()}}
     result["markdown"] = solved_markdown(result)
     if output_dir is not None:
-        write_solved(result, sets, output_dir)
+        write_solved(result, sets, output_dir, inputs=results, overwrite=overwrite)
     return result
 
 
@@ -309,17 +313,20 @@ def solved_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_solved(result: dict, sets: dict[str, set], output_dir: str | Path) -> dict[str, Path]:
-    """Write ``solved-<dataset>.md``/``.json`` and, for 2 or 3 runs, the Venn diagram ``.png``."""
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"solved-{result['dataset']}"
+def write_solved(result: dict, sets: dict[str, set], output_dir: str | Path, inputs: Sequence[str | Path] = (),
+                 overwrite: bool = False) -> dict[str, Path]:
+    """Write ``solved-<dataset>.md``/``.json`` and, for 2 or 3 runs, the Venn diagram ``.png``
+    (:func:`~modetune.utils.outputs.check_outputs` first, each file staged)."""
+    stem = Path(output_dir) / f"solved-{result['dataset']}"
     paths = {"md": stem.with_suffix(".md"), "json": stem.with_suffix(".json")}
-    paths["md"].write_text(result["markdown"] + "\n")
-    paths["json"].write_text(json.dumps({k: v for k, v in result.items() if k != "markdown"}, indent=2) + "\n")
     if 2 <= len(sets) <= 3:
         paths["png"] = stem.with_suffix(".png")
-        draw_venn(sets, paths["png"], title=f"{result['dataset']}: items solved ({result['n']} items)")
+    check_outputs(paths.values(), inputs, overwrite)
+    write_text(paths["md"], result["markdown"] + "\n")
+    write_text(paths["json"], json.dumps({k: v for k, v in result.items() if k != "markdown"}, indent=2) + "\n")
+    if "png" in paths:
+        with staged(paths["png"], folder=False) as stage:
+            draw_venn(sets, stage, title=f"{result['dataset']}: items solved ({result['n']} items)")
     result["files"] = {k: str(v) for k, v in paths.items()}
     return paths
 

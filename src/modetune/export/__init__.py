@@ -23,6 +23,7 @@ from ..mod.ensemble import EXPORT_MODEL_TYPE, MOD_WEIGHTS
 from ..mod.surgery import unwrap
 from ..utils.checks import check_dtype, coerce_fields, from_flat_dict
 from ..utils.errors import ConfigError
+from ..utils.outputs import check_output, staged
 
 MODELING_FILE = "modeling_mod.py"  # mod/ensemble.py, copied byte for byte
 # What serving the final member alone costs, as measured (docs/results/study-clip-control, "C5")
@@ -32,21 +33,28 @@ FINAL_MEMBER_NOTE = ("What it loses against the ensemble, as measured on 600 hel
 AUTO_MAP = {"AutoConfig": "modeling_mod.MoDEnsembleConfig", "AutoModelForCausalLM": "modeling_mod.MoDForCausalLM"}
 
 
-def export_model(mod, tokenizer, output: str | Path, merge: bool = True, final_member: bool = False) -> Path:
+def export_model(mod, tokenizer, output: str | Path, merge: bool = True, final_member: bool = False,
+                 overwrite: bool = False) -> Path:
     """Write the folder for a loaded :class:`~modetune.mod.model.MoDModel` ``mod``; returns its path.
 
     ``merge=True`` merges LoRA into the base weights (the MoD hooks stay on the same modules);
     ``merge=False`` saves the base weights unchanged and the LoRA adapter in ``lora/``.
     ``final_member=True`` writes the final member alone: the base architecture with LoRA merged,
     no ensemble and no remote code, loadable anywhere the base model is (vLLM, TGI, GGUF converters).
-    ``mod`` is consumed: merging changes its weights in place.
+    ``mod`` is consumed: merging changes its weights in place. The folder is written beside
+    ``output`` and renamed into place at the end (:func:`~modetune.utils.outputs.staged`); an
+    existing ``output`` is refused unless ``overwrite``.
     """
-    output = Path(output)
-    if output.exists() and any(output.iterdir()):
-        raise ConfigError(f"{output} exists and is not empty; choose a new folder.")
     if final_member and not merge:
         raise ConfigError("--final-member writes one plain model with LoRA merged in; it cannot keep LoRA apart "
                           "(--no-merge).")
+    check_output(output, overwrite=overwrite)
+    with staged(output) as stage:
+        _write_export(mod, tokenizer, stage, merge, final_member)
+    return Path(output)
+
+
+def _write_export(mod, tokenizer, output: Path, merge: bool, final_member: bool) -> None:
     wrapped = mod.base_model
     is_peft = wrapped is not unwrap(wrapped)
     if is_peft and merge:
@@ -65,7 +73,6 @@ def export_model(mod, tokenizer, output: str | Path, merge: bool = True, final_m
     tokenizer.save_pretrained(str(output))
     kind = "final" if final_member else "merged" if merge or not is_peft else "lora"
     (output / "README.md").write_text(model_card(kind, mod.mod_config.k, base_name))
-    return output
 
 
 def _save_ensemble_folder(mod, plain, output: Path) -> None:
@@ -137,6 +144,8 @@ class ExportCommand:
         "help": "let transformers run the model folder's own code (off: refuse such a model)"})
     ignore_base_mismatch: bool = field(default=False, metadata={
         "help": "export an adapter recorded for another base model anyway, with a warning (off: refuse)"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "replace an existing output folder, once the new one is complete (off: refuse it)"})
 
     def __post_init__(self) -> None:
         coerce_fields(self)
@@ -154,12 +163,14 @@ def run_export(command: ExportCommand) -> Path:
 
     if not Path(command.adapter, CONFIG_NAME).is_file():
         raise ConfigError(f"{command.adapter} holds no MoD adapter ({CONFIG_NAME}); export needs one.")
+    check_output(command.output, [command.adapter, command.model], command.overwrite)  # before the model loads
     quiet_transformers()
     source = ModelSource(model=command.model, adapter=command.adapter, dtype=command.dtype,
                          trust_remote_code=command.trust_remote_code,
                          ignore_base_mismatch=command.ignore_base_mismatch)
     mod, tokenizer, _ = source.load()
-    output = export_model(mod, tokenizer, command.output, merge=command.merge, final_member=command.final_member)
+    output = export_model(mod, tokenizer, command.output, merge=command.merge, final_member=command.final_member,
+                          overwrite=command.overwrite)
     if command.final_member:
         print(f"[modetune export] {output} is the final member alone. {FINAL_MEMBER_NOTE}", flush=True)
     return output

@@ -157,7 +157,7 @@ def run_study_probe(config: ExperimentConfig, root: Path, adapter: Path | None, 
     print(f"[modetune experiment] probe of {adapter or 'the base model'} -> {output}", flush=True)
     run_probe(ProbeConfig(model=train.model, adapter=None if adapter is None else str(adapter), data=data,
                           records=config.probe_records, num_members=train.mod.k, cutoff_len=train.cutoff_len,
-                          prompt_style=train.prompt_style, output=str(output)))
+                          prompt_style=train.prompt_style, output=str(output), overwrite=True))
 
 
 def _prefit(spec: RunSpec, config: ExperimentConfig, train_config: TrainConfig, root: Path, timing: dict) -> None:
@@ -179,7 +179,7 @@ def _prefit(spec: RunSpec, config: ExperimentConfig, train_config: TrainConfig, 
                           max_records=train_config.max_records, val_size=train_config.val_size,
                           cutoff_len=train_config.cutoff_len, prompt_style=train_config.prompt_style,
                           steps=config.prefit_steps, objective="task", seed=spec.seed, output=str(adapter),
-                          trust_remote_code=train_config.trust_remote_code)
+                          trust_remote_code=train_config.trust_remote_code, overwrite=True)
     model, _ = fit_router(fit)
     shutil.copyfile(adapter / FIT_NAME, root / spec.name / FIT_NAME)  # the before/after CE beside the rows
     timing["train_s"] = time.perf_counter() - start

@@ -29,6 +29,7 @@ import torch
 from ..mod.config import CONFIG_NAME, MoDConfig
 from ..utils.checks import from_flat_dict
 from ..utils.errors import ConfigError
+from ..utils.outputs import check_output, data_paths, staged
 from ..utils.prompts import AUTO, read_chat_template, resolve_style, trained_chat_template
 from .validation import teacher_forced_ce
 
@@ -60,6 +61,8 @@ class FitRouterConfig:
         "help": "'mod': L_task + lambda L_distill; 'task': the cross-entropy of the logit mix alone"})
     seed: int = field(default=42, metadata={"help": "seed of the record order and the validation split"})
     output: str = field(default="runs/fit-router", metadata={"help": "folder of the fitted MoD adapter"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "replace an existing output, once the new one is complete (off: refuse it)"})
     trust_remote_code: bool = field(default=False, metadata={"help": "let transformers run the model's own code"})
     chat_template: str | None = field(default=None, metadata={
         "help": "a Jinja chat template (a file, or the template text) replacing the tokenizer's (none: the one the "
@@ -134,6 +137,7 @@ def fit_router(config: FitRouterConfig, progress: bool = True):
 
     if config.adapter and not Path(config.adapter).is_dir():
         raise FileNotFoundError(f"Adapter folder {config.adapter} does not exist.")
+    check_output(config.output, [config.adapter, config.model, *data_paths(config.data)], config.overwrite)
     torch.manual_seed(config.seed)
     records = load_training_records(config.data, config.max_records, config.seed)
     train_records, val_records = split_validation(records, config.val_size, config.seed)
@@ -170,9 +174,9 @@ def fit_router(config: FitRouterConfig, progress: bool = True):
     result["train_ce_after"] = teacher_forced_ce(model, probe_rows)
     if val_rows:
         result["val_ce_after"] = teacher_forced_ce(model, val_rows)
-    output = Path(config.output)
-    model.save_pretrained(output)
-    (output / FIT_NAME).write_text(json.dumps(result, indent=2) + "\n")
+    with staged(config.output) as stage:  # the adapter appears whole or not at all
+        model.save_pretrained(stage)
+        (stage / FIT_NAME).write_text(json.dumps(result, indent=2) + "\n")
     return model, result
 
 
