@@ -85,4 +85,5 @@ def check_launcher_sharding(cuda_available: bool, environ: dict | None = None) -
         if environ.get(key, "false").lower() == "true" and not cuda_available:
             raise ConfigError(f"{name} through accelerate needs GPUs: on CPU accelerate ignores the {name} config and "
                               "the Trainer would train unsharded (data parallel) without saying so. Launch without "
-                              "it, or shard a custom loop with modetune.utils.sharding.shard_mod_model (docs/scaling.md).")
+                              "it, or shard a custom loop: FSDP2 with modetune.utils.sharding.shard_mod_model, "
+                              "ZeRO-2/3 with deepspeed.initialize (docs/scaling.md).")
