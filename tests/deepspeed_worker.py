@@ -4,7 +4,7 @@ the 2-process run (``python -m torch.distributed.run --nproc_per_node 2 tests/de
 Each process trains the tiny MoD + LoRA model of `tests/fsdp_worker.py` (same seeds, same global
 batches, each process taking its half of every batch) through ``deepspeed.initialize`` with the
 shipped ``configs/deepspeed_zero3.json`` (its ``auto`` values filled in; for ZeRO-2 its stage set to
-2), once per stage. Per step it records the global loss and DeepSpeed's gradient norm, the shapes
+2), once per entry of ``RUNS``. Per step it records the global loss and DeepSpeed's gradient norm, the shapes
 of what the fused loss reads (a spy on ``modetune.mod.model.fused_mod_loss``), how ZeRO partitioned
 the model, and the parameters ZeRO-3 all-gathered (a spy on its parameter coordinator). After
 training each process gathers the state dict as the HF Trainer does (accelerate's
