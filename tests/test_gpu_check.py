@@ -28,8 +28,10 @@ def test_gpu_check_tiny_setting_runs_every_stage(tmp_path, default_model_dir):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((out / "gpu_check.json").read_text())
     assert report["setting"] == "tiny CPU setting"
-    assert {name: stage["status"] for name, stage in report["stages"].items()} == dict.fromkeys(
-        ["tests", "train", "bench_default", "bench_7b"], "ok")
+    # on CPU the FSDP2 and ZeRO-3 launches must be refused by `modetune train` (accelerate would drop them)
+    assert {name: stage["status"] for name, stage in report["stages"].items()} == {
+        **dict.fromkeys(["tests", "train", "bench_default", "bench_7b"], "ok"),
+        **dict.fromkeys(["train_fsdp", "train_zero3"], "refused-as-expected")}
     assert " passed" in report["stages"]["tests"]["summary"] and "failed" not in report["stages"]["tests"]["summary"]
     assert report["stages"]["train"]["steps"] == 3 and report["stages"]["train"]["adapter_saved"]
     for name in ("bench_default", "bench_7b"):
@@ -39,6 +41,7 @@ def test_gpu_check_tiny_setting_runs_every_stage(tmp_path, default_model_dir):
         assert set(bench["generation"]) == {"base-1", "mod-1"}
     table = (out / "gpu_check.md").read_text()
     assert "| bench_7b | ok |" in table and "lora_notk_mod_lambda0" in table
+    assert "| train_zero3 | refused-as-expected |" in table and "refuses the DeepSpeed launch" in table
 
 
 def test_gpu_check_without_cuda_says_so(tmp_path):

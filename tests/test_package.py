@@ -57,7 +57,8 @@ def test_wheel_contents_and_metadata(built):
     assert meta.get_all("Project-URL") and "arxiv.org" in " ".join(meta.get_all("Project-URL"))
     assert "Mixture-of-Depths" in meta.get_payload()  # the README is the long description
     assert any(n.endswith("licenses/LICENSE") for n in names)
-    assert 'extra == "trl"' in " ".join(meta.get_all("Requires-Dist"))
+    requires = " ".join(meta.get_all("Requires-Dist"))
+    assert 'extra == "trl"' in requires and 'deepspeed>=0.19; extra == "deepspeed"' in requires
     assert f"## {__version__}" in (ROOT / "CHANGELOG.md").read_text()
 
 

@@ -27,7 +27,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..utils.errors import DataError
 from ..utils.integrity import check_adapter_base, check_files, load_safetensors
-from ..utils.sharding import full_weight
+from ..utils.sharding import full_weight, hold_zero3_parameters
 from ..utils.version import __version__
 from .config import MoDConfig
 from .ensemble import MoDEnsemble, Router
@@ -140,6 +140,8 @@ class MoDModel(nn.Module):
                                     explicit_mixing=explicit_mixing, full_weight=full_weight)
         self.ensemble.keep_states = True  # the loss reads every member's states after the forward pass
         self.ensemble.attach(unwrap(model))
+        # Registered now, so it runs before the hooks DeepSpeed adds later (hooks run in registration order).
+        self.register_forward_pre_hook(_hold_loss_parameters)
 
     # ------------------------------------------------------------------ parts
     @property
@@ -169,6 +171,14 @@ class MoDModel(nn.Module):
     def member_norms(self) -> list[nn.Module]:
         """The norm of each member, shallow to final (the final one is the model's ``N_p``)."""
         return self.ensemble.member_norms()
+
+    def loss_parameters(self) -> list[nn.Parameter]:
+        """The parameters the loss reads outside their own modules' forward: the head's, each member
+        norm's and the router's. Under DeepSpeed ZeRO-3 they are registered as external parameters
+        of this model at each forward (:func:`~modetune.utils.sharding.hold_zero3_parameters`), so that
+        ZeRO-3 keeps them gathered through its forward and backward; otherwise nothing is done."""
+        params = {id(p): p for m in (self.head, *self.member_norms(), self.router) for p in m.parameters()}
+        return list(params.values())
 
     def head_spec(self) -> HeadSpec:
         """The head as the loss reads it: whole, even where a sharding wrapper left it sharded."""
@@ -420,6 +430,11 @@ REFUSED = {
     "delete_adapter": "the ensemble was trained with its LoRA adapter; load the base model without the adapter.",
     "resize_token_embeddings": "it replaces the LM head the ensemble shares; resize before get_mod_model.",
 }
+
+
+def _hold_loss_parameters(model: MoDModel, args) -> None:
+    """Forward pre-hook of every :class:`MoDModel` (see :meth:`MoDModel.loss_parameters`)."""
+    hold_zero3_parameters(model, model.loss_parameters())
 
 
 def find_mod(model: nn.Module) -> MoDModel | None:

@@ -13,6 +13,13 @@ or on CPU processes (gloo), :func:`shard_mod_model` applies a layout like accele
 
 Should a different wrapping leave the head sharded when the loss reads it (the head in a unit of
 its own that reshards after forward), ``MoDModel`` gathers it (``DTensor.full_tensor``) instead.
+
+DeepSpeed ZeRO-3 partitions every parameter and gathers a module's parameters only inside that
+module's forward. The loss reads the head, the member norms and the router outside their own
+forward, so ``MoDModel`` registers them as external parameters of itself
+(:func:`hold_zero3_parameters`): ZeRO-3 then gathers them when ``MoDModel.forward`` starts (and for
+its backward) and releases them when it ends. Without ZeRO-3 (no parameter carries a ``ds_id``)
+nothing is done and DeepSpeed is not imported.
 """
 
 from __future__ import annotations
@@ -28,6 +35,20 @@ def full_weight(weight: Tensor) -> Tensor:
     from torch.distributed.tensor import DTensor
 
     return weight.full_tensor() if isinstance(weight, DTensor) else weight
+
+
+def hold_zero3_parameters(module: nn.Module, params) -> int:
+    """Register each ZeRO-3 partitioned parameter of ``params`` (one with a ``ds_id``) as an external
+    parameter of ``module`` (``deepspeed.zero.register_external_parameter``), so that ZeRO-3 gathers
+    it for the whole forward and backward of ``module``; returns how many there were. Anything else
+    (no DeepSpeed, ZeRO stage 1/2, FSDP) is left alone, and DeepSpeed is then not imported."""
+    zero3 = [p for p in params if hasattr(p, "ds_id")]
+    if zero3:
+        import deepspeed
+
+        for param in zero3:
+            deepspeed.zero.register_external_parameter(module, param)
+    return len(zero3)
 
 
 def shard_mod_model(model: nn.Module, mesh=None, reshard_after_forward: bool = True, mp_policy=None,
@@ -64,4 +85,5 @@ def check_launcher_sharding(cuda_available: bool, environ: dict | None = None) -
         if environ.get(key, "false").lower() == "true" and not cuda_available:
             raise ConfigError(f"{name} through accelerate needs GPUs: on CPU accelerate ignores the {name} config and "
                               "the Trainer would train unsharded (data parallel) without saying so. Launch without "
-                              "it, or shard a custom loop with modetune.utils.sharding.shard_mod_model (docs/scaling.md).")
+                              "it, or shard a custom loop: FSDP2 with modetune.utils.sharding.shard_mod_model, "
+                              "ZeRO-2/3 with deepspeed.initialize (docs/scaling.md).")

@@ -26,7 +26,8 @@ def describe(path: Path) -> str:
             return line.lstrip("# ").rstrip(":")
         if line.strip():
             break
-    return {"deepspeed_zero3": "DeepSpeed ZeRO-3 config for the HF Trainer (--deepspeed; see docs/scaling.md)"}.get(
+    return {"deepspeed_zero3": "DeepSpeed ZeRO-3 config for the HF Trainer (accelerate launch --use_deepspeed "
+                               "--deepspeed_config_file; see docs/scaling.md)"}.get(
         path.stem, path.suffix.lstrip(".") + " config")
 
 
