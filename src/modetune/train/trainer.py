@@ -25,7 +25,7 @@ from ..mod.variants import build_variant
 from ..utils.errors import ConfigError, NonFiniteLossError
 from ..utils.integrity import check_adapter_base, load_safetensors, read_json, stored_fingerprint, write_base_record
 from ..utils.prompts import PROMPT_FILE
-from ..utils.sharding import check_launcher_sharding
+from ..utils.sharding import check_launcher_sharding, loading_whole_tensors
 from ..utils.version import __version__
 from .clipping import clip_groups, clip_per_group, group_norms
 from .config import FAULT_ENV, TRAIN_CONFIG_NAME, TrainConfig, check_batch
@@ -228,7 +228,9 @@ class MoDTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """Resume: the checkpoint's LoRA weights through peft, its MoD weights through the model,
-        after checking that the checkpoint was trained on this base model."""
+        after checking that the checkpoint was trained on this base model. The files hold whole
+        tensors; when the model is sharded (FSDP2: its parameters are ``DTensor`` shards) each
+        process copies its own part of them (:func:`~modetune.utils.sharding.loading_whole_tensors`)."""
         from peft import set_peft_model_state_dict
         from peft.utils import SAFETENSORS_WEIGHTS_NAME
 
@@ -239,7 +241,8 @@ class MoDTrainer(Trainer):
         peft_model = unwrapped.base_model if isinstance(unwrapped, MoDModel) else unwrapped
         adapter = Path(resume_from_checkpoint) / SAFETENSORS_WEIGHTS_NAME
         if adapter.exists() and hasattr(peft_model, "peft_config"):
-            set_peft_model_state_dict(peft_model, load_safetensors(adapter))
+            with loading_whole_tensors(peft_model):
+                set_peft_model_state_dict(peft_model, load_safetensors(adapter))
         if isinstance(unwrapped, MoDModel):
             unwrapped.load_mod_weights(resume_from_checkpoint)
 
