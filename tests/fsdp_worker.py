@@ -6,7 +6,14 @@ global batches; each process takes its half of every batch) under several FSDP2 
 records per step the global loss and the gradient norm, the LM head weight the fused loss reads
 at every call (a spy on ``modetune.mod.model.fused_mod_loss``), and how the model is sharded. It
 writes ``OUT/rank<R>.json``; after training, each run's adapter is saved from the gathered full
-state dict by ``MoDTrainer._save`` into ``OUT/<run>/rank<R>`` (only the main process writes).
+state dict by ``MoDTrainer._save`` into ``OUT/<run>/rank<R>`` (only the main process writes), and
+``MoDTrainer._load_from_checkpoint`` loads it back into a freshly sharded model.
+
+Resumption (:func:`resume`): a sharded run of ``RESUME_STEPS`` steps writes a checkpoint after step
+``RESUME_AT`` (``modetune.utils.sharding.save_sharded_checkpoint``) and goes on to the end; a fresh
+sharded model and optimizer then load that checkpoint and train the remaining steps. Both runs'
+final trainable tensors are written to ``OUT/resume/`` (the checkpoint stays there for the 1-process
+resumption in ``tests/test_fsdp.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from modetune.mod.model import get_mod_model  # noqa: E402
 from tiny import batch, lora, perturb, tiny_model  # noqa: E402
 
 STEPS, ROWS = 3, 4  # optimizer steps; rows of a global batch
+RESUME_STEPS, RESUME_AT = 4, 2  # the resumed run: its length, the step its checkpoint is written after
 # (name, architecture, wrapping): llama ties its head to the embeddings (as SmolLM2 does), mistral does not
 RUNS = [("modetune-tied", "llama", "modetune"), ("modetune-untied", "mistral", "modetune"),
         ("accelerate-tied", "llama", "accelerate"), ("head-unit-tied", "llama", "head_unit")]
@@ -37,14 +45,19 @@ def build(arch: str):
     return perturb(get_mod_model(lora(tiny_model(arch, seed=0)), MoDConfig()))
 
 
-def run_steps(model, rank: int = 0, world: int = 1) -> list[dict]:
-    """``STEPS`` AdamW steps with gradient clipping at 1; this process takes rows
-    ``rank::world`` of every global batch, its loss normalised by the global label count."""
+def make_optimizer(model) -> torch.optim.AdamW:
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+
+
+def run_steps(model, rank: int = 0, world: int = 1, steps=range(STEPS), optimizer=None) -> list[dict]:
+    """AdamW steps (``steps``: their indices, which seed their batches) with gradient clipping at
+    1; this process takes rows ``rank::world`` of every global batch, its loss normalised by the
+    global label count."""
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-2)
+    optimizer = optimizer or make_optimizer(model)
     model.train()
-    steps = []
-    for step in range(STEPS):
+    done = []
+    for step in steps:
         ids, mask, labels = batch(seed=step, batch=ROWS, length=9)
         count = int((labels[:, 1:] != -100).sum())
         rows = slice(rank, None, world)
@@ -57,8 +70,79 @@ def run_steps(model, rank: int = 0, world: int = 1) -> list[dict]:
             torch.distributed.all_reduce(loss)
         optimizer.step()
         optimizer.zero_grad()
-        steps.append({"loss": float(loss), "grad_norm": float(norm)})
-    return steps
+        done.append({"loss": float(loss), "grad_norm": float(norm)})
+    return done
+
+
+def trainable_state(model) -> dict:
+    """The trainable tensors, whole (gathered from the shards; every process must call it; the
+    other processes receive an empty dict)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {name: state[name] for name, p in model.named_parameters() if p.requires_grad and name in state}
+
+
+def resume(out: Path, rank: int, world: int) -> dict:
+    """The sharded run interrupted after ``RESUME_AT`` steps and resumed from its checkpoint by a
+    fresh model and optimizer, and the same run uninterrupted (see the module's docstring)."""
+    from safetensors.torch import save_file
+
+    from modetune.utils.sharding import load_sharded_checkpoint, save_sharded_checkpoint, shard_mod_model
+
+    folder = out / "resume"
+    model = shard_mod_model(build("llama"))
+    optimizer = make_optimizer(model)
+    first = run_steps(model, rank, world, range(RESUME_AT), optimizer)
+    save_sharded_checkpoint(model, optimizer, folder / f"checkpoint-{RESUME_AT}", {"step": RESUME_AT})
+    rest = run_steps(model, rank, world, range(RESUME_AT, RESUME_STEPS), optimizer)
+    finals = {"uninterrupted": trainable_state(model)}
+    model = shard_mod_model(build("llama"))  # a new process would start from here
+    optimizer = make_optimizer(model)
+    state = load_sharded_checkpoint(model, optimizer, folder / f"checkpoint-{RESUME_AT}")
+    resumed = run_steps(model, rank, world, range(state["step"], RESUME_STEPS), optimizer)
+    finals["resumed"] = trainable_state(model)
+    if rank == 0:
+        for name, tensors in finals.items():
+            save_file(tensors, str(folder / f"{name}.safetensors"))
+    torch.distributed.barrier()
+    return {"uninterrupted": first + rest, "resumed": resumed, "resumed_from": state["step"]}
+
+
+def trainer_load(arch: str, saved: Path, trained: dict) -> dict:
+    """``MoDTrainer._load_from_checkpoint`` (the Trainer's ``--resume``) of the adapter saved after
+    sharded training, into a freshly sharded model: how far its gathered trainable tensors are
+    from the trained ones (compared in the main process, which holds ``trained``)."""
+    from types import SimpleNamespace
+
+    from modetune.train.trainer import MoDTrainer
+    from modetune.utils.sharding import shard_mod_model
+
+    model = shard_mod_model(build(arch))
+    sharded = all(isinstance(p, DTensor) for p in model.parameters() if p.requires_grad)
+    before = trainable_state(model)
+    trainer = SimpleNamespace(model=model, accelerator=SimpleNamespace(unwrap_model=lambda m: m))
+    MoDTrainer._load_from_checkpoint(trainer, str(saved))
+    after = trainable_state(model)
+    diff = lambda a: max((float((a[n] - trained[n]).abs().max()) for n in a), default=None)  # noqa: E731
+    return {"sharded": sharded, "tensors": len(after), "max_diff": diff(after), "start_diff": diff(before),
+            "plain_load": _whole_tensor_load(model)}
+
+
+def _whole_tensor_load(model) -> dict:
+    """``load_state_dict`` of a whole router weight into the sharded model: what it raises
+    without ``loading_whole_tensors``, and how far the gathered result is from it with it."""
+    from modetune.utils.sharding import loading_whole_tensors
+
+    whole = torch.arange(model.router.weight.numel(), dtype=torch.float32).reshape(model.router.weight.shape)
+    try:
+        model.load_state_dict({"ensemble.router.weight": whole}, strict=False)
+        without = "loaded"
+    except RuntimeError as error:
+        without = str(error)
+    with loading_whole_tensors(model):
+        model.load_state_dict({"ensemble.router.weight": whole}, strict=False)
+    return {"without": without, "with_diff": float((model.router.weight.full_tensor() - whole).abs().max())}
 
 
 def _accelerate_wrap(model):
@@ -93,7 +177,7 @@ def _head_unit_wrap(model):
 def _save_gathered(model, directory: Path, rank: int) -> int:
     """Save as the Trainer does under FSDP2: every process gathers the full state dict as
     ``accelerator.get_state_dict`` does, then calls ``MoDTrainer._save`` with it (which writes on
-    the main process only). Returns how many tensors this process received."""
+    the main process only). Returns the tensors this process received."""
     from types import SimpleNamespace
 
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -107,7 +191,7 @@ def _save_gathered(model, directory: Path, rank: int) -> int:
                               _tokenizer_to_save=None, _run_config=None, _fingerprint=None)
     MoDTrainer._save(trainer, str(directory), state_dict=state)
     torch.distributed.barrier()
-    return len(state)
+    return state
 
 
 def _refusal(model, directory: Path) -> str:
@@ -167,8 +251,11 @@ def main(out: Path) -> None:
         steps = run_steps(model, rank, world)
         gathered = _save_gathered(model, out / name / f"rank{rank}", rank)
         record[name] = {"steps": steps, "loss_calls": list(calls), "sharding": sharding,
-                        "vocab_rows": full.shape[0], "gathered_tensors": gathered,
+                        "vocab_rows": full.shape[0], "gathered_tensors": len(gathered),
                         "shards_refused": _refusal(model, out / name / f"shards{rank}")}
+        if wrapping == "modetune":
+            record[name]["trainer_load"] = trainer_load(arch, out / name / "rank0", gathered)
+    record["resume"] = resume(out, rank, world)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank{rank}.json").write_text(json.dumps(record))
     torch.distributed.destroy_process_group()

@@ -30,3 +30,12 @@ def fails(capsys, argv, match, command="train"):
     assert "Traceback" not in err, err
     last = err.splitlines()[-1]  # (progress bars of model loading may come before it)
     assert f"modetune {command}: error: " in last and match in last.split("error: ", 1)[1], err
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now (for a launcher's rendezvous)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

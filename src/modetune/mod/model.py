@@ -27,7 +27,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..utils.errors import DataError
 from ..utils.integrity import check_adapter_base, check_files, load_safetensors
-from ..utils.sharding import full_weight, hold_zero3_parameters
+from ..utils.sharding import distribute_like, full_weight, gathered_key, hold_zero3_parameters
 from ..utils.version import __version__
 from .config import MoDConfig
 from .ensemble import MoDEnsemble, Router
@@ -59,17 +59,6 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
     """``(trainable, total)`` parameters of any module, shared (tied) parameters counted once."""
     params = {id(p): p for p in model.parameters()}.values()
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
-
-
-_WRAPPER_PARTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
-
-
-def gathered_key(name: str) -> str:
-    """A parameter's name without the parts FSDP, activation checkpointing and ``torch.compile``
-    insert (``_fsdp_wrapped_module.``, ``_checkpoint_wrapped_module.``, ``_orig_mod.``)."""
-    for part in _WRAPPER_PARTS:
-        name = name.replace(part, "")
-    return name
 
 
 def gathered_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -404,8 +393,8 @@ class MoDModel(nn.Module):
         state = load_safetensors(Path(directory) / WEIGHTS_NAME, device=str(self._parts.head.weight.device))
         for name, tensor in state.items():
             target = self._named_mod_tensor(name)
-            with torch.no_grad():
-                target.copy_(tensor)
+            with torch.no_grad():  # a DTensor shard (FSDP) takes its part of the whole tensor
+                target.copy_(distribute_like(tensor, target))
 
     def _named_mod_tensor(self, name: str) -> Tensor:
         group, _, rest = name.partition(".")

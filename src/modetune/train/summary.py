@@ -20,7 +20,10 @@ def read_log(output_dir: str | Path) -> list[dict]:
 
 
 def summarise(output_dir: Path, config: TrainConfig, trainable: int, total: int, adapter: Path, seconds: float,
-              val_loss: float | None) -> dict:
+              val_loss: float | None, batch: dict | None = None, write: bool = True) -> dict:
+    """The run's summary from its ``log.jsonl``; ``batch``: how the Trainer made up the global batch
+    (processes, micro batch, accumulation). With ``write`` (the main process only) it is written to
+    ``summary.json``, with the adapter's model card and the plots."""
     logs = [row for row in read_log(output_dir) if "loss" in row]
     last = logs[-min(len(logs), 5):] if logs else []
     mean = lambda key: (sum(row[key] for row in last if key in row) / max(1, sum(key in row for row in last))
@@ -36,7 +39,10 @@ def summarise(output_dir: Path, config: TrainConfig, trainable: int, total: int,
         "router_warmup_steps": config.router_warmup_steps,
         "trainable": trainable, "total": total, "adapter": str(adapter), "seconds": seconds,
         "eval_command": f"modetune eval --adapter {adapter} --model {config.model} " + _eval_datasets(config.data),
+        **(batch or {}),
     }
+    if not write:
+        return summary
     Path(output_dir, "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if Path(adapter).is_dir():  # the model card (replacing peft's blank one)
         Path(adapter, "README.md").write_text(adapter_card(config, summary["steps"], val_loss))

@@ -25,7 +25,7 @@ from ..mod.variants import build_variant
 from ..utils.errors import ConfigError, NonFiniteLossError
 from ..utils.integrity import check_adapter_base, load_safetensors, read_json, stored_fingerprint, write_base_record
 from ..utils.prompts import PROMPT_FILE, read_chat_template
-from ..utils.sharding import check_launcher_sharding
+from ..utils.sharding import check_launcher_sharding, loading_whole_tensors
 from ..utils.version import __version__
 from .clipping import clip_groups, clip_per_group, group_norms
 from .config import FAULT_ENV, TRAIN_CONFIG_NAME, TrainConfig, check_batch
@@ -208,6 +208,7 @@ class MoDTrainer(Trainer):
         name = f"checkpoint-{self.state.global_step}"
         if self.args.should_save:
             shutil.rmtree(os.path.join(staging, name), ignore_errors=True)
+        self.accelerator.wait_for_everyone()  # every process writes its RNG state there: not before the clean-up
         original = self._get_output_dir
         self._get_output_dir = lambda trial=None: staging
         save_limit, self.args.save_total_limit = self.args.save_total_limit, None
@@ -231,7 +232,9 @@ class MoDTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """Resume: the checkpoint's LoRA weights through peft, its MoD weights through the model,
-        after checking that the checkpoint was trained on this base model."""
+        after checking that the checkpoint was trained on this base model. The files hold whole
+        tensors; when the model is sharded (FSDP2: its parameters are ``DTensor`` shards) each
+        process copies its own part of them (:func:`~modetune.utils.sharding.loading_whole_tensors`)."""
         from peft import set_peft_model_state_dict
         from peft.utils import SAFETENSORS_WEIGHTS_NAME
 
@@ -242,7 +245,8 @@ class MoDTrainer(Trainer):
         peft_model = unwrapped.base_model if isinstance(unwrapped, MoDModel) else unwrapped
         adapter = Path(resume_from_checkpoint) / SAFETENSORS_WEIGHTS_NAME
         if adapter.exists() and hasattr(peft_model, "peft_config"):
-            set_peft_model_state_dict(peft_model, load_safetensors(adapter))
+            with loading_whole_tensors(peft_model):
+                set_peft_model_state_dict(peft_model, load_safetensors(adapter))
         if isinstance(unwrapped, MoDModel):
             unwrapped.load_mod_weights(resume_from_checkpoint)
 
@@ -314,6 +318,17 @@ def training_arguments(config: TrainConfig, world_size: int = 1):
     )
 
 
+def global_batch(args, world_size: int) -> dict:
+    """How the Trainer makes up the global batch: its processes (the launcher's ``WORLD_SIZE``, which
+    the accumulation was computed for, must be the process group's size), micro batch, accumulation."""
+    if args.world_size != world_size:
+        raise ConfigError(f"WORLD_SIZE is {world_size} but the Trainer runs {args.world_size} process(es): the "
+                          "gradient accumulation would not make up batch_size. Launch with torchrun or accelerate.")
+    micro, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
+    return {"processes": args.world_size, "micro_batch_size": micro, "gradient_accumulation_steps": accumulation,
+            "global_batch": args.world_size * micro * accumulation}
+
+
 def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
     """Run a training job end to end; returns the summary dict (also written to ``summary.json``).
 
@@ -351,6 +366,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
                 if val_records else None)
 
     args = training_arguments(config, world_size)
+    batch = global_batch(args, world_size)
     trainable, total = parameter_counts(model)
     if is_main:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -358,8 +374,8 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
         print(f"[modetune] {config.preset} on {config.model}: {trainable:,} trainable of {total:,} parameters "
               f"({100 * trainable / total:.4f}%); {len(train_rows)} training "
               f"{f'blocks of {config.cutoff_len} tokens (packed)' if config.packing else 'records'}, "
-              f"{len(val_rows or [])} validation; global batch "
-              f"{args.gradient_accumulation_steps * config.micro_batch_size * world_size}")
+              f"{len(val_rows or [])} validation; global batch {batch['global_batch']} ({batch['processes']} "
+              f"process(es) x {batch['micro_batch_size']} x {batch['gradient_accumulation_steps']} accumulation)")
     collator = DataCollatorForSeq2Seq(tokenizer, pad_to_multiple_of=8, return_tensors="pt", padding=True)
     trainer = MoDTrainer(model=model, args=args, train_dataset=train_rows, eval_dataset=val_rows,
                          data_collator=collator, tokenizer_to_save=tokenizer, run_config=config)
@@ -379,7 +395,8 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
     if is_main:
         shutil.copyfile(output_dir / FINGERPRINT_NAME, final_dir / FINGERPRINT_NAME)
     val_loss = trainer.evaluate()["eval_loss"] if val_rows else None
-    summary = summarise(output_dir, config, trainable, total, final_dir, time.perf_counter() - started, val_loss)
+    summary = summarise(output_dir, config, trainable, total, final_dir, time.perf_counter() - started, val_loss,
+                        batch, write=is_main)  # summary, card and plots: written by the main process only
     if is_main:
         print(format_summary(summary))
     return summary
