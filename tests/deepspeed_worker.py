@@ -130,7 +130,7 @@ def _trainer_save(engine, stage: int, directory: Path, rank: int) -> dict:
         state = {key: t.detach().clone() for key, t in engine.module.state_dict().items()}
     trainer = SimpleNamespace(model=engine.module, args=SimpleNamespace(should_save=rank == 0, output_dir=str(directory)),
                               accelerator=SimpleNamespace(unwrap_model=lambda m: m),
-                              _tokenizer_to_save=None, _run_config=None, _fingerprint=None)
+                              tokenizer_to_save=None, _run_config=None, _fingerprint=None)
     MoDTrainer._save(trainer, str(directory), state_dict=state)
     torch.distributed.barrier()
     return {"tensors": len(state or {}), "master_gap": gap if stage == 3 and rank == 0 else None}

@@ -188,7 +188,7 @@ def _save_gathered(model, directory: Path, rank: int) -> int:
     state = get_model_state_dict(model, options=options)
     trainer = SimpleNamespace(model=model, args=SimpleNamespace(should_save=rank == 0, output_dir=str(directory)),
                               accelerator=SimpleNamespace(unwrap_model=lambda m: m),
-                              _tokenizer_to_save=None, _run_config=None, _fingerprint=None)
+                              tokenizer_to_save=None, _run_config=None, _fingerprint=None)
     MoDTrainer._save(trainer, str(directory), state_dict=state)
     torch.distributed.barrier()
     return state

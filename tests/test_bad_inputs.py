@@ -232,6 +232,25 @@ CASES = {
     "lm-eval adapter on another base": (
         lambda r, t: (["lm-eval", "--model", str(r["other"]), "--adapter", str(r["lora"] / "adapter"), "--tasks",
                        "modetune_builtin_gen", "--limit", "1"], t), "trained on a different base model"),
+    "lm-eval --limit -1": (lambda r, t: (["lm-eval", "--model", str(r["tiny"]), "--tasks", "modetune_builtin_gen",
+                                         "--limit", "-1"], t), "limit must be positive"),
+    "lm-eval --num-fewshot -1": (lambda r, t: (["lm-eval", "--model", str(r["tiny"]), "--tasks",
+                                                "modetune_builtin_gen", "--num-fewshot", "-1"], t),
+                                 "num_fewshot must be >= 0"),
+    # probe and fit-router: every field checked when the config is built, YAML text coerced or refused
+    "probe --candidates 0": (lambda r, t: (["probe", "--model", str(r["tiny"]), "--candidates", "0",
+                                            "--output", str(t / "p")], t), "candidates must be > 0"),
+    "probe --oracle-steps -1": (lambda r, t: (["probe", "--model", str(r["tiny"]), "--oracle-steps", "-1",
+                                               "--output", str(t / "p")], t), "oracle_steps must be > 0"),
+    "probe yaml text": (lambda r, t: (["probe", "--config", _yaml(t, "records: many\n"), "--output", str(t / "p")], t),
+                        "records must be"),
+    "fit-router --ce-records 0": (lambda r, t: (["fit-router", "--model", str(r["tiny"]), "--ce-records", "0",
+                                                 "--output", str(t / "f")], t), "ce_records must be > 0"),
+    "fit-router --val-size -1": (lambda r, t: (["fit-router", "--model", str(r["tiny"]), "--val-size", "-1",
+                                                "--output", str(t / "f")], t), "val_size must be >= 0"),
+    "fit-router yaml text": (lambda r, t: (["fit-router", "--config", _yaml(t, "steps: ten\n"),
+                                            "--output", str(t / "f")], t), "steps must be"),
+    "train --seed -1": (lambda r, t: (_train_case(r, t, "--seed", "-1"), t), "seed must be >= 0"),
 }
 if not torch.cuda.is_available():  # a device this torch cannot use
     CASES["eval --device cuda on CPU torch"] = (lambda r, t: (_eval(r, "--device", "cuda", "--output", str(t / "o")),

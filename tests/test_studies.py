@@ -329,9 +329,14 @@ def test_mod_vs_lora_smoke_runs_end_to_end(tiny_model_dir, tmp_path):
 
 
 def test_report_only_without_rows_is_one_line(tmp_path, capsys):
+    """No study folder: refused, and none is created; an empty one: no run has rows, and nothing is written."""
     assert main(["experiment", "router_sweep", "--report-only", "--output-dir", str(tmp_path / "none")]) == 1
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "has rows" in err
+    assert len(err.splitlines()) == 1 and "No study folder" in err and not (tmp_path / "none").exists()
+    (tmp_path / "empty").mkdir()
+    assert main(["experiment", "router_sweep", "--report-only", "--output-dir", str(tmp_path / "empty")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "has rows" in err.splitlines()[-1] and not any((tmp_path / "empty").iterdir())
 
 
 def test_mod_vs_lora_prefit_arm_fits_the_router_of_the_same_seed(tiny_model_dir, tmp_path):

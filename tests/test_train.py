@@ -95,20 +95,45 @@ def test_gradient_accumulation_equals_full_batch(tiny_model_dir, tmp_path):
     _assert_same(acc_w, full_w, rtol=1e-3, atol=2e-4)
 
 
-def test_resume_after_kill_equals_uninterrupted_run(tiny_model_dir, tmp_path):
-    common = ["--max-steps", "6", "--batch-size", "4", "--micro-batch-size", "2", "--save-steps", "2",
+RESUME_RUN = ["--max-steps", "6", "--batch-size", "4", "--micro-batch-size", "2", "--save-steps", "2",
               "--lora-dropout", "0.1"]
-    ref = tmp_path / "ref"
-    assert main(train_args(tiny_model_dir, ref, *common)) == 0
+TIMINGS = {"tokens_per_s", "train_runtime", "train_samples_per_second", "train_steps_per_second", "eval_runtime",
+           "eval_samples_per_second", "eval_steps_per_second"}
 
+
+def _log_rows(run: Path) -> list[dict]:
+    """Every row of ``log.jsonl`` without its wall-clock timings."""
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMINGS}
+            for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_model_dir, tmp_path_factory) -> Path:
+    ref = tmp_path_factory.mktemp("uninterrupted") / "run"
+    assert main(train_args(tiny_model_dir, ref, *RESUME_RUN)) == 0
+    return ref
+
+
+@pytest.mark.parametrize("fault", ["kill:1", "kill:5", "kill-save:4", "kill-save:6", "kill-adapter:0",
+                                   "kill-validation:0"])
+def test_a_run_killed_anywhere_resumes_to_the_uninterrupted_run(tiny_model_dir, tmp_path, uninterrupted, fault):
+    """A SIGKILL before the first checkpoint, between steps, inside a checkpoint save (once its
+    weights are written), inside the final adapter write, or in the final validation: ``--resume``
+    ends with the uninterrupted run's weights bit for bit, the same ``log.jsonl`` rows (every step
+    once, the end-of-training row and the validation row; timings aside), the same summary, and no
+    staging folder left. Dropout on: the resumed RNG state matters."""
     run = tmp_path / "killed"
-    killed = run_cli(*train_args(tiny_model_dir, run, *common), env_extra={"MODETUNE_FAULT_AT_STEP": "kill:5"})
+    killed = run_cli(*train_args(tiny_model_dir, run, *RESUME_RUN), env_extra={"MODETUNE_FAULT_AT_STEP": fault})
     assert killed.returncode == -9, killed.stderr[-2000:]
-    assert (run / "checkpoint-4").is_dir() and not (run / "adapter").exists()
-    resumed = run_cli(*train_args(tiny_model_dir, run, *common), "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    _assert_same(_weights(run / "adapter"), _weights(ref / "adapter"))
-    assert [row["step"] for row in _logged(run)] == [1, 2, 3, 4, 5, 6]  # every step logged once
+    assert not (run / "summary.json").exists()
+    assert main([*train_args(tiny_model_dir, run, *RESUME_RUN), "--resume"]) == 0
+    _assert_same(_weights(run / "adapter"), _weights(uninterrupted / "adapter"))
+    assert _log_rows(run) == _log_rows(uninterrupted)
+    assert [row["step"] for row in _logged(run)] == [1, 2, 3, 4, 5, 6]
+    ours, theirs = (json.loads((r / "summary.json").read_text()) for r in (run, uninterrupted))
+    assert {k: v for k, v in ours.items() if k not in ("adapter", "seconds", "eval_command")} == \
+        {k: v for k, v in theirs.items() if k not in ("adapter", "seconds", "eval_command")}
+    assert not [p for p in run.rglob("*") if "staging" in p.name or p.name.endswith(".modetune-old")]
 
 
 def test_ddp_two_processes_equals_single_process(tiny_model_dir, tmp_path):

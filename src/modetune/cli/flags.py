@@ -135,9 +135,11 @@ def add_config_flags(parser: argparse.ArgumentParser, config=TrainConfig, yaml: 
 def load_yaml_config(path: str | Path) -> dict:
     import yaml
 
+    from ..utils.integrity import read_text
+
     path = config_file(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(read_text(path, "config")) or {}
     except yaml.YAMLError as error:
         raise ConfigError(f"Malformed YAML in {path}: {first_line(error)}") from error
     if not isinstance(data, dict):

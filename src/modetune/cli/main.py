@@ -16,7 +16,7 @@ from ..utils.errors import UserError, first_line
 from .flags import HelpFormatter, add_config_flags, config_from_args
 
 BAD_INPUT = (UserError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError,
-             json.JSONDecodeError)
+             json.JSONDecodeError, UnicodeDecodeError)
 
 
 # ---------------------------------------------------------------- training commands

@@ -73,13 +73,21 @@ def load_json_records(path: str | Path, required: tuple[str, ...] = REQUIRED_FIE
         raise DataError(f"Data file {path} is not a .json or .jsonl file of records (LLM-Adapters format).")
     try:
         text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
+    except UnicodeDecodeError as error:
+        raise DataError(f"Data file {path} is not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset "
+                        f"{error.start}); save it as UTF-8.") from None
+    except OSError as error:
         raise DataError(f"Cannot read data file {path}: {error}") from error
+    if path.suffix == ".jsonl":
+        records = []
+        for number, line in enumerate(text.splitlines(), 1):  # a bad record is named by its own line
+            try:
+                records.append(json.loads(line)) if line.strip() else None
+            except json.JSONDecodeError as error:
+                raise DataError(f"Malformed JSON in {path}: {error.msg} at line {number}, column {error.colno}.") from None
+        return check_fields(records, str(path), required)
     try:
-        if path.suffix == ".jsonl":
-            records = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
-            records = json.loads(text)
+        records = json.loads(text)
     except json.JSONDecodeError as error:
         raise DataError(f"Malformed JSON in {path}: {error.msg} at line {error.lineno}, column {error.colno}.") from error
     return check_fields(records, str(path), required)

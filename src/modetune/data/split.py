@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..utils.checks import coerce_fields, from_flat_dict
 from ..utils.errors import DataError
+from ..utils.integrity import read_text
 from ..utils.outputs import check_output, staged
 from .text import normalise_text
 
@@ -68,9 +69,15 @@ def _read(path: Path) -> list[dict]:
     if not path.is_file():
         raise DataError(f"{path} not found: the split needs LLM-Adapters' math_data.json and <Name>/test.json files.")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        records = json.loads(read_text(path, "data file"))
     except json.JSONDecodeError as error:
         raise DataError(f"Malformed JSON in {path}: {error.msg} at line {error.lineno}.") from error
+    if not isinstance(records, list):
+        raise DataError(f"{path}: expected a JSON list of records, got {type(records).__name__}.")
+    for index, record in enumerate(records):  # checked, never rewritten: the split is reproduced byte for byte
+        if not isinstance(record, dict) or not isinstance(record.get("instruction"), str):
+            raise DataError(f"{path}: record {index} has no 'instruction' text.")
+    return records
 
 
 def write_json(records: list[dict], path: Path) -> None:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TextIO
 
 from ..utils.checks import from_flat_dict
 from ..utils.errors import ConfigError
+from ..utils.integrity import read_text
 from .runner import ModelSource
 
 PROMPT_STYLES = ("auto", "chat", "alpaca", "llm-adapters", "raw")
@@ -147,7 +147,7 @@ def read_prompts(prompts: list[str], prompts_file: str | None, stdin: TextIO = s
     else of stdin."""
     if prompts:
         return prompts
-    text = stdin.read() if prompts_file in (None, "-") else Path(prompts_file).read_text(encoding="utf-8")
+    text = stdin.read() if prompts_file in (None, "-") else read_text(prompts_file, "prompts file")
     found = [line for line in text.splitlines() if line.strip()]
     if not found:
         raise ConfigError("No prompt given: pass prompts as arguments, with --prompts-file, or on stdin.")

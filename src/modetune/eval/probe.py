@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..mod.headroom import MemberLogits, exact_mix_ce, fit_linear_router, global_mix, member_ce, oracle_mix
-from ..utils.checks import from_flat_dict
+from ..utils.checks import check_bounds, coerce_fields, from_flat_dict
 from ..utils.errors import ConfigError
 from ..utils.outputs import check_output, data_paths, staged
 from ..utils.plotting import pyplot
@@ -34,8 +34,9 @@ from ..utils.prompts import AUTO, read_chat_template, resolve_style
 class ProbeConfig:
     """Every choice of a probe; each field is a ``modetune probe`` flag."""
 
-    model: str = field(default="default", metadata={
-        "help": "base model: 'default' (the embedded SmolLM2-135M-Instruct), a local folder or a hub name"})
+    model: str | None = field(default=None, metadata={
+        "help": "base model: 'default' (the embedded SmolLM2-135M-Instruct), a local folder or a hub name (none: "
+                "the one the adapter was trained on, else default)"})
     adapter: str | None = field(default=None, metadata={
         "help": "a MoD adapter (its member norms and router are probed) or a LoRA-only adapter; none: the base model"})
     data: str = field(default="packaged:math-split/train.json", metadata={
@@ -49,6 +50,9 @@ class ProbeConfig:
     chat_template: str | None = field(default=None, metadata={
         "help": "a Jinja chat template (a file, or the template text) replacing the tokenizer's (none: the one the "
                 "adapter trained with, else the tokenizer's own)"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "let transformers run the model's own code"})
+    ignore_base_mismatch: bool = field(default=False, metadata={
+        "help": "probe an adapter recorded for another base model anyway, with a warning (off: refuse)"})
     seed: int = field(default=0, metadata={"help": "seed of the record draw, the fit/score split and the router fit"})
     oracle_steps: int = field(default=12, metadata={"help": "projected-Newton steps of the per-token oracle mix"})
     candidates: int = field(default=1024, metadata={
@@ -63,6 +67,9 @@ class ProbeConfig:
         "help": "replace an existing output, once the new one is complete (off: refuse it)"})
 
     def __post_init__(self) -> None:
+        coerce_fields(self)  # YAML text like "64" becomes 64, or is refused in one line
+        check_bounds(self, ("records", "num_members", "cutoff_len", "candidates", "fit_lr", "fit_max_epochs",
+                            "fit_patience", "oracle_steps"), ("seed",))
         if self.prompt_style != AUTO:
             resolve_style(self.prompt_style, None)  # refuses an unknown style
         read_chat_template(self.chat_template)
@@ -223,6 +230,8 @@ def run_probe(config: ProbeConfig) -> dict:
     check_output(config.output, [config.adapter, config.model, *data_paths(config.data)], config.overwrite)
     start = time.perf_counter()
     model, tokenizer, info = load_for_eval(config.model, config.adapter, chat_template=config.chat_template,
+                                           trust_remote_code=config.trust_remote_code,
+                                           ignore_base_mismatch=config.ignore_base_mismatch,
                                            device="cuda" if torch.cuda.is_available() else None)
     tokenizer.padding_side = "right"
     rows = probe_rows(config, tokenizer)

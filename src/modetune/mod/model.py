@@ -369,10 +369,9 @@ class MoDModel(nn.Module):
         directory = Path(directory)
         if not (directory / WEIGHTS_NAME).exists():
             raise FileNotFoundError(f"{directory} holds no MoD adapter ({WEIGHTS_NAME} is missing).")
-        config, metadata = MoDConfig.load(directory)
-        expected, found = metadata.get("base_fingerprint"), base_fingerprint(base_model)
-        if check_base and expected is not None:
-            check_adapter_base(directory, found, ignore_base_mismatch)
+        config, _ = MoDConfig.load(directory)
+        if check_base:  # no recorded fingerprint: a warning that the base cannot be checked
+            check_adapter_base(directory, base_fingerprint(base_model), ignore_base_mismatch)
         check_files(directory, (WEIGHTS_NAME, ADAPTER_CONFIG, ADAPTER_WEIGHTS))
         if (directory / ADAPTER_CONFIG).exists():
             from peft import PeftModel

@@ -296,6 +296,28 @@ def correct_flags(eval_dir: Path, members: bool = False) -> dict[str, dict[str, 
 
 
 # ---------------------------------------------------------------- the study
+def check_plan_fits(specs: list[RunSpec], config: ExperimentConfig, root: Path) -> None:
+    """Refuse, before anything trains, a run whose ensemble cannot exist on the study's model
+    (``k`` of a MoD run not below its layer count); reads only the model's ``config.json``."""
+    from transformers import AutoConfig
+
+    from ..mod.surgery import check_members
+    from ..utils.models import model_error, resolve_model
+
+    mod_runs = [run_train_config(s, config, s.folder(root)) for s in specs if not s.rows_from]
+    mod_runs = [c for c in mod_runs if parse_preset(c.preset).mod]
+    if not mod_runs:
+        return
+    try:
+        model_config = AutoConfig.from_pretrained(resolve_model(config.train.model),
+                                                  trust_remote_code=config.train.trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise model_error(config.train.model, error) from error
+    layers = getattr(model_config, "num_hidden_layers", None)
+    for run in mod_runs if layers else []:
+        check_members(run.mod.k, layers)
+
+
 def run_study(study: str, config: ExperimentConfig, smoke: bool = False) -> Path:
     """Run (or resume) every run of a study and write ``report.md``; returns the study folder."""
     if smoke:
@@ -310,9 +332,15 @@ def run_study(study: str, config: ExperimentConfig, smoke: bool = False) -> Path
         specs = [spec for spec in specs if spec.name in config.only]
     if root.exists() and not root.is_dir():
         raise ConfigError(f"output_dir {root} is a file, not a folder.")
-    root.mkdir(parents=True, exist_ok=True)
-    recorded = {**config.to_dict(), "only": None, "report_only": False}  # the study, not this invocation
-    (root / "experiment.json").write_text(json.dumps({"study": study, "smoke": smoke, "config": recorded}, indent=2))
+    if config.report_only:  # reads the study folder, never creates or rewrites it
+        if not root.is_dir():
+            raise ConfigError(f"No study folder {root}: --report-only reports the rows of runs that exist.")
+    else:
+        check_plan_fits(specs, config, root)  # every run's k fits the model, before the first one trains
+        root.mkdir(parents=True, exist_ok=True)
+        recorded = {**config.to_dict(), "only": None, "report_only": False}  # the study, not this invocation
+        (root / "experiment.json").write_text(json.dumps({"study": study, "smoke": smoke, "config": recorded},
+                                                         indent=2))
     started = time.perf_counter()
     results = []
     if config.report_only:  # the report from the committed rows; nothing trains or evaluates

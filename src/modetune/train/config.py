@@ -15,10 +15,10 @@ from ..utils.prompts import STYLES, read_chat_template
 from .clipping import SCOPES
 
 TRAIN_CONFIG_NAME = "train_config.json"
-FAULT_ENV = "MODETUNE_FAULT_AT_STEP"  # tests and debugging: train/faults.py's callback, e.g. kill:5
+FAULT_ENV = "MODETUNE_FAULT_AT_STEP"  # tests and debugging: train/faults.py, e.g. kill:5 or kill-save:2
 POSITIVE = ("lora_r", "lora_alpha", "cutoff_len", "batch_size", "micro_batch_size", "learning_rate", "num_epochs",
             "logging_steps", "save_steps", "save_total_limit", "max_records")
-NON_NEGATIVE = ("val_size", "warmup_steps", "weight_decay", "eval_steps", "max_grad_norm")
+NON_NEGATIVE = ("val_size", "warmup_steps", "weight_decay", "eval_steps", "max_grad_norm", "seed")
 
 
 @dataclass

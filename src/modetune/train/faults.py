@@ -1,8 +1,12 @@
-"""Fault injection for tests: a Trainer callback, added only when ``MODETUNE_FAULT_AT_STEP`` is set.
+"""Fault injection for tests and debugging, installed only when ``MODETUNE_FAULT_AT_STEP`` is set.
 
-``kill:N`` sends the process SIGKILL when optimizer step N begins (tests resumption after a
-crash); ``nan:N`` multiplies the loss of step N's forward passes by NaN (tests that a
-non-finite loss stops training and keeps the last good checkpoint).
+- ``kill:N``: SIGKILL when optimizer step N begins (a crash between steps);
+- ``kill-save:N``: SIGKILL inside checkpoint N's save, once its weights are written and before
+  the checkpoint is renamed into place;
+- ``kill-adapter:0``: SIGKILL inside the final adapter write (weights written, tokenizer not);
+- ``kill-validation:0``: SIGKILL when the final validation starts;
+- ``nan:N``: multiplies the loss of step N's forward passes by NaN (a non-finite loss stops
+  training and keeps the last good checkpoint).
 """
 
 from __future__ import annotations
@@ -12,7 +16,11 @@ import signal
 
 from transformers import TrainerCallback
 
-from .config import FAULT_ENV
+KINDS = ("kill", "kill-save", "kill-adapter", "kill-validation", "nan")
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 class FaultInjection(TrainerCallback):
@@ -22,17 +30,11 @@ class FaultInjection(TrainerCallback):
         self.kind, self.step = kind, step
         self._hook = None
 
-    @classmethod
-    def from_env(cls) -> FaultInjection | None:
-        """The callback ``MODETUNE_FAULT_AT_STEP`` asks for, or ``None`` when it is unset."""
-        fault = os.environ.get(FAULT_ENV, "")
-        return cls(fault.split(":")[0], int(fault.split(":")[1])) if ":" in fault else None
-
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         if state.global_step + 1 != self.step:
             return
         if self.kind == "kill":
-            os.kill(os.getpid(), signal.SIGKILL)
+            _die()
         if self.kind == "nan" and model is not None:
             self._hook = model.register_forward_hook(_poison_loss)
 
@@ -40,6 +42,38 @@ class FaultInjection(TrainerCallback):
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
+
+
+def install_fault(trainer, spec: str) -> FaultInjection:
+    """Add the fault ``spec`` (``KIND:N``) asks for to ``trainer``: the callback, and for the kills
+    inside a save or the validation, a wrapper around the trainer's own method on this instance."""
+    kind, _, step = spec.partition(":")
+    if kind not in KINDS or not step.isdigit():
+        raise ValueError(f"MODETUNE_FAULT_AT_STEP must be KIND:N with KIND one of {', '.join(KINDS)}, got {spec!r}")
+    fault = FaultInjection(kind, int(step))
+    trainer.add_callback(fault)
+    save, tokenizer, evaluate = trainer.save_model, trainer.tokenizer_to_save, trainer.evaluate
+
+    def save_then_die(output_dir=None, *args, **kwargs):
+        save(output_dir, *args, **kwargs)
+        if os.sep + ".staging" + os.sep in str(output_dir) and trainer.state.global_step == fault.step:
+            _die()
+
+    def evaluate_or_die(*args, **kwargs):
+        if trainer.state.global_step == trainer.state.max_steps:
+            _die()
+        return evaluate(*args, **kwargs)
+
+    if kind == "kill-save":
+        trainer.save_model = save_then_die
+    if kind == "kill-adapter" and tokenizer is not None:
+        original = tokenizer.save_pretrained
+        final = lambda directory: os.path.basename(os.path.normpath(str(directory))).startswith(".adapter")
+        tokenizer.save_pretrained = lambda directory, *a, **k: (_die() if final(directory)
+                                                                else original(directory, *a, **k))
+    if kind == "kill-validation":
+        trainer.evaluate = evaluate_or_die
+    return fault
 
 
 def _poison_loss(module, inputs, outputs):

@@ -26,11 +26,12 @@ from typing import Literal
 
 import torch
 
-from ..mod.config import CONFIG_NAME, MoDConfig
-from ..utils.checks import from_flat_dict
+from ..mod.config import MoDConfig
+from ..utils.checks import check_bounds, coerce_fields, from_flat_dict
 from ..utils.errors import ConfigError
+from ..utils.models import base_model_for, record_base_model
 from ..utils.outputs import check_output, data_paths, staged
-from ..utils.prompts import AUTO, read_chat_template, resolve_style, trained_chat_template
+from ..utils.prompts import AUTO, read_chat_template, resolve_style
 from .validation import teacher_forced_ce
 
 FIT_NAME = "fit_router.json"
@@ -40,8 +41,9 @@ FIT_NAME = "fit_router.json"
 class FitRouterConfig:
     """Every choice of a router pre-fit; each field is a ``modetune fit-router`` flag."""
 
-    model: str = field(default="default", metadata={
-        "help": "base model: 'default' (the embedded SmolLM2-135M-Instruct), a local folder or a hub name"})
+    model: str | None = field(default=None, metadata={
+        "help": "base model: 'default' (the embedded SmolLM2-135M-Instruct), a local folder or a hub name (none: "
+                "the one the adapter was trained on, else default)"})
     adapter: str | None = field(default=None, metadata={
         "help": "a MoD adapter (its router and norms are fitted further) or a LoRA-only adapter (a new router "
                 "and norms are added on top; LoRA stays frozen); none: the base model"})
@@ -64,6 +66,8 @@ class FitRouterConfig:
     overwrite: bool = field(default=False, metadata={
         "help": "replace an existing output, once the new one is complete (off: refuse it)"})
     trust_remote_code: bool = field(default=False, metadata={"help": "let transformers run the model's own code"})
+    ignore_base_mismatch: bool = field(default=False, metadata={
+        "help": "fit on an adapter recorded for another base model anyway, with a warning (off: refuse)"})
     chat_template: str | None = field(default=None, metadata={
         "help": "a Jinja chat template (a file, or the template text) replacing the tokenizer's (none: the one the "
                 "adapter trained with, else the tokenizer's own)"})
@@ -71,6 +75,8 @@ class FitRouterConfig:
         "help": "the new ensemble's settings (ignored when --adapter is already a MoD adapter)"})
 
     def __post_init__(self) -> None:
+        coerce_fields(self)  # YAML text like "64" becomes 64, or is refused in one line
+        check_bounds(self, ("max_records", "ce_records", "cutoff_len"), ("val_size", "seed"))
         if self.prompt_style != AUTO:
             resolve_style(self.prompt_style, None)  # refuses an unknown style
         read_chat_template(self.chat_template)
@@ -90,22 +96,14 @@ class FitRouterConfig:
 
 def load_frozen_members(config: FitRouterConfig):
     """``(MoDModel, tokenizer, kind)`` with only the router weights and member norms trainable."""
-    from ..mod.model import ADAPTER_CONFIG, MoDModel
-    from ..utils.models import load_model
+    from ..eval.runner import load_for_eval
+    from ..mod.model import MoDModel
 
-    base, tokenizer = load_model(config.model, trust_remote_code=config.trust_remote_code,
-                                 chat_template=config.chat_template or trained_chat_template(config.adapter))
-    adapter = Path(config.adapter) if config.adapter else None
-    if adapter is not None and (adapter / CONFIG_NAME).exists():
-        model, kind = MoDModel.from_pretrained(base, adapter), "mod"
-    elif adapter is not None and (adapter / ADAPTER_CONFIG).exists():
-        from peft import PeftModel
-
-        model, kind = MoDModel(PeftModel.from_pretrained(base, str(adapter)), config.mod), "lora"
-    elif adapter is not None:
-        raise ConfigError(f"{adapter} holds neither {CONFIG_NAME} nor {ADAPTER_CONFIG}.")
-    else:
-        model, kind = MoDModel(base, config.mod), "base"
+    loaded, tokenizer, info = load_for_eval(config.model, config.adapter, trust_remote_code=config.trust_remote_code,
+                                            ignore_base_mismatch=config.ignore_base_mismatch,
+                                            chat_template=config.chat_template)
+    kind = info["kind"]  # the one adapter loader: integrity, the base fingerprint, LoRA or MoD
+    model = loaded if kind == "mod" else MoDModel(loaded, config.mod)
     for param in model.parameters():
         param.requires_grad_(False)
     fitted = list(model.norms.parameters()) + ([] if model.router.fixed is not None else [model.router.weight])
@@ -177,6 +175,7 @@ def fit_router(config: FitRouterConfig, progress: bool = True):
     with staged(config.output) as stage:  # the adapter appears whole or not at all
         model.save_pretrained(stage)
         (stage / FIT_NAME).write_text(json.dumps(result, indent=2) + "\n")
+        record_base_model(stage, base_model_for(config.model, config.adapter))  # later commands may omit --model
     return model, result
 
 

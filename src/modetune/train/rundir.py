@@ -25,7 +25,8 @@ from .config import TRAIN_CONFIG_NAME, TrainConfig
 
 LOG_NAME = "log.jsonl"
 # what a training run writes into its folder (removed by --overwrite); plus every checkpoint-N
-RUN_ITEMS = ("adapter", LOG_NAME, "summary.json", "loss.png", "routing.png", "runs", ".staging")
+RUN_ITEMS = ("adapter", LOG_NAME, "summary.json", "train_questions.json", "loss.png", "routing.png", "runs",
+             ".staging", ".adapter.modetune-staging", ".adapter.modetune-old")
 CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")
 # settings that may change between a run and its resumption (they do not change the weights)
 RESUMABLE_FIELDS = {"output_dir", "report_to", "logging_steps", "save_steps", "save_total_limit", "eval_steps",
@@ -43,7 +44,7 @@ def checkpoints(run_dir: Path) -> list[Path]:
 
 def holds_run(run_dir: Path) -> bool:
     """Whether ``run_dir`` holds (part of) a training run."""
-    return bool(checkpoints(run_dir)) or any((run_dir / name).exists() for name in RUN_ITEMS[:3])
+    return bool(checkpoints(run_dir)) or any((run_dir / name).exists() for name in RUN_ITEMS[:4])
 
 
 def remove_run(run_dir: Path) -> None:
@@ -122,18 +123,30 @@ def is_complete(run_dir: Path, checkpoint: Path, config: TrainConfig) -> bool:
     return finished and not longer
 
 
-def trim_log(run_dir: Path, step: int) -> None:
-    """Keep the rows of ``log.jsonl`` up to ``step`` (dropping any unreadable line), atomically."""
+def reached_end(checkpoint: str | Path, config: TrainConfig) -> bool:
+    """Whether ``checkpoint`` holds the run's last step (a kill came after it: in the adapter write or
+    the final validation) and ``config`` asks for no more; resuming it then trains no step."""
+    state = read_json(Path(checkpoint) / "trainer_state.json")
+    saved = Path(checkpoint) / TRAIN_CONFIG_NAME
+    longer = saved.is_file() and extends_budget(read_json(saved), config.to_dict())
+    return state.get("global_step", 0) >= state.get("max_steps", 0) > 0 and not longer
+
+
+def trim_log(run_dir: Path, checkpoint: Path) -> None:
+    """Keep the rows of ``log.jsonl`` the run had logged when ``checkpoint`` was saved (as many as
+    its ``trainer_state.json``'s ``log_history``: each log is one row of both), dropping any
+    unreadable line, atomically; so no row is logged twice and none after the checkpoint stays."""
     path = run_dir / LOG_NAME
     if not path.is_file():
         return
+    logged = len(read_json(checkpoint / "trainer_state.json").get("log_history", []))
     kept = []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+        if isinstance(row, dict) and len(kept) < logged:
             kept.append(line + "\n")
     tmp = path.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(kept), encoding="utf-8")
@@ -149,13 +162,18 @@ def prepare_run_dir(config: TrainConfig, resume: bool = False, overwrite: bool =
         raise ConfigError("Choose one of --resume (continue the run) and --overwrite (start it over).")
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"output_dir {run_dir} is a file, not a folder.")
+    if resume and holds_run(run_dir) and not checkpoints(run_dir):  # killed before its first checkpoint
+        print(f"[modetune] {run_dir} holds no checkpoint yet: the run starts again from step 0", flush=True)
+        if is_main:
+            remove_run(run_dir)
+        return None
     if resume:
         checkpoint = pick_checkpoint(run_dir)
         check_same_settings(checkpoint, config)
         if is_complete(run_dir, checkpoint, config):
             return COMPLETE
         if is_main:
-            trim_log(run_dir, int(CHECKPOINT_RE.fullmatch(checkpoint.name).group(1)))
+            trim_log(run_dir, checkpoint)
         return str(checkpoint)
     if overwrite:
         if is_main:

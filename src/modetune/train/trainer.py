@@ -24,13 +24,14 @@ from ..mod.model import MoDModel, base_fingerprint, gathered_state_dict, paramet
 from ..mod.variants import build_variant
 from ..utils.errors import ConfigError, NonFiniteLossError
 from ..utils.integrity import check_adapter_base, load_safetensors, read_json, stored_fingerprint, write_base_record
+from ..utils.outputs import clean_leftovers, commit, stage_path
 from ..utils.prompts import PROMPT_FILE, read_chat_template
 from ..utils.sharding import check_launcher_sharding, loading_whole_tensors
 from ..utils.version import __version__
 from .clipping import clip_groups, clip_per_group, group_norms
 from .config import FAULT_ENV, TRAIN_CONFIG_NAME, TrainConfig, check_batch
 from .router_opt import GROUP_KEY, ROUTER, RouterWarmup, body_parameters, optimizer_groups, warmup_scheduler
-from .rundir import COMPLETE, prepare_run_dir
+from .rundir import COMPLETE, prepare_run_dir, reached_end
 from .summary import SPARSITY_EPS, format_summary, summarise
 
 
@@ -58,7 +59,7 @@ class MoDTrainer(Trainer):
         self._logged_step = 0
         self._tokens = 0
         self._clock = time.perf_counter()
-        self._tokenizer_to_save = tokenizer_to_save
+        self.tokenizer_to_save = tokenizer_to_save
         self._run_config = run_config
         self.prompt_style = None if run_config is None else run_config.prompt_style  # "chat" for conversations
         if run_config is not None and run_config.clip_scope == "per_group" and self.is_deepspeed_enabled:
@@ -66,6 +67,7 @@ class MoDTrainer(Trainer):
                               "over all parameters; use clip_scope global (DeepSpeed's gradient_clipping).")
         # a LoRA-only model's base, fingerprinted before any sharding wrapper splits its weights
         self._fingerprint = None if isinstance(self.model, MoDModel) else base_fingerprint(self.model)
+        self.add_callback(_StartStep(self.count_steps_from))
 
     def create_optimizer(self, model=None):
         """AdamW with the router and member norms in groups of their own at ``router_lr``
@@ -164,7 +166,25 @@ class MoDTrainer(Trainer):
             if router_rates:
                 logs["router_learning_rate"] = router_rates[0]
             self._stats, self._tokens, self._clock = {}, 0, now
+        logs.pop("eval_model_preparation_time", None)  # only when no train() ran first (a finished resume)
+        if "train_loss" in logs:  # over the whole run, a resumed one included (the Trainer's: this call only)
+            logs["train_loss"] = run_mean_loss(self.state.log_history, logs["train_loss"])
         super().log(logs, start_time)
+
+    def count_steps_from(self, step: int) -> None:
+        """The optimizer step the next logged losses count from (the step this ``train()`` starts at)."""
+        self._logged_step = step
+
+    def finish_from(self, checkpoint: str) -> None:
+        """End a run whose ``checkpoint`` holds its last step, training nothing: load its weights and
+        state, and log the end-of-training row ``Trainer.train`` logs (its timings 0), so ``log.jsonl``
+        equals an uninterrupted run's."""
+        from transformers import TrainerState
+
+        self.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+        self._load_from_checkpoint(checkpoint)
+        self.log({"train_runtime": 0.0, "train_samples_per_second": 0.0, "train_steps_per_second": 0.0,
+                  "total_flos": float(self.state.total_flos), "train_loss": 0.0})  # train_loss: run_mean_loss
 
     def _last_checkpoint(self) -> str | None:
         from transformers.trainer_utils import get_last_checkpoint
@@ -188,8 +208,8 @@ class MoDTrainer(Trainer):
             unwrapped.save_pretrained(output_dir, state_dict=gathered_state_dict(state_dict))
         if not isinstance(unwrapped, MoDModel):  # a LoRA-only adapter: record its base beside peft's files
             write_base_record(output_dir, self._fingerprint, __version__)
-        if self._tokenizer_to_save is not None:
-            self._tokenizer_to_save.save_pretrained(output_dir)
+        if self.tokenizer_to_save is not None:
+            self.tokenizer_to_save.save_pretrained(output_dir)
         if self._run_config is not None:
             from ..utils.models import record_base_model
 
@@ -267,6 +287,28 @@ class MoDTrainer(Trainer):
             scheduler.step()
 
 
+def run_mean_loss(history: list[dict], fallback: float) -> float:
+    """The mean per-step training loss of a run from its logged rows: ``sum_i loss_i * (step_i -
+    step_{i-1}) / last_step`` (each logged ``loss`` is the mean over the steps since the previous log)."""
+    total, previous = 0.0, 0
+    for row in history:
+        if "loss" in row and row.get("step", 0) > previous:
+            total += row["loss"] * (row["step"] - previous)
+            previous = row["step"]
+    return total / previous if previous else fallback
+
+
+class _StartStep(TrainerCallback):
+    """Per-step sums of the logged losses count optimizer steps from where this ``train()`` starts:
+    a resumed run begins at its checkpoint's step, not 0."""
+
+    def __init__(self, count_steps_from) -> None:
+        self.count_steps_from = count_steps_from
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.count_steps_from(state.global_step)
+
+
 class _JsonlLogger(TrainerCallback):
     """A Trainer callback appending every log to ``log.jsonl``."""
 
@@ -338,6 +380,8 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
     from transformers import DataCollatorForSeq2Seq, set_seed
 
     config.check_device(torch.cuda.is_available())
+    if not torch.cuda.is_available():  # DeepSpeed, when installed, would print a warning while it guesses
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     check_launcher_sharding(torch.cuda.is_available())
     output_dir = Path(config.output_dir)
     is_main = int(os.environ.get("RANK", "0")) == 0
@@ -384,16 +428,23 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
     trainer.add_callback(_JsonlLogger(output_dir / "log.jsonl"))
     if config.router_warmup_steps > 0:
         trainer.add_callback(RouterWarmup(body_parameters(model), config.router_warmup_steps))
-    if os.environ.get(FAULT_ENV):  # tests and debugging only: the fault-injection callback
-        from .faults import FaultInjection
+    if os.environ.get(FAULT_ENV):  # tests and debugging only: a kill or a NaN at a chosen point
+        from .faults import install_fault
 
-        trainer.add_callback(FaultInjection.from_env())
+        install_fault(trainer, os.environ[FAULT_ENV])
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume_from)
+    if resume_from is not None and reached_end(resume_from, config):
+        trainer.finish_from(resume_from)  # the Trainer would take one step too many
+    else:
+        trainer.train(resume_from_checkpoint=resume_from)
     final_dir = output_dir / "adapter"
-    trainer.save_model(str(final_dir))
+    stage = stage_path(final_dir)  # the adapter appears whole or not at all
     if is_main:
-        shutil.copyfile(output_dir / FINGERPRINT_NAME, final_dir / FINGERPRINT_NAME)
+        clean_leftovers(final_dir)
+    trainer.save_model(str(stage))
+    if is_main:
+        shutil.copyfile(output_dir / FINGERPRINT_NAME, stage / FINGERPRINT_NAME)
+        commit(stage, final_dir)
     val_loss = trainer.evaluate()["eval_loss"] if val_rows else None
     summary = summarise(output_dir, config, trainable, total, final_dir, time.perf_counter() - started, val_loss,
                         batch, write=is_main)  # summary, card and plots: written by the main process only

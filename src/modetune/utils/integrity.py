@@ -26,6 +26,16 @@ def warn(message: str) -> None:
     print(f"modetune: warning: {message}", file=sys.stderr, flush=True)
 
 
+def read_text(path: str | Path, what: str = "file") -> str:
+    """``path``'s text as UTF-8; :class:`DataError` naming the file and the first bad byte when it is not."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{what} {path} is not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset "
+                        f"{error.start}); save it as UTF-8.") from None
+
+
 def read_json(path: str | Path):
     """The JSON value in ``path``; :class:`DataError` naming the file when it is damaged."""
     path = Path(path)
@@ -75,15 +85,21 @@ def damage(path: str | Path) -> str | None:
     return None
 
 
+WEIGHTS_OF = {"mod_config.json": "mod_model.safetensors", "adapter_config.json": "adapter_model.safetensors"}
+
+
 def check_files(directory: str | Path, names: tuple[str, ...] | None = None) -> None:
-    """Raise :class:`DataError` for the first damaged file among ``names`` (default: every
-    JSON, safetensors and torch file) in ``directory``."""
+    """Raise one :class:`DataError` naming every damaged file among ``names`` (default: every
+    JSON, safetensors and torch file) in ``directory``, and every weights file whose config is
+    there without it (``mod_config.json`` without ``mod_model.safetensors``, peft's likewise)."""
     directory = Path(directory)
     paths = [directory / n for n in names] if names else sorted(p for p in directory.iterdir() if p.is_file())
-    for path in paths:
-        problem = damage(path) if path.exists() else None
-        if problem:
-            raise DataError(problem)
+    problems = [problem for path in paths if path.exists() and (problem := damage(path))]
+    problems += [f"{directory / weights} is missing ({config} is there: the folder is incomplete)"
+                 for config, weights in WEIGHTS_OF.items()
+                 if (directory / config).is_file() and not (directory / weights).exists()]
+    if problems:
+        raise DataError(" ".join(p if p.endswith(".") else p + "." for p in problems))
 
 
 # ---------------------------------------------------------------------------- the base of an adapter

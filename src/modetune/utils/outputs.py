@@ -94,8 +94,15 @@ def staged(target: str | Path, folder: bool = True) -> Iterator[Path]:
     except BaseException:
         _remove(stage)
         raise
+    commit(stage, target)
+
+
+def commit(stage: Path, target: Path) -> None:
+    """Put the finished ``stage`` in ``target``'s place: one rename for a file; for a folder, the
+    old one is renamed aside first and removed after (:func:`clean_leftovers` restores it if a kill
+    falls between the two renames)."""
     retired = target.with_name(f".{target.name}{RETIRED}")
-    if folder and (target.exists() or target.is_symlink()):  # a folder cannot be replaced in one rename
+    if stage.is_dir() and (target.exists() or target.is_symlink()):  # a folder cannot be replaced in one rename
         os.replace(target, retired)
     os.replace(stage, target)
     _remove(retired)
