@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -151,8 +152,15 @@ def config_from_args(args: argparse.Namespace, cls=TrainConfig):
     """YAML (``--config``) first, then every config flag given on the command line: a ``cls``."""
     data = load_yaml_config(args.config) if getattr(args, "config", None) else {}
     names = {flag.name for flag in config_flags(cls)}
-    data.update({key: value for key, value in vars(args).items() if key in names})
-    return cls.from_dict(data)
+    flags = {key: value for key, value in vars(args).items() if key in names}
+    from_yaml = [key for key in data if key not in flags]
+    data.update(flags)
+    try:
+        return cls.from_dict(data)
+    except ConfigError as error:  # a value the YAML file gave: the error names the file
+        if any(re.search(rf"\b{re.escape(str(key))}\b", str(error)) for key in from_yaml):
+            raise ConfigError(f"{config_file(args.config)}: {error}") from None
+        raise
 
 
 class HelpFormatter(argparse.HelpFormatter):

@@ -22,6 +22,7 @@ from typing import Any
 from ..data import builtin_arithmetic, check_fields, gsm8k_record
 from ..data.packaged import DATA_ROOT, LLM_ADAPTERS
 from ..utils.errors import ConfigError, DataError, first_line
+from ..utils.integrity import read_text
 from .datasets import BUILTIN, BUILTIN_TEST_SIZE, get_dataset
 from .protocol import gold_number
 
@@ -121,9 +122,9 @@ def load_test_items(dataset: str, data_dir: str | Path | None = None, path: str 
     if path.suffix != ".json":
         raise DataError(f"Dataset {info.name}: {path} is not a .json file (a JSON list of LLM-Adapters test items).")
     try:
-        records = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: not valid JSON ({first_line(error)}).") from None
+        records = json.loads(read_text(path, "test file"))
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: not valid JSON ({error.msg} at line {error.lineno}, column {error.colno}).") from None
     return validate_test_items(records, info.name, str(path))
 
 
