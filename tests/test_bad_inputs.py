@@ -250,6 +250,14 @@ CASES = {
                                                 "--output", str(t / "f")], t), "val_size must be >= 0"),
     "fit-router yaml text": (lambda r, t: (["fit-router", "--config", _yaml(t, "steps: ten\n"),
                                             "--output", str(t / "f")], t), "steps must be"),
+    "train hf folder with a loading script": (
+        lambda r, t: ((t / "ds").mkdir() or (t / "ds" / "ds.py").write_text("import datasets\n") and
+                      train_args(r["tiny"], t / "fresh", "--data", f"hf:{t / 'ds'}"), t), "cannot load it"),
+    "probe data of 3 records": (
+        lambda r, t: ((t / "three.json").write_text(json.dumps([{"instruction": f"{i}+1?", "output": str(i + 1)}
+                                                                for i in range(3)])) and
+                      ["probe", "--model", str(r["tiny"]), "--data", str(t / "three.json"), "--output", str(t / "p")],
+                      t), "at least 4 records"),
     "train --seed -1": (lambda r, t: (_train_case(r, t, "--seed", "-1"), t), "seed must be >= 0"),
 }
 if not torch.cuda.is_available():  # a device this torch cannot use

@@ -101,43 +101,43 @@ def _run_eval(args) -> None:
 
 
 def _add_report(sub) -> None:
+    from ..eval.results import ReportCommand
+
     p = sub.add_parser("report", help="accuracy table of one or more eval runs, side by side (markdown + JSON)",
                        formatter_class=HelpFormatter)
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="folders written by 'modetune eval'")
-    p.add_argument("--output", help="write OUTPUT.md and OUTPUT.json (a path without extension; none: print only)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of markdown (default: markdown)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing OUTPUT.md/.json (default: refuse)")
+    add_config_flags(p, ReportCommand, yaml=False)
     p.set_defaults(func=_run_report)
 
 
 def _run_report(args) -> None:
-    from ..eval.results import report, write_accuracy_report
+    from ..eval.results import ReportCommand, report, write_accuracy_report
 
+    command = config_from_args(args, ReportCommand)
     table = report(args.runs)
-    if args.output:
-        write_accuracy_report(table, args.output, inputs=args.runs, overwrite=args.overwrite)
-    print(json.dumps({k: v for k, v in table.items() if k != "markdown"}, indent=2) if args.json else table["markdown"])
+    if command.output:
+        write_accuracy_report(table, command.output, inputs=args.runs, overwrite=command.overwrite)
+    print(json.dumps({k: v for k, v in table.items() if k != "markdown"}, indent=2) if command.json
+          else table["markdown"])
 
 
 def _add_solved(sub) -> None:
+    from ..eval.results import SolvedCommand
+
     p = sub.add_parser("solved", help="items solved by each run and their intersections (+ Venn diagram)",
                        formatter_class=HelpFormatter)
     p.add_argument("results", nargs="+", metavar="RESULT",
                    help="results files (<dataset>[.member<i>].jsonl) or eval run folders (with --dataset)")
-    p.add_argument("--dataset", help="dataset to compare when RESULT are run folders")
-    p.add_argument("--variant", default=None, help="with run folders: 'ensemble' or member<i> (none: ensemble)")
-    p.add_argument("--labels", help="comma-separated names of the runs, in order (none: from the paths)")
-    p.add_argument("--output", default=".", help="folder for solved-<dataset>.png/.md/.json")
-    p.add_argument("--overwrite", action="store_true", help="replace existing solved-<dataset> files (default: refuse)")
+    add_config_flags(p, SolvedCommand, yaml=False)
     p.set_defaults(func=_run_solved)
 
 
 def _run_solved(args) -> None:
-    from ..eval.results import solved
+    from ..eval.results import SolvedCommand, solved
 
-    labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
-    result = solved(args.results, labels=labels, dataset=args.dataset, variant=args.variant, output_dir=args.output,
-                    overwrite=args.overwrite)
+    command = config_from_args(args, SolvedCommand)
+    result = solved(args.results, labels=command.labels, dataset=command.dataset, variant=command.variant,
+                    output_dir=command.output, overwrite=command.overwrite)
     print(result["markdown"])
     print("\nWrote " + ", ".join(result["files"].values()))
 

@@ -32,7 +32,7 @@ import re
 import warnings
 from pathlib import Path
 
-from ..utils.errors import DataError
+from ..utils.errors import DataError, first_line
 from .chat import CHAT_KEYS, is_conversation, normalise_conversation, record_key, record_target
 from .text import normalise_text
 
@@ -106,10 +106,13 @@ def load_hf_records(spec: str, split: str = "train") -> list[dict]:
     from datasets import load_dataset
 
     name, _, config = spec.partition(":")
-    if name == "gsm8k":
-        rows = load_dataset("openai/gsm8k", config or "main", split=split)
-        return [gsm8k_record(row) for row in rows]
-    rows = load_dataset(name, config or None, split=split)
+    try:  # offline, unknown names, a folder with a loading script (no longer run by datasets), a bad split
+        if name == "gsm8k":
+            rows = load_dataset("openai/gsm8k", config or "main", split=split)
+            return [gsm8k_record(row) for row in rows]
+        rows = load_dataset(name, config or None, split=split)
+    except (OSError, RuntimeError, ValueError, ImportError) as error:
+        raise DataError(f"hf:{spec}: the datasets library cannot load it ({first_line(error)})") from None
     return check_fields([dict(row) for row in rows], f"hf:{spec}")
 
 

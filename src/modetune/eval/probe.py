@@ -24,7 +24,7 @@ import torch
 
 from ..mod.headroom import MemberLogits, exact_mix_ce, fit_linear_router, global_mix, member_ce, oracle_mix
 from ..utils.checks import check_bounds, coerce_fields, from_flat_dict
-from ..utils.errors import ConfigError
+from ..utils.errors import ConfigError, DataError
 from ..utils.outputs import check_output, data_paths, staged
 from ..utils.plotting import pyplot
 from ..utils.prompts import AUTO, read_chat_template, resolve_style
@@ -219,7 +219,10 @@ def probe_rows(config: ProbeConfig, tokenizer) -> list[dict]:
         chosen = sorted(random.Random(config.seed).sample(range(len(records)), config.records))
         records = [records[i] for i in chosen]
     style = resolve_style(config.prompt_style, config.adapter)  # auto: the adapter's training style
-    return tokenize_records(records, tokenizer, config.cutoff_len, False, style)
+    rows = tokenize_records(records, tokenizer, config.cutoff_len, False, style)
+    if len(rows) < 4:  # the fit, validation and scoring parts would be empty: NaN results
+        raise DataError(f"probe needs at least 4 records with a target; {config.data} gives {len(rows)}.")
+    return rows
 
 
 def run_probe(config: ProbeConfig) -> dict:
