@@ -258,6 +258,10 @@ CASES = {
                                                                 for i in range(3)])) and
                       ["probe", "--model", str(r["tiny"]), "--data", str(t / "three.json"), "--output", str(t / "p")],
                       t), "at least 4 records"),
+    "lm-eval unknown task": (lambda r, t: (["lm-eval", "--model", str(r["tiny"]), "--tasks", "no_such_task",
+                                            "--limit", "1"], t), "Unknown lm-eval task(s): no_such_task"),
+    "experiment --seeds -1": (lambda r, t: (["experiment", "variants", "--smoke", "--seeds", "-1", "--model",
+                                             str(r["tiny"]), "--output-dir", str(t / "s")], t), "seeds must be >= 0"),
     "train --seed -1": (lambda r, t: (_train_case(r, t, "--seed", "-1"), t), "seed must be >= 0"),
 }
 if not torch.cuda.is_available():  # a device this torch cannot use

@@ -251,6 +251,22 @@ class LmEvalCommand:
         return from_flat_dict(cls, data, "lm-eval")
 
 
+def check_task_names(tasks: str, include_path: str | None = None) -> None:
+    """Refuse task names lm-eval does not know (``modetune_*`` names and YAML files aside), in one
+    line, before any model loads (lm-eval itself raises a ``KeyError`` mid-run)."""
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    others = [n for n in names if not TASK_RE.fullmatch(n) and not Path(n).is_file()]
+    if not others:
+        return
+    from lm_eval.tasks import TaskManager
+
+    known = TaskManager(include_path=include_path).all_tasks
+    unknown = [n for n in others if n not in known]
+    if unknown:
+        raise ConfigError(f"Unknown lm-eval task(s): {', '.join(unknown)} (modetune_<dataset>_gen|mc, or a task "
+                          "from `lm_eval --tasks list`).")
+
+
 def run_lm_eval_cli(command: LmEvalCommand) -> dict:
     """Load a model (and adapter) and run lm-eval: the CLI's ``lm-eval``. Writes the results
     (without per-sample logs) to ``output`` as JSON when given; returns them with a
@@ -264,6 +280,7 @@ def run_lm_eval_cli(command: LmEvalCommand) -> dict:
     if c.output:
         check_output(c.output, [c.source.adapter, c.source.model, folder, c.include_path], c.overwrite)
     style = resolve_style(c.prompt_style, c.source.adapter)
+    check_task_names(c.tasks, c.include_path)  # before the model loads
     with tempfile.TemporaryDirectory(prefix="modetune-lm-eval-") as workdir:  # hub items, removed at the end
         resolve_tasks(c.tasks, data_dir=c.data_dir, max_gen_toks=c.max_gen_toks, workdir=workdir)  # bad names fail
         quiet_transformers()                                                          # before the model loads

@@ -115,6 +115,8 @@ class ExperimentConfig:
             raise ConfigError(f"probe_records must be 0 (no probe) or at least 4, got {self.probe_records}.")
         if any(k < 1 for k in self.k_values):
             raise ConfigError(f"k_values must be positive, got {self.k_values}.")
+        if any(seed < 0 for seed in (*self.seeds, *self.key_seeds)):
+            raise ConfigError(f"seeds must be >= 0, got {[*self.seeds, *self.key_seeds]}.")
 
     def to_dict(self) -> dict:
         """Every field by its YAML/flag name (training fields first); ``from_dict`` reads it back."""
