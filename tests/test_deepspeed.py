@@ -13,10 +13,6 @@ scripts/setup.sh installs it).
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -29,6 +25,7 @@ pytest.importorskip("deepspeed", reason="DeepSpeed is not installed: pip install
 import deepspeed_worker  # noqa: E402
 import fsdp_worker  # noqa: E402
 from tiny import VOCAB  # noqa: E402
+from train_helpers import free_port, launch_workers  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MOD_RUNS = [name for name, *_ in deepspeed_worker.RUNS if not name.startswith("lora")]
@@ -39,22 +36,12 @@ LOSS_TENSORS = ("ensemble.norms.0.weight", "ensemble.norms.1.weight", "ensemble.
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def zero_out(tmp_path_factory) -> Path:
     """The folder the 2 DeepSpeed processes wrote to (their records, their adapter saves)."""
     out = tmp_path_factory.mktemp("deepspeed")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(_free_port()), str(Path(__file__).parent / "deepspeed_worker.py"), str(out)]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    launch_workers(["torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port",
+                    str(free_port())], "deepspeed_worker.py", out)
     return out
 
 

@@ -13,39 +13,25 @@ The same launch resumes a sharded run from a checkpoint of whole tensors (`save_
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 import fsdp_worker
-from train_helpers import fails, train_args
+from train_helpers import fails, free_port, launch_workers, train_args
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "accelerate_fsdp.yaml"
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def sharded_out(tmp_path_factory) -> Path:
     """The folder the 2 sharded processes wrote to (their records, their adapter saves)."""
     out = tmp_path_factory.mktemp("fsdp")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIG),
-           "--main_process_port", str(_free_port()), str(Path(__file__).parent / "fsdp_worker.py"), str(out)]
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    launch_workers(["accelerate.commands.launch", "--config_file", str(CONFIG), "--main_process_port",
+                    str(free_port())], "fsdp_worker.py", out)
     return out
 
 

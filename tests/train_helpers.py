@@ -39,3 +39,14 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def launch_workers(launcher: list[str], worker: str, out) -> None:
+    """Run ``python -m LAUNCHER... WORKER OUT`` (2 CPU processes: torchrun or accelerate launch) with
+    this checkout's ``src`` first on the path, one thread each, offline; it must exit 0."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([os.path.join(root, "src"), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run([sys.executable, "-m", *launcher, os.path.join(os.path.dirname(__file__), worker),
+                             str(out)], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]

@@ -33,6 +33,7 @@ import warnings
 from pathlib import Path
 
 from ..utils.errors import DataError, first_line
+from ..utils.integrity import read_text
 from .chat import CHAT_KEYS, is_conversation, normalise_conversation, record_key, record_target
 from .text import normalise_text
 
@@ -41,7 +42,8 @@ REQUIRED_FIELDS = ("instruction", "output")
 
 def check_fields(records: list, source: str, required: tuple[str, ...] = REQUIRED_FIELDS,
                  conversations: bool = True) -> list[dict]:
-    """Check every record is an object with string ``required`` fields (fill a missing ``input``) or a
+    """Check every record is an object with string ``required`` fields and a text ``input`` (a missing
+    or null one becomes ``""``) or a
     valid conversation (normalised to ``{"messages": [{"role", "content"}]}``)."""
     if not isinstance(records, list):
         raise DataError(f"{source}: expected a JSON list of records, got {type(records).__name__}.")
@@ -58,6 +60,8 @@ def check_fields(records: list, source: str, required: tuple[str, ...] = REQUIRE
         missing = [name for name in required if not isinstance(record.get(name), str)]
         if missing:
             raise DataError(f"{source}: record {index} lacks the field(s) {', '.join(missing)}.")
+        if record.get("input") is not None and not isinstance(record["input"], str):
+            raise DataError(f"{source}: record {index}'s input must be text, got {type(record['input']).__name__}.")
         out.append({**record, "input": record.get("input") or ""})
     return out
 
@@ -72,10 +76,7 @@ def load_json_records(path: str | Path, required: tuple[str, ...] = REQUIRED_FIE
     if path.suffix not in (".json", ".jsonl"):
         raise DataError(f"Data file {path} is not a .json or .jsonl file of records (LLM-Adapters format).")
     try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as error:
-        raise DataError(f"Data file {path} is not UTF-8 text (byte 0x{error.object[error.start]:02x} at offset "
-                        f"{error.start}); save it as UTF-8.") from None
+        text = read_text(path, "Data file")
     except OSError as error:
         raise DataError(f"Cannot read data file {path}: {error}") from error
     if path.suffix == ".jsonl":

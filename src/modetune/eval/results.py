@@ -126,8 +126,8 @@ def _variant_order(variant: str) -> tuple[int, int]:
 def write_summary(summary: dict, run_dir: str | Path) -> None:
     """Write ``summary.json`` and ``summary.md`` (the table of :func:`report`) into ``run_dir``."""
     table = report_from_summaries([summary])
-    Path(run_dir, "summary.json").write_text(json.dumps({**summary, "table": table["rows"]}, indent=2) + "\n")
-    Path(run_dir, "summary.md").write_text(table["markdown"] + "\n")
+    write_text(Path(run_dir, "summary.json"), json.dumps({**summary, "table": table["rows"]}, indent=2) + "\n")
+    write_text(Path(run_dir, "summary.md"), table["markdown"] + "\n")
 
 
 # ---------------------------------------------------------------------------- several runs

@@ -27,6 +27,7 @@ from ..utils.checks import check_device, check_dtype, coerce_fields, differing_s
 from ..utils.errors import BaseModelMismatchError, ConfigError, first_line
 from ..utils.integrity import read_json
 from ..utils.models import QUANTIZATIONS
+from ..utils.outputs import write_text
 from ..utils.prompts import AUTO, read_chat_template, resolve_style, trained_chat_template
 from .datasets import get_dataset, parse_dataset_list
 from .generation import generate_responses
@@ -283,7 +284,7 @@ def _check_run_file(output_dir: Path, run: dict, overwrite: bool = False) -> Non
         if "in_training" in run:  # counts of datasets evaluated into this folder before stay
             run["in_training"] = {**previous.get("in_training", {}), **run["in_training"]}
     output_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(run, indent=2) + "\n")
+    write_text(path, json.dumps(run, indent=2) + "\n")  # atomically: a kill never leaves half
 
 
 def _write_sorted(path: Path, rows: dict[int, dict]) -> None:

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from ..mod.variants import parse_preset
+from ..utils.outputs import write_text
 from ..utils.plotting import pyplot
 from .card import adapter_card
 from .config import TrainConfig
@@ -43,9 +44,9 @@ def summarise(output_dir: Path, config: TrainConfig, trainable: int, total: int,
     }
     if not write:
         return summary
-    Path(output_dir, "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text(Path(output_dir, "summary.json"), json.dumps(summary, indent=2) + "\n")
     if Path(adapter).is_dir():  # the model card (replacing peft's blank one)
-        Path(adapter, "README.md").write_text(adapter_card(config, summary["steps"], val_loss))
+        write_text(Path(adapter, "README.md"), adapter_card(config, summary["steps"], val_loss))
     plot_training(output_dir, k)
     return summary
 

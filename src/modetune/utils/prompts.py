@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from .errors import ConfigError
+from .integrity import read_text
 
 HEADER_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
@@ -47,11 +48,7 @@ def read_chat_template(value: str | None) -> str | None:
         path = Path(value)
         if not path.is_file():
             raise ConfigError(f"chat_template {value!r} is neither a file nor a Jinja template (no '{{%' or '{{{{').")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as error:
-            raise ConfigError(f"chat_template file {path} is not UTF-8 text "
-                              f"({error.reason} at byte {error.start}).") from None
+        text = read_text(path, "chat_template file")
     import jinja2
 
     try:
