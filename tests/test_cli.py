@@ -73,6 +73,16 @@ def _help_entries(command: str, capsys) -> dict[str, tuple[str, str]]:
     return {option: tuple(entry) for option, entry in entries.items() if option != "-h"}
 
 
+@pytest.mark.parametrize("command", ["eval", "lm-eval", "generate", "chat", "export", "probe", "fit-router"])
+def test_every_command_that_loads_an_adapter_has_the_loader_flags(command, capsys):
+    """The one adapter loader's errors recommend --ignore-base-mismatch, --trust-remote-code and (for a
+    QLoRA adapter) --quantization; every command that loads an adapter has them, and --chat-template."""
+    entries = _help_entries(command, capsys)
+    for flag in ("--model", "--adapter", "--ignore-base-mismatch", "--trust-remote-code", "--quantization",
+                 "--chat-template"):
+        assert flag in entries, (command, flag)
+
+
 @pytest.mark.parametrize("command", ["train", "experiment", "eval", "lm-eval", "params", "generate", "chat", "export",
                                      "probe", "fit-router"])
 def test_help_shows_type_meaning_and_default_of_every_flag(command, capsys):

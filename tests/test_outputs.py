@@ -115,16 +115,20 @@ def test_an_output_that_touches_an_input_is_refused_and_nothing_changes(world, c
     assert not any(p.name.endswith(STAGING) for p in world["root"].rglob("*"))
 
 
-@pytest.mark.parametrize("command", COMMANDS)
-def test_an_existing_output_is_refused_without_overwrite(world, capsys, command, tmp_path):
-    output = tmp_path / "out"
-    target = _written(command, output)[0]
+def _make_existing(command: str, target: Path, text: str) -> None:
+    """An earlier output at ``target``: a folder holding one file, or a file."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if command in FOLDER_OUTPUTS:
         target.mkdir()
-        (target / "mine.txt").write_text("the user's")
+        (target / "earlier.txt").write_text(text)
     else:
-        target.write_text("the user's")
+        target.write_text(text)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_an_existing_output_is_refused_without_overwrite(world, capsys, command, tmp_path):
+    output = tmp_path / "out"
+    _make_existing(command, _written(command, output)[0], "the user's")
     before = tree_hash(tmp_path)
     _refused(capsys, _argv(command, world, output), "already exists; pass --overwrite", command)
     assert tree_hash(tmp_path) == before
@@ -138,12 +142,7 @@ def test_overwrite_replaces_whole_and_a_leftover_staging_is_named_and_removed(wo
     output = tmp_path / "out"
     targets = _written(command, output)
     for target in targets:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if command in FOLDER_OUTPUTS:
-            target.mkdir()
-            (target / "stale.txt").write_text("from before")
-        else:
-            target.write_text("from before")
+        _make_existing(command, target, "from before")
     leftover = stage_path(targets[0], folder=command in FOLDER_OUTPUTS)
     leftover.mkdir() if command in FOLDER_OUTPUTS else leftover.write_text("half")
     before = {p: tree_hash(p) for p in (world["adapter"], world["evals"], world["source"])}
@@ -154,7 +153,7 @@ def test_overwrite_replaces_whole_and_a_leftover_staging_is_named_and_removed(wo
     for target in targets:
         assert target.exists()
         if command in FOLDER_OUTPUTS:
-            assert not (target / "stale.txt").exists() and any(target.iterdir())
+            assert not (target / "earlier.txt").exists() and any(target.iterdir())
         else:
             assert target.read_bytes() != b"from before"
     assert {p: tree_hash(p) for p in before} == before

@@ -82,8 +82,10 @@ def load_json_records(path: str | Path, required: tuple[str, ...] = REQUIRED_FIE
     if path.suffix == ".jsonl":
         records = []
         for number, line in enumerate(text.splitlines(), 1):  # a bad record is named by its own line
+            if not line.strip():
+                continue
             try:
-                records.append(json.loads(line)) if line.strip() else None
+                records.append(json.loads(line))
             except json.JSONDecodeError as error:
                 raise DataError(f"Malformed JSON in {path}: {error.msg} at line {number}, column {error.colno}.") from None
         return check_fields(records, str(path), required)

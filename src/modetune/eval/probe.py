@@ -23,11 +23,13 @@ from pathlib import Path
 import torch
 
 from ..mod.headroom import MemberLogits, exact_mix_ce, fit_linear_router, global_mix, member_ce, oracle_mix
-from ..utils.checks import check_bounds, coerce_fields, from_flat_dict
+from ..utils.checks import check_bounds, coerce_fields, from_flat_dict, same_field
 from ..utils.errors import ConfigError, DataError
+from ..utils.models import check_quantization
 from ..utils.outputs import check_output, data_paths, staged
 from ..utils.plotting import pyplot
 from ..utils.prompts import AUTO, read_chat_template, resolve_style
+from .runner import ModelSource
 
 
 @dataclass
@@ -47,12 +49,10 @@ class ProbeConfig:
     cutoff_len: int = field(default=256, metadata={"help": "tokens per record after truncation"})
     prompt_style: str = field(default="auto", metadata={
         "help": "prompt template: auto (the adapter's training style, else alpaca), alpaca, llm-adapters or chat"})
-    chat_template: str | None = field(default=None, metadata={
-        "help": "a Jinja chat template (a file, or the template text) replacing the tokenizer's (none: the one the "
-                "adapter trained with, else the tokenizer's own)"})
-    trust_remote_code: bool = field(default=False, metadata={"help": "let transformers run the model's own code"})
-    ignore_base_mismatch: bool = field(default=False, metadata={
-        "help": "probe an adapter recorded for another base model anyway, with a warning (off: refuse)"})
+    chat_template: str | None = same_field(ModelSource, "chat_template")
+    trust_remote_code: bool = same_field(ModelSource, "trust_remote_code")
+    ignore_base_mismatch: bool = same_field(ModelSource, "ignore_base_mismatch")
+    quantization: str = same_field(ModelSource, "quantization")
     seed: int = field(default=0, metadata={"help": "seed of the record draw, the fit/score split and the router fit"})
     oracle_steps: int = field(default=12, metadata={"help": "projected-Newton steps of the per-token oracle mix"})
     candidates: int = field(default=1024, metadata={
@@ -73,6 +73,7 @@ class ProbeConfig:
         if self.prompt_style != AUTO:
             resolve_style(self.prompt_style, None)  # refuses an unknown style
         read_chat_template(self.chat_template)
+        check_quantization(self.quantization)
         if self.records < 4:
             raise ConfigError(f"probe needs at least 4 records (fit, validation and scoring parts), got {self.records}.")
         if self.num_members < 1:
@@ -235,6 +236,7 @@ def run_probe(config: ProbeConfig) -> dict:
     model, tokenizer, info = load_for_eval(config.model, config.adapter, chat_template=config.chat_template,
                                            trust_remote_code=config.trust_remote_code,
                                            ignore_base_mismatch=config.ignore_base_mismatch,
+                                           quantization=config.quantization,
                                            device="cuda" if torch.cuda.is_available() else None)
     tokenizer.padding_side = "right"
     rows = probe_rows(config, tokenizer)

@@ -26,7 +26,7 @@ from ..data.contamination import eval_contamination
 from ..utils.checks import check_device, check_dtype, coerce_fields, differing_settings, from_flat_dict
 from ..utils.errors import BaseModelMismatchError, ConfigError, first_line
 from ..utils.integrity import read_json
-from ..utils.models import QUANTIZATIONS
+from ..utils.models import check_quantization
 from ..utils.outputs import write_text
 from ..utils.prompts import AUTO, read_chat_template, resolve_style, trained_chat_template
 from .datasets import get_dataset, parse_dataset_list
@@ -124,8 +124,7 @@ class ModelSource:
         check_dtype(self.dtype)
         read_chat_template(self.chat_template)  # refuses a missing file now
         check_device(self.device)
-        if self.quantization not in QUANTIZATIONS:
-            raise ConfigError(f"Unknown quantization {self.quantization!r}; choose one of {', '.join(QUANTIZATIONS)}.")
+        check_quantization(self.quantization)
 
     def load(self):
         """``(model, tokenizer, info)``: :func:`load_for_eval` of this source."""

@@ -18,11 +18,13 @@ from pathlib import Path
 
 from safetensors.torch import save_file
 
+from ..eval.runner import ModelSource
 from ..mod import ensemble
 from ..mod.ensemble import EXPORT_MODEL_TYPE, MOD_WEIGHTS
 from ..mod.surgery import unwrap
-from ..utils.checks import check_dtype, coerce_fields, from_flat_dict
+from ..utils.checks import check_dtype, coerce_fields, from_flat_dict, same_field
 from ..utils.errors import ConfigError
+from ..utils.models import check_quantization
 from ..utils.outputs import check_output, staged
 
 MODELING_FILE = "modeling_mod.py"  # mod/ensemble.py, copied byte for byte
@@ -132,24 +134,24 @@ class ExportCommand:
 
     adapter: str = field(default="", metadata={"help": "MoD adapter folder (mod_config.json)", "required": True})
     output: str = field(default="", metadata={"help": "new folder to write", "required": True})
-    model: str | None = field(default=None, metadata={
-        "help": "base model (none: the one the adapter was trained on)"})
+    model: str | None = same_field(ModelSource, "model")
     merge: bool = field(default=True, metadata={
         "help": "merge LoRA into the base weights (--no-merge: keep it apart in OUTPUT/lora; loading then needs peft)"})
     final_member: bool = field(default=False, metadata={
         "help": "write the final member alone as a standard model folder (LoRA merged, no ensemble, no remote code: "
                 "for vLLM, TGI, GGUF); it loses what the ensemble adds"})
-    dtype: str = field(default="float32", metadata={"help": "weights dtype (a torch dtype name)"})
-    trust_remote_code: bool = field(default=False, metadata={
-        "help": "let transformers run the model folder's own code (off: refuse such a model)"})
-    ignore_base_mismatch: bool = field(default=False, metadata={
-        "help": "export an adapter recorded for another base model anyway, with a warning (off: refuse)"})
+    dtype: str = same_field(ModelSource, "dtype")
+    trust_remote_code: bool = same_field(ModelSource, "trust_remote_code")
+    ignore_base_mismatch: bool = same_field(ModelSource, "ignore_base_mismatch")
+    quantization: str = same_field(ModelSource, "quantization")
+    chat_template: str | None = same_field(ModelSource, "chat_template")
     overwrite: bool = field(default=False, metadata={
         "help": "replace an existing output folder, once the new one is complete (off: refuse it)"})
 
     def __post_init__(self) -> None:
         coerce_fields(self)
         check_dtype(self.dtype)
+        check_quantization(self.quantization)
 
     @classmethod
     def from_dict(cls, data: dict) -> ExportCommand:
@@ -158,7 +160,7 @@ class ExportCommand:
 
 def run_export(command: ExportCommand) -> Path:
     """Load the adapter onto its base (``model``; none: the recorded one) and export it: the CLI's ``export``."""
-    from ..eval.runner import ModelSource, quiet_transformers
+    from ..eval.runner import quiet_transformers
     from ..mod.config import CONFIG_NAME
 
     if not Path(command.adapter, CONFIG_NAME).is_file():
@@ -166,8 +168,8 @@ def run_export(command: ExportCommand) -> Path:
     check_output(command.output, [command.adapter, command.model], command.overwrite)  # before the model loads
     quiet_transformers()
     source = ModelSource(model=command.model, adapter=command.adapter, dtype=command.dtype,
-                         trust_remote_code=command.trust_remote_code,
-                         ignore_base_mismatch=command.ignore_base_mismatch)
+                         trust_remote_code=command.trust_remote_code, ignore_base_mismatch=command.ignore_base_mismatch,
+                         quantization=command.quantization, chat_template=command.chat_template)
     mod, tokenizer, _ = source.load()
     output = export_model(mod, tokenizer, command.output, merge=command.merge, final_member=command.final_member,
                           overwrite=command.overwrite)

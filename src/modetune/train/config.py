@@ -10,7 +10,7 @@ from ..mod.config import MoDConfig
 from ..mod.variants import parse_preset
 from ..utils.checks import check_bounds, coerce_fields, from_flat_dict
 from ..utils.errors import ConfigError
-from ..utils.models import QUANTIZATIONS
+from ..utils.models import check_quantization
 from ..utils.prompts import STYLES, read_chat_template
 from .clipping import SCOPES
 
@@ -160,8 +160,7 @@ def validate_train_config(config: TrainConfig) -> None:
     schedulers = [s.value for s in SchedulerType]
     if config.lr_scheduler not in schedulers:
         raise ConfigError(f"Unknown lr_scheduler {config.lr_scheduler!r}; choose one of {', '.join(schedulers)}.")
-    if config.quantization not in QUANTIZATIONS:
-        raise ConfigError(f"Unknown quantization {config.quantization!r}; choose one of {', '.join(QUANTIZATIONS)}.")
+    check_quantization(config.quantization)
     if config.quantization != "none" and parse_preset(config.preset).lora_layers == "none":
         raise ConfigError(f"quantization {config.quantization} is QLoRA: it needs a preset with LoRA "
                           f"({config.preset} trains no LoRA on the quantized base).")

@@ -26,10 +26,11 @@ from typing import Literal
 
 import torch
 
+from ..eval.runner import ModelSource, load_for_eval
 from ..mod.config import MoDConfig
-from ..utils.checks import check_bounds, coerce_fields, from_flat_dict
+from ..utils.checks import check_bounds, coerce_fields, from_flat_dict, same_field
 from ..utils.errors import ConfigError
-from ..utils.models import base_model_for, record_base_model
+from ..utils.models import base_model_for, check_quantization, record_base_model
 from ..utils.outputs import check_output, data_paths, staged
 from ..utils.prompts import AUTO, read_chat_template, resolve_style
 from .validation import teacher_forced_ce
@@ -65,12 +66,10 @@ class FitRouterConfig:
     output: str = field(default="runs/fit-router", metadata={"help": "folder of the fitted MoD adapter"})
     overwrite: bool = field(default=False, metadata={
         "help": "replace an existing output, once the new one is complete (off: refuse it)"})
-    trust_remote_code: bool = field(default=False, metadata={"help": "let transformers run the model's own code"})
-    ignore_base_mismatch: bool = field(default=False, metadata={
-        "help": "fit on an adapter recorded for another base model anyway, with a warning (off: refuse)"})
-    chat_template: str | None = field(default=None, metadata={
-        "help": "a Jinja chat template (a file, or the template text) replacing the tokenizer's (none: the one the "
-                "adapter trained with, else the tokenizer's own)"})
+    trust_remote_code: bool = same_field(ModelSource, "trust_remote_code")
+    ignore_base_mismatch: bool = same_field(ModelSource, "ignore_base_mismatch")
+    quantization: str = same_field(ModelSource, "quantization")
+    chat_template: str | None = same_field(ModelSource, "chat_template")
     mod: MoDConfig = field(default_factory=MoDConfig, metadata={
         "help": "the new ensemble's settings (ignored when --adapter is already a MoD adapter)"})
 
@@ -80,6 +79,7 @@ class FitRouterConfig:
         if self.prompt_style != AUTO:
             resolve_style(self.prompt_style, None)  # refuses an unknown style
         read_chat_template(self.chat_template)
+        check_quantization(self.quantization)
         if self.steps < 1 or self.batch_size < 1 or not self.learning_rate > 0:
             raise ConfigError("steps and batch_size must be positive, and learning_rate > 0.")
         if self.objective not in ("mod", "task"):
@@ -96,11 +96,11 @@ class FitRouterConfig:
 
 def load_frozen_members(config: FitRouterConfig):
     """``(MoDModel, tokenizer, kind)`` with only the router weights and member norms trainable."""
-    from ..eval.runner import load_for_eval
     from ..mod.model import MoDModel
 
     loaded, tokenizer, info = load_for_eval(config.model, config.adapter, trust_remote_code=config.trust_remote_code,
                                             ignore_base_mismatch=config.ignore_base_mismatch,
+                                            quantization=config.quantization,
                                             chat_template=config.chat_template)
     kind = info["kind"]  # the one adapter loader: integrity, the base fingerprint, LoRA or MoD
     model = loaded if kind == "mod" else MoDModel(loaded, config.mod)

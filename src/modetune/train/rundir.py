@@ -112,24 +112,20 @@ def check_same_settings(checkpoint: Path, config: TrainConfig) -> None:
 COMPLETE = "complete"  # prepare_run_dir's answer for a finished run resumed with the same budget
 
 
-def is_complete(run_dir: Path, checkpoint: Path, config: TrainConfig) -> bool:
-    """Whether the run finished (its adapter and summary written after the last step) and
-    ``config`` asks for no more steps than it trained."""
-    state = read_json(checkpoint / "trainer_state.json")
-    saved_path = checkpoint / TRAIN_CONFIG_NAME
-    longer = saved_path.is_file() and extends_budget(read_json(saved_path), config.to_dict())
-    finished = state.get("global_step") == state.get("max_steps") and (run_dir / "summary.json").is_file() \
-        and (run_dir / "adapter" / TRAIN_CONFIG_NAME).is_file()
-    return finished and not longer
-
-
 def reached_end(checkpoint: str | Path, config: TrainConfig) -> bool:
-    """Whether ``checkpoint`` holds the run's last step (a kill came after it: in the adapter write or
-    the final validation) and ``config`` asks for no more; resuming it then trains no step."""
+    """Whether ``checkpoint`` holds the run's last step and ``config`` asks for no more (no larger
+    budget, :func:`extends_budget`); resuming it then trains no step."""
     state = read_json(Path(checkpoint) / "trainer_state.json")
     saved = Path(checkpoint) / TRAIN_CONFIG_NAME
     longer = saved.is_file() and extends_budget(read_json(saved), config.to_dict())
     return state.get("global_step", 0) >= state.get("max_steps", 0) > 0 and not longer
+
+
+def is_complete(run_dir: Path, checkpoint: Path, config: TrainConfig) -> bool:
+    """Whether the run finished: :func:`reached_end`, and its adapter and summary were written after
+    the last step (a kill after it, in the adapter write or the final validation, leaves them out)."""
+    return reached_end(checkpoint, config) and (run_dir / "summary.json").is_file() \
+        and (run_dir / "adapter" / TRAIN_CONFIG_NAME).is_file()
 
 
 def trim_log(run_dir: Path, checkpoint: Path) -> None:

@@ -25,7 +25,7 @@ from ..mod.variants import build_variant
 from ..utils.errors import ConfigError, NonFiniteLossError
 from ..utils.integrity import check_adapter_base, load_safetensors, read_json, stored_fingerprint, write_base_record
 from ..utils.outputs import clean_leftovers, commit, stage_path
-from ..utils.prompts import PROMPT_FILE, read_chat_template
+from ..utils.prompts import PROMPT_FILE
 from ..utils.sharding import check_launcher_sharding, loading_whole_tensors
 from ..utils.version import __version__
 from .clipping import clip_groups, clip_per_group, group_norms
@@ -216,8 +216,8 @@ class MoDTrainer(Trainer):
             record_base_model(output_dir, self._run_config.model)
             Path(output_dir, TRAIN_CONFIG_NAME).write_text(json.dumps(self._run_config.to_dict(), indent=2) + "\n")
             prompt = {"prompt_style": self.prompt_style}
-            if self._run_config.chat_template is not None:
-                prompt["chat_template"] = read_chat_template(self._run_config.chat_template)
+            if self._run_config.chat_template is not None:  # the template the run rendered with (load_model set it)
+                prompt["chat_template"] = getattr(self.tokenizer_to_save, "chat_template", None)
             Path(output_dir, PROMPT_FILE).write_text(json.dumps(prompt) + "\n")
 
     def _save_checkpoint(self, model, trial) -> None:

@@ -120,12 +120,17 @@ def model_error(name: str, error: Exception) -> Exception:
 QUANTIZATIONS = ("none", "4bit", "8bit")
 
 
+def check_quantization(quantization: str) -> str:
+    """A quantization name this project loads bases with (:data:`QUANTIZATIONS`), else ``ConfigError``."""
+    if quantization not in QUANTIZATIONS:
+        raise ConfigError(f"Unknown quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}.")
+    return quantization
+
+
 def quantization_config(quantization: str, dtype: torch.dtype):
     """bitsandbytes settings for a quantized base (QLoRA): ``4bit`` is NF4 with double quantization
     and ``dtype`` compute; ``8bit`` is LLM.int8(); ``none``: ``None``."""
-    if quantization not in QUANTIZATIONS:
-        raise ConfigError(f"Unknown quantization {quantization!r}; choose one of {', '.join(QUANTIZATIONS)}.")
-    if quantization == "none":
+    if check_quantization(quantization) == "none":
         return None
     import importlib.util
 
