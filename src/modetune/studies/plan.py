@@ -12,6 +12,7 @@ alone; docs/results/study-clip-control/PLAN.md).
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,32 @@ class ExperimentConfig:
     probe_data: str | None = field(default=None, metadata={
         "help": "labelled records the probe reads (none: the study's held-out built-in file, datasets entry "
                 "'builtin-tn')"})
+    arms: list[str] = field(default_factory=lambda: list(TUNED_ARMS), metadata={
+        "help": "tuned: the arms, each NAME=PRESET with optional +FIELD=VALUE training or MoD settings and "
+                "+lr_grid=F/F/... (its own grid), or a bare PRESET; the first arm is the baseline"})
+    lr_grid: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 3.0, 4.0], metadata={
+        "help": "tuned: learning rates of the tuning stage, as multiples of learning_rate (an arm's +lr_grid "
+                "overrides it); MoD's own parameters follow the rate unless router_lr is set"})
+    tune_seeds: list[int] = field(default_factory=lambda: [1, 2], metadata={
+        "help": "tuned: seeds of the tuning stage (disjoint from seeds, the confirmatory stage's)"})
+    tune_datasets: str = field(default="builtin-tn-val", metadata={
+        "help": "tuned: the validation items each tuning run is scored on (as datasets; 'builtin-tn-val': "
+                "tune_size built-in items from the held-out templates-and-numbers bucket, disjoint by that key "
+                "from the test items and from training); never the test sets"})
+    tune_size: int = field(default=300, metadata={"help": "tuned: items of the entry 'builtin-tn-val'"})
+    select_tolerance: float = field(default=0.01, metadata={
+        "help": "tuned: selection rule: among the rates whose mean validation accuracy over tune_seeds is within "
+                "this of the best (0.01 = one point), the one with the lowest mean validation CE of the gold "
+                "answers (no CE: the smallest rate)"})
+    primary: list[str] = field(default_factory=lambda: list(TUNED_PRIMARY), metadata={
+        "help": "tuned: the primary difference tests, A:B (arm A minus arm B over the confirmatory seeds), "
+                "Holm-corrected together with the equivalence tests"})
+    equivalence: list[str] = field(default_factory=lambda: list(TUNED_EQUIVALENCE), metadata={
+        "help": "tuned: the primary equivalence tests A:B (TOST at +-equivalence_margin)"})
+    equivalence_margin: float = field(default=0.015, metadata={
+        "help": "tuned: the equivalence margin in accuracy (0.015 = 1.5 points), stated before the runs"})
+    jobs: int = field(default=1, metadata={
+        "help": "runs trained and evaluated at once, each in its own process with cores/jobs threads"})
     only: list[str] | None = field(default=None, metadata={
         "help": "run only these runs of the study (by name, comma-separated), e.g. to run it in parts"})
     output_dir: str | None = field(default=None, metadata={
@@ -103,8 +130,11 @@ class ExperimentConfig:
 
     def __post_init__(self) -> None:
         coerce_fields(self)
-        check_bounds(self, positive=("eval_limit", "eval_batch_size", "max_new_tokens", "num_beams"))
-        for name in ("seeds", "key_seeds", "k_values"):
+        check_bounds(self, positive=("eval_limit", "eval_batch_size", "max_new_tokens", "num_beams", "tune_size",
+                                     "jobs"), non_negative=("select_tolerance", "equivalence_margin"))
+        if not self.lr_grid or any(f <= 0 for f in self.lr_grid):
+            raise ConfigError(f"lr_grid must list positive multiples of learning_rate, got {self.lr_grid}.")
+        for name in ("seeds", "key_seeds", "k_values", "tune_seeds", "arms"):
             if not getattr(self, name):
                 raise ConfigError(f"{name} must list at least one value.")
         if self.router_arm not in ("train", "prefit"):
@@ -115,8 +145,8 @@ class ExperimentConfig:
             raise ConfigError(f"probe_records must be 0 (no probe) or at least 4, got {self.probe_records}.")
         if any(k < 1 for k in self.k_values):
             raise ConfigError(f"k_values must be positive, got {self.k_values}.")
-        if any(seed < 0 for seed in (*self.seeds, *self.key_seeds)):
-            raise ConfigError(f"seeds must be >= 0, got {[*self.seeds, *self.key_seeds]}.")
+        if any(seed < 0 for seed in (*self.seeds, *self.key_seeds, *self.tune_seeds)):
+            raise ConfigError(f"seeds must be >= 0, got {[*self.seeds, *self.key_seeds, *self.tune_seeds]}.")
 
     def to_dict(self) -> dict:
         """Every field by its YAML/flag name (training fields first); ``from_dict`` reads it back."""
@@ -148,7 +178,11 @@ SMOKE_STUDY = {"mod_vs_lora": dict(data="builtin:arithmetic-tn:40", datasets="bu
                                    router_arm_lr=1e-2, router_arm_warmup=1, probe_records=4),
                "router_sweep": dict(router_lr_factors=[1.0, 10.0], router_warmups=[0, 1]),
                "clip_control": dict(data="builtin:arithmetic-tn:40", datasets="builtin-tn", test_size=4, seeds=[42],
-                                    key_seeds=[42, 43], lr_factors=[2.0], final_member=True)}
+                                    key_seeds=[42, 43], lr_factors=[2.0], final_member=True),
+               "tuned": dict(data="builtin:arithmetic-tn:40", datasets="builtin-tn", test_size=4, tune_size=4,
+                             seeds=[42, 43], tune_seeds=[1], lr_grid=[1.0, 4.0], final_member=True,
+                             arms=["lora_notk", "mod=lora_notk_mod+clip_scope=per_group"], primary=["mod:lora_notk"],
+                             equivalence=[])}
 SMOKE = dict(data="builtin:arithmetic:40", max_steps=2, batch_size=2, micro_batch_size=2, warmup_steps=0,
              val_size=4, lora_r=4, lora_alpha=8, seeds=[42], key_seeds=[42], datasets="builtin", data_dir=None,
              eval_limit=4, eval_batch_size=4, max_new_tokens=16, k_values=[1, 2])
@@ -164,6 +198,8 @@ class RunSpec:
     train: dict = field(default_factory=dict)  # TrainConfig fields this run sets (router_lr, router_warmup_steps)
     prefit_from: str | None = None  # a post-hoc arm: this run's router and norms fitted on that run's frozen adapter
     rows_from: str | None = None  # a study folder holding this run's committed rows: read, never trained here
+    stage: str = "test"  # "tune": scored on the validation items (eval-val/, val_ce.jsonl), never the test sets
+    select: str | None = None  # a confirmatory run of this arm: its learning rate is the arm's selected one
 
     def folder(self, root: Path) -> Path:
         """Where the run's rows live: ``root/<name>``, or ``<rows_from>/<name>`` (relative to ``root``)."""
@@ -264,6 +300,103 @@ def _clip_control(config: ExperimentConfig) -> list[RunSpec]:
     return runs
 
 
+# the tuned study's declaration (docs/results/study-tuned/PLAN.md)
+TUNED_ARMS = ("lora_notk", "lora_all", "mod_global=lora_notk_mod+clip_scope=global",
+              "mod_pergroup=lora_notk_mod+clip_scope=per_group")
+TUNED_PRIMARY = ("mod_global:lora_notk", "mod_pergroup:lora_notk")
+TUNED_EQUIVALENCE = ("mod_global:lora_all", "mod_pergroup:lora_all")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm of a tuned study: a preset, the training and MoD settings it changes, its rate grid."""
+
+    name: str
+    preset: str
+    train: dict
+    mod: dict
+    lr_grid: tuple[float, ...]
+
+
+def parse_arm(text: str, lr_grid: list[float]) -> Arm:
+    """``NAME=PRESET+FIELD=VALUE+...`` (or a bare ``PRESET``, named after it) as an :class:`Arm`.
+    FIELD is a TrainConfig or MoDConfig field (values read as YAML scalars) or ``lr_grid``
+    (multiples of learning_rate separated by ``/``), which replaces the study's grid for this arm."""
+    import yaml
+
+    from ..mod.variants import parse_preset
+
+    head, *settings = text.strip().split("+")
+    name, sep, preset = head.partition("=")
+    preset = preset if sep else name
+    parse_preset(preset)  # an unknown preset fails here, naming the known ones
+    if not re.fullmatch(r"[A-Za-z0-9_.]+", name):
+        raise ConfigError(f"Arm {text!r}: its name may hold letters, digits, '_' and '.' only.")
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - set(RUN_FIELDS) - {"mod", "learning_rate"}
+    mod_fields = {f.name for f in dataclasses.fields(MoDConfig)}
+    train, mod, grid = {}, {}, tuple(lr_grid)
+    for setting in settings:
+        key, sep, raw = setting.partition("=")
+        if not sep:
+            raise ConfigError(f"Arm {text!r}: {setting!r} is not FIELD=VALUE.")
+        if key == "lr_grid":
+            try:
+                grid = tuple(float(v) for v in raw.split("/"))
+            except ValueError:
+                raise ConfigError(f"Arm {text!r}: lr_grid must be numbers separated by '/', got {raw!r}.") from None
+            if not grid or any(f <= 0 for f in grid):
+                raise ConfigError(f"Arm {text!r}: lr_grid must be positive, got {raw!r}.")
+            continue
+        value = yaml.safe_load(raw)
+        if key in mod_fields:
+            mod[key] = value
+        elif key in train_fields:
+            train[key] = value
+        else:
+            raise ConfigError(f"Arm {text!r}: unknown field {key!r} (a TrainConfig or MoD field, or lr_grid; "
+                              f"learning_rate is what the study tunes).")
+    return Arm(name, preset, train, mod, grid)
+
+
+def tuned_arms(config: ExperimentConfig) -> list[Arm]:
+    """The tuned study's arms, checked: distinct names, and the tests name declared arms."""
+    arms = [parse_arm(text, config.lr_grid) for text in config.arms]
+    names = [arm.name for arm in arms]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"Arm names must differ, got {names}.")
+    for test in (*config.primary, *config.equivalence):
+        a, sep, b = test.partition(":")
+        if not sep or a not in names or b not in names or a == b:
+            raise ConfigError(f"Test {test!r} must be A:B with two different arms of {names}.")
+    overlap = sorted(set(config.tune_seeds) & set(config.seeds))
+    if overlap:
+        raise ConfigError(f"tune_seeds and seeds must be disjoint (confirmatory seeds are never tuned on): {overlap}.")
+    return arms
+
+
+def lr_label(factor: float) -> str:
+    return f"lr{factor:g}x"
+
+
+def _tuned(config: ExperimentConfig) -> list[RunSpec]:
+    """The tuned comparison (docs/results/study-tuned/PLAN.md). Tuning stage: every arm at every
+    rate of its grid (``learning_rate`` x factor) over ``tune_seeds``, scored on the validation
+    items only (``tune-<arm>-lr<f>x-s<seed>``). Confirmatory stage: every arm at its selected rate
+    over ``seeds`` (``<arm>-s<seed>``, rate filled in by :func:`modetune.studies.tuning.select_rates`),
+    scored on the test items."""
+    lr = config.train.learning_rate
+    runs = []
+    for seed in config.tune_seeds:
+        for arm in tuned_arms(config):
+            runs += [RunSpec(f"tune-{arm.name}-{lr_label(f)}-s{seed}", arm.preset, seed, dict(arm.mod),
+                             train={**arm.train, "learning_rate": float(f"{f * lr:.6g}")}, stage="tune")
+                     for f in arm.lr_grid]
+    for seed in config.seeds:
+        runs += [RunSpec(f"{arm.name}-s{seed}", arm.preset, seed, dict(arm.mod), train=dict(arm.train), select=arm.name)
+                 for arm in tuned_arms(config)]
+    return runs
+
+
 PAPER_LLAMA7B = {  # the poster's table (LLaMA-7B, math_10k, beam search), for comparison only
     "lora_notk": {"AddSub": 38.7, "AQuA": 13.4, "gsm8k": 37.3, "mawps": 56.3, "MultiArith": 78.2, "SingleEq": 59.8,
                   "SVAMP": 42.3, "avg": 46.6},
@@ -295,6 +428,11 @@ class Study:
     comparisons: tuple[tuple[str, str, str], ...] = ()
     unseen: tuple[str, ...] = ()
     paper: dict | None = None
+    declare: Callable[[ExperimentConfig], tuple[tuple[str, str, str], ...]] | None = None  # comparisons from the config
+
+    def comparisons_of(self, config: ExperimentConfig) -> tuple[tuple[str, str, str], ...]:
+        """The declared comparisons: static, or built from the study's settings (its arms)."""
+        return self.declare(config) if self.declare else self.comparisons
 
 
 SPARSITY_PLOT = ("sparsity",)
@@ -321,8 +459,17 @@ STUDY = {
                                        ("C5", "lora_notk_mod_rerun:final", "lora_notk_mod_rerun"),
                                        ("(reference)", "lora_notk_mod", "lora_notk")),
                           unseen=("C1", "C2", "C4")),
+    "tuned": Study(_tuned, ("tuning", "tests", "runs", "comparisons", "final_member", "unseen", "clipping", "test_ce",
+                            "val_ce", "collapse", "spread", "probe"), unseen=("P-unseen",),
+                   declare=lambda config: _tuned_secondaries(config)),
 }
 STUDIES = tuple(STUDY)
+
+
+def _tuned_secondaries(config: ExperimentConfig) -> tuple[tuple[str, str, str], ...]:
+    from .tuning import declared_secondaries
+
+    return declared_secondaries(config)
 
 
 def plan(study: str, config: ExperimentConfig) -> list[RunSpec]:

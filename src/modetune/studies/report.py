@@ -24,6 +24,7 @@ from .comparisons import clip_rows, comparison_rows, final_member_rows, reproduc
 from .plan import SMOKE, SMOKE_STUDY, STUDY, ExperimentConfig, Study, arm_of, arms_vs_lora, is_baseline
 from .plots import plot_loss, plot_paired, plot_series
 from .probe_table import probe_rows
+from .tuning import tests_section, tuning_section
 
 TOPK_SPEED_NAME = "topk_speed.json"  # written by benchmarks/bench_topk.py into the topk study's folder
 
@@ -283,6 +284,7 @@ class Context:
     results: list[dict]
     root: Path
     datasets: list[str]
+    tuning: list[dict]  # a tuned study's tuning runs (validation items only); the other sections read results
 
 
 def _runs_section(c: Context) -> list[str]:
@@ -307,9 +309,11 @@ SECTIONS = {  # a study's declared sections (plan.Study.sections), by name
     "runs": _runs_section,
     "paired": _paired_section,
     "pooled": _pooled_section,
-    "comparisons": lambda c: comparison_rows(c.study.comparisons, c.results),
+    "comparisons": lambda c: comparison_rows(c.study.comparisons_of(c.config), c.results),
     "final_member": lambda c: final_member_rows(c.results),
-    "unseen": lambda c: unseen_rows(c.study.comparisons, c.study.unseen, c.results, c.root),
+    "unseen": lambda c: unseen_rows(c.study.comparisons_of(c.config), c.study.unseen, c.results, c.root),
+    "tuning": lambda c: tuning_section(c.config, c.tuning, c.root),
+    "tests": lambda c: tests_section(c.config, c.results),
     "reproduction": lambda c: reproduction_rows(c.results),
     "clipping": lambda c: clip_rows(c.results),
     "test_ce": lambda c: _test_ce_rows(c.results),
@@ -332,11 +336,13 @@ def write_study_report(study: str, config: ExperimentConfig, results: list[dict]
     sections its declaration names (``plan.STUDY[study]``), then its plots; ``missing`` names the
     planned runs without rows (the report then says it is partial)."""
     declared = STUDY[study]
+    tuning = [r for r in results if r["name"].startswith("tune-")]
     lines = _header_lines(study, config, results, seconds, smoke)
+    results = [r for r in results if not r["name"].startswith("tune-")]
     if missing:
         lines += [f"**Partial report: {len(results)} of {len(results) + len(missing)} planned runs have rows.** "
                   f"{_complete_comparisons(results, missing)} Without rows yet: {', '.join(missing)}.", ""]
-    context = Context(declared, config, results, root, _accuracy_rows(results)[1])
+    context = Context(declared, config, results, root, _accuracy_rows(results)[1], tuning)
     plots = [plot_loss(results, root, f"{study}-loss.png"), plot_paired(results, root, f"{study}-paired.png")]
     plots += [plot_series(results, root, key, SERIES[key], f"{study}-{key}.png") for key in declared.plots]
     for name in declared.sections:

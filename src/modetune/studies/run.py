@@ -19,10 +19,11 @@ from ..mod.model import parameter_counts
 from ..mod.variants import parse_preset
 from ..train.config import TRAIN_CONFIG_NAME, TrainConfig
 from ..utils.checks import differing_settings
-from ..utils.errors import ConfigError
+from ..utils.errors import ConfigError, NonFiniteLossError
 from ..utils.integrity import read_json
 from .plan import SMOKE, SMOKE_STUDY, ExperimentConfig, RunSpec, plan, run_train_config
 from .report import write_study_report
+from .tuning import VAL_CE_NAME, VAL_EVAL, tune_datasets
 
 
 def _device() -> str | None:
@@ -69,10 +70,19 @@ def run_one(spec: RunSpec, config: ExperimentConfig, root: Path) -> dict:
     _check_same_run(run_dir, train_config)
     if spec.prefit_from is not None:
         _prefit(spec, config, train_config, root, timing)
+    elif (run_dir / DIVERGED_NAME).exists():
+        return collect_result(spec, run_dir)
     elif not (adapter / TRAIN_CONFIG_NAME).exists():
         start = time.perf_counter()
         resume = any(run_dir.glob("checkpoint-*"))
-        summary = train(train_config, resume=resume, overwrite=not resume)  # no checkpoint: nothing to keep
+        try:
+            summary = train(train_config, resume=resume, overwrite=not resume)  # no checkpoint: nothing to keep
+        except NonFiniteLossError as error:
+            if spec.stage != "tune":
+                raise
+            # a diverged rate is a tuning outcome (PLAN.md: accuracy 0, CE +inf), not a failure
+            (run_dir / DIVERGED_NAME).write_text(json.dumps({"error": str(error)}, indent=2))
+            return collect_result(spec, run_dir)
         timing["train_s"] = timing.get("train_s", 0.0) + time.perf_counter() - start
         timing["trainable"], timing["total"] = summary["trainable"], summary["total"]
     timing_path.write_text(json.dumps(timing, indent=2))
@@ -87,22 +97,27 @@ def run_one(spec: RunSpec, config: ExperimentConfig, root: Path) -> dict:
         model, _, _ = load_for_eval(config.train.model, adapter, trust_remote_code=config.train.trust_remote_code)
         result["trainable"], result["total"] = parameter_counts(model)
     if spec.evaluate:
-        eval_dir = run_dir / "eval"
+        tune = spec.stage == "tune"  # a tuning run: scored on the validation items, never the test sets
+        datasets = tune_datasets(config, root) if tune else eval_datasets(config, root)
+        eval_dir = run_dir / (VAL_EVAL if tune else "eval")
+        ce_path = run_dir / (VAL_CE_NAME if tune else TEST_CE_NAME)
         need_eval = not (eval_dir / "summary.json").exists()  # written when the evaluation completes
-        need_ce = config.test_ce and not (run_dir / TEST_CE_NAME).exists()
+        need_ce = config.test_ce and not ce_path.exists()
         if need_eval or need_ce:  # one load serves both
             start = time.perf_counter()
             model, tokenizer, info = load_for_eval(config.train.model, adapter, device=_device(),
                                                    trust_remote_code=config.train.trust_remote_code)
         if need_eval:
-            evaluate(model, tokenizer, eval_datasets(config, root), eval_config_of(config), eval_dir,
-                     data_dir=config.data_dir, info=info, label=spec.name)
+            evaluate(model, tokenizer, datasets, eval_config_of(config, limit=None if tune else config.eval_limit),
+                     eval_dir, data_dir=config.data_dir, info=info, label=spec.name)
             timing["eval_s"] = timing.get("eval_s", 0.0) + time.perf_counter() - start
             timing_path.write_text(json.dumps(timing, indent=2))
         if need_ce:
-            write_test_ce(model, tokenizer, train_config, config, root, run_dir / TEST_CE_NAME)
+            write_test_ce(model, tokenizer, train_config, config, datasets, None if tune else config.eval_limit,
+                          ce_path)
         final_dir = run_dir / FINAL_EVAL
-        if config.final_member and parse_preset(spec.preset).mod and not (final_dir / "summary.json").exists():
+        if (not tune and config.final_member and parse_preset(spec.preset).mod
+                and not (final_dir / "summary.json").exists()):
             start = time.perf_counter()
             model, tokenizer, info = load_for_eval(config.train.model, adapter, device=_device(),
                                                    trust_remote_code=config.train.trust_remote_code)
@@ -111,7 +126,7 @@ def run_one(spec: RunSpec, config: ExperimentConfig, root: Path) -> dict:
                      info=info, label=f"{spec.name} (final member)")
             timing["eval_final_s"] = timing.get("eval_final_s", 0.0) + time.perf_counter() - start
             timing_path.write_text(json.dumps(timing, indent=2))
-        if config.probe_records:
+        if config.probe_records and not tune:
             run_study_probe(config, root, adapter, run_dir / "probe")
         result.update(collect_result(spec, run_dir))
     return result
@@ -120,12 +135,14 @@ def run_one(spec: RunSpec, config: ExperimentConfig, root: Path) -> dict:
 FINAL_EVAL = "eval-final"  # the final member's evaluation, beside the ensemble's eval/
 
 
-def eval_config_of(config: ExperimentConfig):
-    """The evaluation settings every run of a study is scored with."""
+def eval_config_of(config: ExperimentConfig, limit: int | None = -1):
+    """The evaluation settings every run of a study is scored with (``limit``: items per set, -1:
+    ``eval_limit``)."""
     from ..eval.runner import EvalConfig
 
     return EvalConfig(batch_size=config.eval_batch_size, max_new_tokens=config.max_new_tokens,
-                      num_beams=config.num_beams, limit=config.eval_limit, prompt_style=config.train.prompt_style,
+                      num_beams=config.num_beams, limit=config.eval_limit if limit == -1 else limit,
+                      prompt_style=config.train.prompt_style,
                       progress=True, cut_at_next_response=config.cut_at_next_response)
 
 
@@ -194,6 +211,9 @@ def collect_result(spec: RunSpec, run_dir: Path) -> dict | None:
     from ..train.summary import read_log
 
     val_path = run_dir / "val.json"
+    if (run_dir / DIVERGED_NAME).exists():  # a tuning run whose loss became non-finite
+        return {"name": spec.name, "preset": spec.preset, "seed": spec.seed, "mod": spec.mod, "log": [],
+                "diverged": read_json(run_dir / DIVERGED_NAME)["error"], "correct_val": {}, "val_item_ce": []}
     if not val_path.exists():
         return None
     timing_path = run_dir / "timing.json"
@@ -204,6 +224,12 @@ def collect_result(spec: RunSpec, run_dir: Path) -> dict | None:
     if spec.evaluate and (eval_dir / "summary.json").exists():
         result["eval_dir"] = str(eval_dir)
         result["correct"] = correct_flags(eval_dir)
+    val_dir = run_dir / VAL_EVAL
+    if (val_dir / "summary.json").exists():  # a tuning run's validation items
+        result["correct_val"] = correct_flags(val_dir)
+    if (run_dir / VAL_CE_NAME).exists():
+        rows = [json.loads(line) for line in (run_dir / VAL_CE_NAME).read_text().splitlines() if line.strip()]
+        result["val_item_ce"] = [(row["ce"], row["tokens"]) for row in rows]
     final_dir = run_dir / FINAL_EVAL
     if (final_dir / "summary.json").exists():  # the final member alone: <dataset>.member<k-1>.jsonl
         result["final_eval_dir"] = str(final_dir)
@@ -217,11 +243,16 @@ def collect_result(spec: RunSpec, run_dir: Path) -> dict | None:
 
 
 TEST_CE_NAME = "test_ce.jsonl"
+DIVERGED_NAME = "diverged.json"  # a tuning run whose training loss became non-finite
 
 
 def is_complete(spec: RunSpec, result: dict, config: ExperimentConfig) -> bool:
     """Whether a run has every row its study asks for (a run still being evaluated has only some):
     evaluation rows, test CE, the final member's rows and the probe, as configured."""
+    if spec.stage == "tune":
+        if "diverged" in result or not spec.evaluate:
+            return True
+        return "correct_val" in result and (not config.test_ce or "val_item_ce" in result)
     if spec.evaluate and "correct" not in result:
         return False
     if spec.rows_from:  # another study's committed rows: complete by that study's plan
@@ -233,8 +264,8 @@ def is_complete(spec: RunSpec, result: dict, config: ExperimentConfig) -> bool:
     return not (spec.evaluate and config.probe_records and "probe" not in result)
 
 
-def write_test_ce(model, tokenizer, train_config: TrainConfig, config: ExperimentConfig, root: Path,
-                  path: Path) -> None:
+def write_test_ce(model, tokenizer, train_config: TrainConfig, config: ExperimentConfig, datasets: str,
+                  limit: int | None, path: Path) -> None:
     """The secondary metric: per test item, the teacher-forced cross-entropy (nats per token) of
     its gold response (``output``) under the trained adapter (``model``), ensemble and members;
     one JSON row per item (``dataset``, ``id``, ``tokens``, ``ce``, ``member_ce``), the same
@@ -245,9 +276,9 @@ def write_test_ce(model, tokenizer, train_config: TrainConfig, config: Experimen
     from ..train.validation import teacher_forced_ce
 
     lines = []
-    for name, records in load_datasets(eval_datasets(config, root), config.data_dir):
+    for name, records in load_datasets(datasets, config.data_dir):
         kept, rows = [], []
-        for record in records[: config.eval_limit or None]:
+        for record in records[: limit or None]:
             tok = tokenize_record(record, tokenizer, train_config.cutoff_len, False, train_config.prompt_style)
             if record.get("output") and any(label != -100 for label in tok.labels[1:]):  # (kept whole or not at all)
                 kept.append(record)
@@ -318,49 +349,140 @@ def check_plan_fits(specs: list[RunSpec], config: ExperimentConfig, root: Path) 
         check_members(run.mod.k, layers)
 
 
+def _run_logged(spec: RunSpec, config: ExperimentConfig, root: Path, threads: int) -> dict:
+    """One run in a worker process of a ``jobs`` pool: ``threads`` torch threads, its output
+    (Python's and the libraries' own) appended to ``<run>/run.log``."""
+    import os
+    import sys
+
+    torch.set_num_threads(threads)
+    run_dir = spec.folder(root)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / "run.log", "a") as log:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        return run_one(spec, config, root)
+
+
+def execute(specs: list[RunSpec], config: ExperimentConfig, root: Path, study: str) -> list[dict]:
+    """Run ``specs`` (plan order kept in the results): one after another in this process, or with
+    ``config.jobs`` > 1 that many at a time, each in a fresh process with ``cores // jobs`` torch
+    threads and its output in ``<run>/run.log``. A run that fails is named with its log and the
+    others go on; the study then stops with an error listing the failures."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from multiprocessing import get_context
+
+    tag = f"[modetune experiment {study}]"
+    if config.jobs == 1 or len(specs) < 2:
+        results = []
+        for index, spec in enumerate(specs, 1):
+            print(f"{tag} run {index}/{len(specs)}: {spec.name}", flush=True)
+            results.append(run_one(spec, config, root))
+        return results
+    pooled = [spec for spec in specs if spec.prefit_from is None]  # a refit waits for its source run
+    threads = max(1, (os.cpu_count() or 1) // config.jobs)
+    done: dict[str, dict] = {}
+    failed = []
+    print(f"{tag} {len(pooled)} runs, {config.jobs} at a time with {threads} thread(s) each; "
+          f"each run's output: <run>/run.log", flush=True)
+    with ProcessPoolExecutor(config.jobs, mp_context=get_context("spawn"), max_tasks_per_child=1) as pool:
+        started = time.perf_counter()
+        futures = {pool.submit(_run_logged, spec, config, root, threads): spec for spec in pooled}
+        for future in as_completed(futures):
+            spec = futures[future]
+            try:
+                done[spec.name] = future.result()
+            except Exception as error:  # noqa: BLE001 - reported with its log, the other runs go on
+                failed.append(f"{spec.name} ({type(error).__name__}: {error}; log: {spec.folder(root) / 'run.log'})")
+                print(f"{tag} FAILED {failed[-1]}", flush=True)
+                continue
+            print(f"{tag} done {len(done)}/{len(pooled)}: {spec.name} "
+                  f"({(time.perf_counter() - started) / 60:.1f} min since start)", flush=True)
+    if failed:
+        raise ConfigError(f"{len(failed)} run(s) of study {study} failed: {'; '.join(failed)}")
+    for spec in specs:
+        if spec.prefit_from is not None:
+            done[spec.name] = run_one(spec, config, root)
+    return [done[spec.name] for spec in specs]
+
+
+def _rows_of(specs: list[RunSpec], config: ExperimentConfig, root: Path) -> list[dict]:
+    """The complete results of ``specs`` read from their rows (settings checked)."""
+    for spec in specs:
+        _check_same_run(spec.folder(root), run_train_config(spec, config, spec.folder(root)))
+    return [result for spec in specs if (result := collect_result(spec, spec.folder(root))) is not None
+            and is_complete(spec, result, config)]
+
+
 def run_study(study: str, config: ExperimentConfig, smoke: bool = False) -> Path:
-    """Run (or resume) every run of a study and write ``report.md``; returns the study folder."""
+    """Run (or resume) every run of a study and write ``report.md``; returns the study folder.
+
+    A study with a tuning stage (``tuned``) runs it first, records each arm's selected rate in
+    ``selection.json`` (:mod:`.tuning`), then runs the confirmatory stage at those rates; an arm
+    whose tuning runs are not all done (``--only``, another process) waits, and a later call
+    goes on from there."""
+    from .tuning import resolve, select_rates
+
     if smoke:
         config = ExperimentConfig.from_dict({**config.to_dict(), **SMOKE, **SMOKE_STUDY.get(study, {})})
     root = Path(config.output_dir or f"runs/experiments/{study}{'-smoke' if smoke else ''}")
-    specs = planned = plan(study, config)
+    planned = plan(study, config)
+    tuned = any(spec.select for spec in planned)
     if config.only:
-        unknown = sorted(set(config.only) - {spec.name for spec in specs})
+        unknown = sorted(set(config.only) - {spec.name for spec in planned})
         if unknown:
             raise ConfigError(f"No run named {', '.join(unknown)} in study {study}; "
-                             f"its runs: {', '.join(spec.name for spec in specs)}.")
-        specs = [spec for spec in specs if spec.name in config.only]
+                             f"its runs: {', '.join(spec.name for spec in planned)}.")
+
+    def chosen(specs: list[RunSpec]) -> list[RunSpec]:
+        return [spec for spec in specs if not config.only or spec.name in config.only]
+
     if root.exists() and not root.is_dir():
         raise ConfigError(f"output_dir {root} is a file, not a folder.")
     if config.report_only:  # reads the study folder, never creates or rewrites it
         if not root.is_dir():
             raise ConfigError(f"No study folder {root}: --report-only reports the rows of runs that exist.")
     else:
-        check_plan_fits(specs, config, root)  # every run's k fits the model, before the first one trains
+        check_plan_fits(chosen(planned), config, root)  # every run's k fits the model, before the first one trains
         root.mkdir(parents=True, exist_ok=True)
-        recorded = {**config.to_dict(), "only": None, "report_only": False}  # the study, not this invocation
+        recorded = {**config.to_dict(), "only": None, "report_only": False, "jobs": 1}  # the study, not this call
         (root / "experiment.json").write_text(json.dumps({"study": study, "smoke": smoke, "config": recorded},
                                                          indent=2))
     started = time.perf_counter()
-    results = []
-    if config.report_only:  # the report from the committed rows; nothing trains or evaluates
-        for spec in specs:
-            _check_same_run(spec.folder(root), run_train_config(spec, config, spec.folder(root)))
-        results = [result for spec in specs if (result := collect_result(spec, spec.folder(root))) is not None
-                   and is_complete(spec, result, config)]
+    first = [spec for spec in planned if spec.select is None]  # every run of a study without tuning
+    results = [] if config.report_only else execute(chosen(first), config, root, study)
+    waiting: list[RunSpec] = []
+    if tuned:
+        tuning_rows = _rows_of([spec for spec in first if spec.stage == "tune"], config, root)
+        selection = select_rates(planned, tuning_rows, config, root, write=not config.report_only)
+        ready, waiting = resolve(planned, selection)
+        for arm, choice in selection.items():
+            print(f"[modetune experiment {study}] {arm}: selected learning rate {choice['learning_rate']:g} "
+                  f"({choice['label']}; validation accuracy {100 * choice['mean_acc']:.1f}%)", flush=True)
+        if waiting:
+            print(f"[modetune experiment {study}] waiting for their arm's tuning runs: "
+                  f"{', '.join(spec.name for spec in waiting)}", flush=True)
+        if not config.report_only:
+            execute(chosen(ready), config, root, study)
+        planned = [spec for spec in first] + ready
+        results = _rows_of(planned, config, root)  # the report reads every run with rows, whoever ran it
+    elif config.report_only:  # the report from the committed rows; nothing trains or evaluates
+        results = _rows_of(chosen(planned), config, root)
+    if config.report_only:
         done = {result["name"] for result in results}
-        missing = [spec.name for spec in specs if spec.name not in done]
+        missing = [spec.name for spec in chosen(planned) if spec.name not in done]
         if missing:
             print(f"[modetune experiment {study}] no rows yet for: {', '.join(missing)}", flush=True)
         if not results:
             raise ConfigError(f"No run of study {study} has rows (val.json) under {root}.")
-    for index, spec in enumerate([] if config.report_only else specs, 1):
-        print(f"[modetune experiment {study}] run {index}/{len(specs)}: {spec.name}", flush=True)
-        results.append(run_one(spec, config, root))
     if config.probe_records and not config.report_only:
         run_study_probe(config, root, None, root / "probe-base")
     seconds = 0.0 if config.report_only else time.perf_counter() - started
     done = {result["name"] for result in results}
-    write_study_report(study, config, results, root, seconds, smoke, [s.name for s in planned if s.name not in done])
+    missing = [s.name for s in planned if s.name not in done] + [s.name for s in waiting]
+    write_study_report(study, config, results, root, seconds, smoke, missing)
     print(f"[modetune experiment {study}] report: {root / 'report.md'}")
     return root

@@ -163,3 +163,45 @@ def minimum_detectable_effect(sd: float, n: int, alpha: float = 0.05, power: flo
     if n < 2:
         return float("inf")
     return (t_quantile(1 - alpha / 2, n - 1) + t_quantile(power, n - 1)) * sd / math.sqrt(n)
+
+
+def paired_t_p(diffs: Sequence[float]) -> float:
+    """Two-sided p-value of the one-sample t-test of ``mean(diffs) = 0``:
+    ``t = mean / (sd / sqrt(n))``, ``p = 2 (1 - F_{n-1}(|t|))``; 1 when every difference is 0."""
+    n = len(diffs)
+    mean = sum(diffs) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    if sd == 0:
+        return 1.0 if mean == 0 else 0.0
+    return 2 * (1 - t_cdf(abs(mean) / (sd / math.sqrt(n)), n - 1))
+
+
+def tost(diffs: Sequence[float], margin: float) -> dict:
+    """Two one-sided t-tests of equivalence within ``±margin`` on paired differences:
+    ``p_low`` of H0 ``mean <= -margin``, ``p_high`` of H0 ``mean >= margin``, each
+    ``1 - F_{n-1}(t)`` with ``t = (mean ± margin) / (sd / sqrt(n))``; ``p = max(p_low, p_high)``
+    (equivalent at ``alpha`` iff ``p < alpha``, iff the ``1 - 2 alpha`` t-interval lies inside
+    ``±margin``), with that 90% interval."""
+    n = len(diffs)
+    mean = sum(diffs) / n
+    sd = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (n - 1))
+    se = sd / math.sqrt(n)
+    if se == 0:
+        p_low = p_high = 0.0 if abs(mean) < margin else 1.0
+    else:
+        p_low, p_high = 1 - t_cdf((mean + margin) / se, n - 1), 1 - t_cdf((margin - mean) / se, n - 1)
+    _, low, high = t_interval(diffs, 0.90)
+    return {"p": max(p_low, p_high), "p_low": p_low, "p_high": p_high, "low90": low, "high90": high,
+            "margin": margin}
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjusted p-values, in the input order: sort ascending, ``p_(i) * (m - i + 1)``,
+    made monotone by a running maximum and capped at 1 (reject at ``alpha`` iff adjusted < ``alpha``)."""
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: pvalues[i])
+    adjusted, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, pvalues[i] * (m - rank)))
+        adjusted[i] = running
+    return adjusted
