@@ -66,8 +66,9 @@ def test_train_end_to_end_writes_adapter_logs_and_plots(tiny_model_dir, tmp_path
 
 
 def test_model_card_names_the_hub_model():
-    from modetune.train.card import adapter_card, hub_name
+    from modetune.train.card import adapter_card
     from modetune.train.config import TrainConfig
+    from modetune.utils.publish import hub_name
 
     assert hub_name("default") == "HuggingFaceTB/SmolLM2-135M-Instruct" == hub_name("smollm2-135m-instruct")
     assert hub_name("meta-llama/Llama-2-7b-hf") == "meta-llama/Llama-2-7b-hf"

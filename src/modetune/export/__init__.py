@@ -10,29 +10,22 @@ byte for byte, which imports torch, transformers and safetensors only, so
 
 from __future__ import annotations
 
-import contextlib
-import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from safetensors.torch import save_file
-
 from ..eval.runner import ModelSource
 from ..mod import ensemble
-from ..mod.ensemble import EXPORT_MODEL_TYPE, MOD_WEIGHTS
 from ..mod.surgery import unwrap
 from ..utils.checks import check_dtype, coerce_fields, from_flat_dict, same_field
 from ..utils.errors import ConfigError
 from ..utils.models import check_quantization
 from ..utils.outputs import check_output, staged
+from ..utils.publish import hub_name, make_portable
 
-MODELING_FILE = "modeling_mod.py"  # mod/ensemble.py, copied byte for byte
 # What serving the final member alone costs, as measured (docs/results/study-clip-control, "C5")
 FINAL_MEMBER_NOTE = ("What it loses against the ensemble, as measured on 600 held-out arithmetic items "
                      "(docs/results/study-clip-control): final member minus ensemble -0.0 points [-0.2, +0.2] over 8 "
                      "seeds (per-group clipping) and -0.2 [-0.6, +0.2] over 4 (global clipping); no loss detected.")
-AUTO_MAP = {"AutoConfig": "modeling_mod.MoDEnsembleConfig", "AutoModelForCausalLM": "modeling_mod.MoDForCausalLM"}
 
 
 def export_model(mod, tokenizer, output: str | Path, merge: bool = True, final_member: bool = False,
@@ -66,41 +59,15 @@ def _write_export(mod, tokenizer, output: Path, merge: bool, final_member: bool)
         if is_peft:
             wrapped.save_pretrained(str(output / "lora"))
             plain = _without_lora(wrapped)
-    base_name = getattr(plain.config, "_name_or_path", "") or "the base model"
-    with _own_softcap(mod, plain):
-        if final_member:
-            plain.save_pretrained(str(output))
-        else:
-            _save_ensemble_folder(mod, plain, output)
+    base_name = hub_name(getattr(plain.config, "_name_or_path", "") or "") or "the base model"
+    if final_member:
+        plain.save_pretrained(str(output))
+    else:
+        ensemble.save_ensemble_folder(plain, mod.ensemble, str(output))
     tokenizer.save_pretrained(str(output))
     kind = "final" if final_member else "merged" if merge or not is_peft else "lora"
     (output / "README.md").write_text(model_card(kind, mod.mod_config.k, base_name))
-
-
-def _save_ensemble_folder(mod, plain, output: Path) -> None:
-    """The base weights, ``mod_model.safetensors``, ``modeling_mod.py`` and a ``config.json`` of
-    model type ``modetune_mod`` holding the base's whole config (so no default is lost)."""
-    spec = {"architecture": type(plain).__name__, "model_type": plain.config.model_type, **mod.ensemble.spec(plain)}
-    plain.save_pretrained(str(output))
-    config = plain.config.to_dict()
-    config.update(model_type=EXPORT_MODEL_TYPE, mod_ensemble=spec, auto_map=AUTO_MAP)
-    (output / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    weights = {name: tensor for name, tensor in mod.mod_state_dict().items() if not name.startswith("final_norm.")}
-    save_file(weights, str(output / MOD_WEIGHTS), metadata={"format": "pt"})
-    shutil.copyfile(ensemble.__file__, output / MODELING_FILE)
-
-
-@contextlib.contextmanager
-def _own_softcap(mod, plain):
-    """The saved config keeps the model's own soft-capping (MoD turns it off in memory)."""
-    softcap = mod.softcap
-    if softcap is not None:
-        plain.config.get_text_config().final_logit_softcapping = softcap
-    try:
-        yield
-    finally:
-        if softcap is not None:
-            plain.config.get_text_config().final_logit_softcapping = None
+    make_portable(output, getattr(plain.config, "_name_or_path", None))
 
 
 def model_card(kind: str, k: int, base: str) -> str:

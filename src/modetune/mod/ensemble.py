@@ -22,18 +22,27 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
 import os
+import shutil
+import types
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 MOD_WEIGHTS = "mod_model.safetensors"
 LORA_FOLDER = "lora"
 EXPORT_MODEL_TYPE = "modetune_mod"  # an exported folder's config.json model_type
+# An exported folder's architecture: a name of its own, so that engines which pick their model class
+# from ``architectures`` (llama.cpp's converter, vLLM, TGI) refuse the folder instead of serving the
+# base architecture's final member alone.
+EXPORT_ARCHITECTURE = "MoDForCausalLM"
+MODELING_FILE = "modeling_mod.py"  # this file, in an exported folder
+AUTO_MAP = {"AutoConfig": "modeling_mod.MoDEnsembleConfig", "AutoModelForCausalLM": "modeling_mod.MoDForCausalLM"}
 
 
 def autocast_dtype(device_type: str) -> torch.dtype | None:
@@ -273,7 +282,53 @@ class MoDEnsembleConfig(PretrainedConfig):
         from transformers import AutoConfig
 
         data = {key: value for key, value in self.to_dict().items() if key not in ("model_type", "auto_map")}
+        data["architectures"] = [self.mod_ensemble["architecture"]]
         return AutoConfig.for_model(self.mod_ensemble["model_type"], **data)
+
+
+def save_ensemble_folder(model: nn.Module, ensemble: MoDEnsemble, directory: str, **kwargs) -> None:
+    """Write ``model`` (the base architecture, LoRA merged) and ``ensemble`` as a folder that loads
+    back as the same ensemble: the base weights without the ensemble's, a ``config.json`` of model
+    type ``modetune_mod`` and architecture ``MoDForCausalLM`` holding the base's whole config and the
+    ensemble's spec, ``mod_model.safetensors`` and this file as ``modeling_mod.py``. ``kwargs`` go
+    to the base's ``save_pretrained`` (``safe_serialization``, ``max_shard_size``, ...). The model's
+    own soft-capping, which the ensemble turns off in memory, is what the config keeps."""
+    spec = {"architecture": type(model).__name__, "model_type": model.config.model_type, **ensemble.spec(model)}
+    held = model._modules.pop("mod_ensemble", None)  # its parameters are saved apart
+    text_config = model.config.get_text_config()
+    if ensemble.softcap is not None:
+        text_config.final_logit_softcapping = ensemble.softcap
+    try:
+        type(model).save_pretrained(model, directory, **kwargs)
+    finally:
+        if held is not None:
+            model._modules["mod_ensemble"] = held
+        if ensemble.softcap is not None and ensemble._capped_model is not None:
+            text_config.final_logit_softcapping = None
+    path = os.path.join(directory, "config.json")
+    with open(path, encoding="utf-8") as file:
+        config = json.load(file)
+    config.update(model_type=EXPORT_MODEL_TYPE, architectures=[EXPORT_ARCHITECTURE], mod_ensemble=spec,
+                  auto_map=AUTO_MAP)
+    with open(path, "w", encoding="utf-8") as file:
+        file.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    state = {name: tensor.detach().contiguous().cpu() for name, tensor in ensemble.state_dict().items()}
+    save_file(state, os.path.join(directory, MOD_WEIGHTS), metadata={"format": "pt"})
+    shutil.copyfile(__file__, os.path.join(directory, MODELING_FILE))
+
+
+def _save_loaded_ensemble(self, save_directory, *args, **kwargs) -> None:
+    """``save_pretrained`` of a loaded ensemble: the same folder format it was loaded from."""
+    if args:
+        raise TypeError("save_pretrained of a MoD ensemble takes the folder and keyword arguments only.")
+    save_ensemble_folder(self, self.mod_ensemble, str(save_directory), **kwargs)
+
+
+def _refuse_save(self, *args, **kwargs) -> None:
+    raise NotImplementedError(
+        "This MoD ensemble keeps its LoRA adapter apart (exported with --no-merge): save_pretrained would write "
+        "the adapter alone and lose the ensemble. Copy the exported folder instead, or export it again without "
+        "--no-merge to get a folder that save_pretrained can write back.")
 
 
 class MoDForCausalLM(PreTrainedModel):
@@ -318,4 +373,8 @@ class MoDForCausalLM(PreTrainedModel):
         ensemble.router.to(weight.device)
         inner.mod_ensemble = ensemble
         ensemble.attach(inner)
+        # save_pretrained (and push_to_hub) write this same format back, or refuse where they cannot
+        inner.save_pretrained = types.MethodType(_save_loaded_ensemble, inner)
+        if model is not inner:
+            model.save_pretrained = types.MethodType(_refuse_save, model)
         return model.eval()

@@ -360,6 +360,9 @@ class MoDModel(nn.Module):
                 self.base_model.save_pretrained(str(directory), state_dict=inner)
         save_file(mod_weights, str(directory / WEIGHTS_NAME), metadata={"format": "pt"})
         self.mod_config.save(directory, base_fingerprint=self.base_fingerprint, modetune_version=__version__)
+        from ..utils.publish import make_portable  # peft records the base's local path: its hub name instead
+
+        make_portable(directory, getattr(unwrap(self.base_model).config, "_name_or_path", None))
 
     @classmethod
     def from_pretrained(cls, base_model: nn.Module, directory: str | Path, is_trainable: bool = False,

@@ -2,29 +2,9 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from ..mod.variants import parse_preset
-from ..utils.models import DEFAULT_HUB_NAME, DEFAULT_MODEL
+from ..utils.publish import hub_name
 from .config import TrainConfig
-
-
-def hub_name(model: str) -> str | None:
-    """The hub id of a base model: the default's, a hub name as given, or the one a local
-    folder's ``config.json`` records; ``None`` when unknown (a local path is never shown)."""
-    if model.lower() in {"default", DEFAULT_MODEL}:
-        return DEFAULT_HUB_NAME
-    path = Path(model)
-    if path.is_dir():
-        try:
-            recorded = json.loads((path / "config.json").read_text(encoding="utf-8")).get("_name_or_path", "")
-        except (OSError, ValueError):
-            return None
-        model = recorded if isinstance(recorded, str) else ""
-        path = Path(model)
-    looks_like_id = model.count("/") == 1 and not model.startswith((".", "/", "~")) and not path.exists()
-    return model if looks_like_id else None
 
 
 def adapter_card(config: TrainConfig, steps: int, val_loss: float | None) -> str:
@@ -46,7 +26,7 @@ def adapter_card(config: TrainConfig, steps: int, val_loss: float | None) -> str
                       "modetune: LoRA plus a per-token router over the last k layers' outputs, each with its own "
                       "norm and the shared LM head." if mod else "A LoRA adapter trained with modetune.", "",
                       "| | |", "|---|---|", table, "", "## Load it", "", "```bash",
-                      f"modetune generate --adapter ADAPTER{model_flag} --prompt \"What is 12 * 7?\"",
+                      f"modetune generate --adapter ADAPTER{model_flag} \"What is 12 * 7?\"",
                       f"modetune export --adapter ADAPTER{model_flag} --output exported   # plain transformers",
                       "```", "", "```python", "from modetune import MoDModel",
                       "from modetune.utils.models import load_model", "",

@@ -219,6 +219,9 @@ class MoDTrainer(Trainer):
             if self._run_config.chat_template is not None:  # the template the run rendered with (load_model set it)
                 prompt["chat_template"] = getattr(self.tokenizer_to_save, "chat_template", None)
             Path(output_dir, PROMPT_FILE).write_text(json.dumps(prompt) + "\n")
+        from ..utils.publish import make_portable  # what a user publishes: hub names, readable by transformers 4.x
+
+        make_portable(output_dir, self._run_config.model if self._run_config is not None else None)
 
     def _save_checkpoint(self, model, trial) -> None:
         """Write the checkpoint into a hidden folder, then rename it into place: a kill at

