@@ -72,16 +72,33 @@ HEADER = ["| | comparison | seeds | items per seed | mean acc (%) a / b | Δ ove
           "seeds better / worse | sign p | MDE (pts) | reading |", "|---|---|---|---|---|---|---|---|---|---|"]
 
 
-def comparison_rows(declared, results: list[dict]) -> list[str]:
-    """A study's declared comparisons ``(label, a, b)`` (``plan.Study.comparisons``); nothing when none pairs."""
+def comparison_rows(declared, results: list[dict], holm_family: tuple[str, ...] = (),
+                    title: str = "Pre-registered comparisons (PLAN.md)") -> list[str]:
+    """A study's declared comparisons ``(label, a, b)`` (``plan.Study.comparisons``); nothing when
+    none pairs. ``holm_family``: labels whose first comparisons get a paired t-test p-value and
+    Holm's adjustment over them, in a note below the table (once all of them pair)."""
     rows = [_row(label, a, b, c) for label, a, b in declared if (c := compare(results, a, b)) is not None]
     if not rows:
         return []
-    return ["## Pre-registered comparisons (PLAN.md)", "",
-            "Per seed, the accuracy of `a` minus that of `b` on the items both scored (`arm:final`: the final "
-            "member alone, `eval-final/`); the mean with its 95% t-interval over seeds, the exact sign test over "
-            "seeds, and the MDE at the observed spread. A comparison appears once two seeds pair; the decision "
-            "rules read it only once all its planned runs have rows.", "", *HEADER, *rows, ""]
+    lines = [f"## {title}", "",
+             "Per seed, the accuracy of `a` minus that of `b` on the items both scored (`arm:final`: the final "
+             "member alone, `eval-final/`); the mean with its 95% t-interval over seeds, the exact sign test over "
+             "seeds, and the MDE at the observed spread. A comparison appears once two seeds pair; the decision "
+             "rules read it only once all its planned runs have rows.", "", *HEADER, *rows, ""]
+    return lines + _holm_note(declared, results, holm_family)
+
+
+def _holm_note(declared, results: list[dict], family: tuple[str, ...]) -> list[str]:
+    from ..utils.stats import holm, paired_t_p
+
+    firsts = {label: (a, b) for label, a, b in reversed(declared) if label in family}
+    tests = [(label, compare(results, *firsts[label])) for label in family if label in firsts]
+    if not tests or any(c is None for _, c in tests):
+        return []
+    p = [paired_t_p(c["diffs"]) for _, c in tests]
+    cells = ", ".join(f"{label} t-test p {raw:.3f}, Holm {adj:.3f}" for (label, _), raw, adj in zip(tests, p, holm(p)))
+    return [f"Multiplicity (added after the study; its plan did not register a correction): paired t-tests over "
+            f"seeds with Holm's adjustment over {', '.join(label for label, _ in tests)}: {cells}.", ""]
 
 
 def final_member_rows(results: list[dict]) -> list[str]:

@@ -429,6 +429,8 @@ class Study:
     unseen: tuple[str, ...] = ()
     paper: dict | None = None
     declare: Callable[[ExperimentConfig], tuple[tuple[str, str, str], ...]] | None = None  # comparisons from the config
+    holm: tuple[str, ...] = ()  # comparison labels adjusted together (a note under the table)
+    comparisons_title: str = "Pre-registered comparisons (PLAN.md)"
 
     def comparisons_of(self, config: ExperimentConfig) -> tuple[tuple[str, str, str], ...]:
         """The declared comparisons: static, or built from the study's settings (its arms)."""
@@ -458,10 +460,11 @@ STUDY = {
                                        ("C5", "mod_pergroup:final", "mod_pergroup"),
                                        ("C5", "lora_notk_mod_rerun:final", "lora_notk_mod_rerun"),
                                        ("(reference)", "lora_notk_mod", "lora_notk")),
-                          unseen=("C1", "C2", "C4")),
+                          unseen=("C1", "C2", "C4"), holm=("C1", "C2", "C3", "C4")),
     "tuned": Study(_tuned, ("tuning", "tests", "runs", "comparisons", "final_member", "unseen", "clipping", "test_ce",
                             "val_ce", "collapse", "spread", "probe"), unseen=("P-unseen",),
-                   declare=lambda config: _tuned_secondaries(config)),
+                   declare=lambda config: _tuned_secondaries(config),
+                   comparisons_title="Secondary comparisons (PLAN.md; unadjusted)"),
 }
 STUDIES = tuple(STUDY)
 

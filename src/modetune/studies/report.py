@@ -309,7 +309,8 @@ SECTIONS = {  # a study's declared sections (plan.Study.sections), by name
     "runs": _runs_section,
     "paired": _paired_section,
     "pooled": _pooled_section,
-    "comparisons": lambda c: comparison_rows(c.study.comparisons_of(c.config), c.results),
+    "comparisons": lambda c: comparison_rows(c.study.comparisons_of(c.config), c.results, c.study.holm,
+                                             c.study.comparisons_title),
     "final_member": lambda c: final_member_rows(c.results),
     "unseen": lambda c: unseen_rows(c.study.comparisons_of(c.config), c.study.unseen, c.results, c.root),
     "tuning": lambda c: tuning_section(c.config, c.tuning, c.root),
@@ -367,9 +368,16 @@ def _header_lines(study: str, config: ExperimentConfig, results: list[dict], sec
              if any("correct" in r for r in results) else "No test-set evaluation in this study (validation "
              "cross-entropy only). ") +
             f"Wall-clock: {sum(r.get('train_s', 0) for r in results) / 60:.1f} min of training and "
-            f"{sum(r.get('eval_s', 0) for r in results) / 60:.1f} min of evaluation over these runs, as measured "
-            f"when each ran; {seconds / 60:.1f} min in this invocation.",
+            f"{sum(r.get('eval_s', 0) for r in results) / 60:.1f} min of evaluation"
+            f"{_final_minutes(results)} over these runs, as measured when each ran; {seconds / 60:.1f} min in this "
+            "invocation.",
             *([f"Only these runs of the study: {', '.join(config.only)}.", ""] if config.only else [""])]
+
+
+def _final_minutes(results: list[dict]) -> str:
+    """The final-member evaluations' time, named apart from the ensemble's (when any ran)."""
+    minutes = sum(r.get("eval_final_s", 0) for r in results) / 60
+    return f" plus {minutes:.1f} min scoring the final member alone" if minutes else ""
 
 
 def _spread_rows(results: list[dict]) -> list[str]:
