@@ -54,10 +54,10 @@ def main() -> int:
         return 1
     if args.threads:
         torch.set_num_threads(args.threads)
-    from modetune.eval.runner import load_for_eval
     from modetune.eval.sources import load_test_items
+    from modetune.loading import load_source
 
-    model, tokenizer, _ = load_for_eval(args.model)
+    model, tokenizer, _ = load_source(args.model)
     records = load_test_items("gsm8k", path=args.data)[: args.n]
     with tempfile.TemporaryDirectory() as tmp:
         t_batch, rows_batch = run(model, tokenizer, records, args.batch_size, args.max_new_tokens, Path(tmp, "b"))

@@ -99,9 +99,9 @@ def test_members_all_in_one_pass(tokenizer, mod_model, tmp_path):
 @pytest.mark.slow
 def test_default_model_on_real_gsm8k(tokenizer, packaged_data, default_model_dir, tmp_path):
     """The embedded model, real items: batch 4 equals batch 1 and the rows are scored."""
-    from modetune.eval.runner import load_for_eval
+    from modetune.loading import load_source
 
-    model, tok, info = load_for_eval(str(default_model_dir))
+    model, tok, info = load_source(str(default_model_dir))
     records = load_test_items("gsm8k", data_dir=packaged_data / "math-split")[:4]
     outs = {}
     for bs in (1, 4):

@@ -58,7 +58,7 @@ def _adapter(tmp_path, tiny_model_dir, config: MoDConfig):
 @pytest.mark.parametrize("config, merge", [(MoDConfig(k=3), True),
                                            (MoDConfig(k=3, router_input="entry", top_k=2), False)])
 def test_export_loads_without_modetune_and_matches(tmp_path, tiny_model_dir, config, merge, capsys):
-    from modetune.eval.runner import load_for_eval
+    from modetune.loading import load_source
 
     adapter = _adapter(tmp_path, tiny_model_dir, config)
     out = tmp_path / "exported"
@@ -73,7 +73,7 @@ def test_export_loads_without_modetune_and_matches(tmp_path, tiny_model_dir, con
     source = (out / "modeling_mod.py").read_text()
     assert not any(line.lstrip().startswith(("import modetune", "from modetune", "from .")) for line in source.splitlines())
 
-    mod, tokenizer, _ = load_for_eval(None, str(adapter))  # the MoDModel it came from (recorded base)
+    mod, tokenizer, _ = load_source(None, str(adapter))  # the MoDModel it came from (recorded base)
     ids = torch.tensor([[1, 17, 23, 99, 314, 2718, 5, 8], [1, 40, 41, 42, 43, 44, 45, 46]])
     with torch.no_grad():
         expected = mod(input_ids=ids).logits
@@ -165,7 +165,7 @@ def test_final_member_export_is_a_plain_model_equal_to_member_last(tmp_path, tin
     from transformers import AutoModelForCausalLM
 
     from modetune.eval.members import forced_member
-    from modetune.eval.runner import load_for_eval
+    from modetune.loading import load_source
 
     adapter = _adapter(tmp_path, tiny_model_dir, MoDConfig(k=3))
     out = tmp_path / "plain"
@@ -177,7 +177,7 @@ def test_final_member_export_is_a_plain_model_equal_to_member_last(tmp_path, tin
     assert config_json["model_type"] == "llama" and "auto_map" not in config_json
     assert "from_pretrained(folder)" in (out / "README.md").read_text()
 
-    mod, _, _ = load_for_eval(None, str(adapter))
+    mod, _, _ = load_source(None, str(adapter))
     ids = torch.tensor([[1, 17, 23, 99, 314, 2718, 5, 8]])
     with torch.no_grad(), forced_member(mod, -1):
         expected = mod(input_ids=ids).logits

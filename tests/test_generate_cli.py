@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from modetune.cli import main
-from modetune.eval.runner import ModelSource
+from modetune.loading import ModelSource
 from train_helpers import run_cli, train_args
 
 pytestmark = pytest.mark.slow

@@ -6,8 +6,10 @@ only from the folders listed for it:
 - ``utils/``: shared utilities (errors, config checks, file integrity, model loading, stats, ...): nothing;
 - ``mod/``: the method (config, ensemble, surgery, model, losses, variants, probe maths): ``utils``;
 - ``data/`` (training records): ``utils``;
-- ``eval/``: ``utils mod data``; ``train/`` and ``export/``: ``utils mod data eval``;
-- ``studies/``: ``utils mod data eval train``; ``cli/``: everything.
+- ``loading/`` (the one model and adapter loader, :class:`ModelSource`): ``utils mod``;
+- ``eval/``: ``utils mod data loading``; ``train/``: ``utils mod data loading eval``; ``export/``:
+  ``utils mod data loading`` (no module loads a model through ``eval/``);
+- ``studies/``: ``utils mod data loading eval train``; ``cli/``: everything.
 
 Also: ``mod/ensemble.py`` imports nothing from the package (``modetune export`` ships it as the
 exported folder's ``modeling_mod.py``); no module outside ``mod/`` reads a private attribute of
@@ -30,11 +32,12 @@ ALLOWED = {
     "utils": set(),
     "mod": {"utils"},
     "data": {"utils"},
-    "eval": {"utils", "mod", "data"},
-    "train": {"utils", "mod", "data", "eval"},
-    "export": {"utils", "mod", "data", "eval"},
-    "studies": {"utils", "mod", "data", "eval", "train"},
-    "cli": {"utils", "mod", "data", "eval", "train", "export", "studies"},
+    "loading": {"utils", "mod"},
+    "eval": {"utils", "mod", "data", "loading"},
+    "train": {"utils", "mod", "data", "loading", "eval"},
+    "export": {"utils", "mod", "data", "loading"},
+    "studies": {"utils", "mod", "data", "loading", "eval", "train"},
+    "cli": {"utils", "mod", "data", "loading", "eval", "train", "export", "studies"},
 }
 CORE = {"utils", "mod"}  # where functions stay under MAX_FUNCTION_LINES
 SELF_CONTAINED = f"{PACKAGE}.mod.ensemble"
@@ -207,7 +210,8 @@ def test_the_ensemble_module_imports_nothing_from_the_package(graph):
     tree = ast.parse(module_files()[SELF_CONTAINED].read_text())
     roots = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     roots |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
-    assert roots <= {"__future__", "contextlib", "copy", "math", "os", "torch", "transformers", "safetensors", "peft"}
+    assert roots <= {"__future__", "contextlib", "copy", "json", "math", "os", "shutil", "types", "torch", "transformers",
+                     "safetensors", "peft"}
 
 
 def test_no_module_outside_the_method_reads_private_attributes_of_other_objects():

@@ -143,9 +143,9 @@ def test_cli_lm_eval_on_a_local_task(tmp_path, capsys, tiny_model_dir, boolq_fil
 @pytest.mark.slow
 def test_default_model_lm_eval_equals_our_scorers(packaged_data, default_model_dir, tmp_path):
     """The embedded model on 8 real BoolQ items: lm-eval's accuracies equal ours, both paths."""
-    from modetune.eval.runner import load_for_eval
+    from modetune.loading import load_source
 
-    model, tok, _ = load_for_eval(str(default_model_dir))
+    model, tok, _ = load_source(str(default_model_dir))
     records = load_test_items("boolq", data_dir=packaged_data / "llm-adapters")[:8]
     path = tmp_path / "boolq.json"
     path.write_text(json.dumps(records))

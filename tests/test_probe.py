@@ -154,9 +154,9 @@ def test_probe_command_on_a_tiny_mod_adapter(tiny_model_dir, tmp_path, capsys):
     # (its norm and the shared head), on the same seeded records, CE pooled over the labelled tokens
     from modetune.eval.members import forced_member
     from modetune.eval.probe import ProbeConfig, probe_rows
-    from modetune.eval.runner import load_for_eval
+    from modetune.loading import load_source
 
-    model, tokenizer, _ = load_for_eval(str(tiny_model_dir), str(adapter))
+    model, tokenizer, _ = load_source(str(tiny_model_dir), str(adapter))
     rows = probe_rows(ProbeConfig(model=str(tiny_model_dir), data="builtin:arithmetic:30", records=6), tokenizer)
 
     def pooled_ce(member):

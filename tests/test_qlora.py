@@ -49,8 +49,8 @@ def model_dir(tmp_path_factory, default_model_dir):
 
 CHECK = r'''
 import sys, torch, bitsandbytes as bnb
-from modetune.eval.runner import load_for_eval
-model, _, _ = load_for_eval(None, sys.argv[1], quantization="4bit")
+from modetune.loading import load_source
+model, _, _ = load_source(None, sys.argv[1], quantization="4bit")
 layer = model.base_model.base_model.model.model.layers[0].self_attn.q_proj.base_layer
 assert isinstance(layer, bnb.nn.Linear4bit), type(layer)
 with torch.no_grad():

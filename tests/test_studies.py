@@ -190,7 +190,8 @@ def test_studies_share_runs_but_refuse_other_settings(tiny_model_dir, tmp_path, 
 def test_experiment_config_is_built_on_train_config():
     import dataclasses
 
-    from modetune.studies.plan import RUN_FIELDS, RunSpec, run_train_config
+    from modetune.studies.plan import run_train_config
+    from modetune.studies.spec import RUN_FIELDS, RunSpec
     from modetune.train.config import TrainConfig
     from modetune.utils.errors import ConfigError
 

@@ -11,8 +11,8 @@ import pytest
 
 from modetune.cli import main
 from modetune.data.builtin import builtin_arithmetic, template_key
-from modetune.studies.plan import ExperimentConfig, parse_arm, plan
-from modetune.studies.tuning import builtin_val_items, select_rate, tune_datasets
+from modetune.studies.plan import ExperimentConfig, plan
+from modetune.studies.tuning import builtin_val_items, parse_arm, select_rate, tune_datasets
 from modetune.utils.errors import ConfigError
 from modetune.utils.stats import holm, paired_t_p, tost
 

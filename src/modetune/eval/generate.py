@@ -12,10 +12,10 @@ import sys
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from ..loading import ModelSource
 from ..utils.checks import from_flat_dict
 from ..utils.errors import ConfigError
 from ..utils.integrity import read_text
-from .runner import ModelSource
 
 PROMPT_STYLES = ("auto", "chat", "alpaca", "llm-adapters", "raw")
 EXIT_COMMANDS = ("/exit", "/quit")
@@ -97,7 +97,7 @@ class ChatCommand:
 
 def load_for_generation(source: ModelSource):
     """``(model, tokenizer, info)``: the base (``None``: the one the adapter records) with the adapter."""
-    from .runner import quiet_transformers
+    from ..loading import quiet_transformers
 
     quiet_transformers()
     return source.load()

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from ..data.chat import render_prompt
+from ..loading import ModelSource, quiet_transformers
 from ..utils.checks import coerce_fields, from_flat_dict
 from ..utils.errors import ConfigError
 from ..utils.outputs import check_output, write_text
@@ -40,7 +41,6 @@ from ..utils.prompts import AUTO, format_prompt, resolve_style
 from .datasets import get_dataset
 from .members import forced_member
 from .protocol import score_response
-from .runner import ModelSource, quiet_transformers
 from .sources import dataset_file, find_dataset_folder, load_test_items, resolve_data_dir
 
 TASK_RE = re.compile(r"modetune_(?P<dataset>.+)_(?P<kind>gen|mc)")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from ..loading import ModelSource
 from ..mod.headroom import MemberLogits, exact_mix_ce, fit_linear_router, global_mix, member_ce, oracle_mix
 from ..utils.checks import check_bounds, coerce_fields, from_flat_dict, same_field
 from ..utils.errors import ConfigError, DataError
@@ -29,7 +30,6 @@ from ..utils.models import check_quantization
 from ..utils.outputs import check_output, data_paths, staged
 from ..utils.plotting import pyplot
 from ..utils.prompts import AUTO, read_chat_template, resolve_style
-from .runner import ModelSource
 
 
 @dataclass
@@ -229,11 +229,11 @@ def probe_rows(config: ProbeConfig, tokenizer) -> list[dict]:
 def run_probe(config: ProbeConfig) -> dict:
     """Load, collect, measure; write ``probe.json``, ``probe.md`` and ``probe.png`` into ``config.output``."""
     config = dataclasses.replace(config, prompt_style=resolve_style(config.prompt_style, config.adapter))  # recorded
-    from .runner import load_for_eval
+    from ..loading import load_source
 
     check_output(config.output, [config.adapter, config.model, *data_paths(config.data)], config.overwrite)
     start = time.perf_counter()
-    model, tokenizer, info = load_for_eval(config.model, config.adapter, chat_template=config.chat_template,
+    model, tokenizer, info = load_source(config.model, config.adapter, chat_template=config.chat_template,
                                            trust_remote_code=config.trust_remote_code,
                                            ignore_base_mismatch=config.ignore_base_mismatch,
                                            quantization=config.quantization,

@@ -1,7 +1,7 @@
-"""Evaluation runs: options (:class:`EvalConfig`), model and adapter loading, and the run folder.
+"""Evaluation runs: options (:class:`EvalConfig`) and the run folder (models load through :mod:`modetune.loading`).
 
 :func:`run_eval` is the command line's ``eval``: it loads and checks every dataset, then the
-model (:func:`load_for_eval`), then calls :func:`evaluate`, which writes ``run.json``, one
+model (:func:`modetune.loading.load_source`), then calls :func:`evaluate`, which writes ``run.json``, one
 ``<dataset>[.member<i>].jsonl`` per dataset and routing (:func:`evaluate_dataset`, appended
 after every batch so an interrupted run resumes where it stopped) and the summary
 (:mod:`modetune.eval.results`).
@@ -16,19 +16,18 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from torch import nn
 
 from ..data import parse_source, select_records
 from ..data.chat import render_prompt
 from ..data.contamination import eval_contamination
-from ..utils.checks import check_device, check_dtype, coerce_fields, differing_settings, from_flat_dict
-from ..utils.errors import BaseModelMismatchError, ConfigError, first_line
+from ..loading import ModelSource, quiet_transformers
+from ..utils.checks import coerce_fields, differing_settings, from_flat_dict
+from ..utils.errors import ConfigError
 from ..utils.integrity import read_json
-from ..utils.models import check_quantization
 from ..utils.outputs import write_text
-from ..utils.prompts import AUTO, read_chat_template, resolve_style, trained_chat_template
+from ..utils.prompts import AUTO, resolve_style
 from .datasets import get_dataset, parse_dataset_list
 from .generation import generate_responses
 from .members import describe_member, forced_member, member_index, parse_members, variant_name
@@ -97,43 +96,6 @@ class EvalConfig:
 
 
 @dataclass
-class ModelSource:
-    """The model a command loads: a base model, and optionally an adapter on it."""
-
-    model: str | None = field(default=None, metadata={
-        "help": "base model: 'default' (the embedded SmolLM2-135M-Instruct), a local folder or a hub name (none: the "
-                "one the adapter was trained on, else default)"})
-    adapter: str | None = field(default=None, metadata={
-        "help": "MoD folder (mod_config.json) or LoRA-only folder (adapter_config.json); none: the base model alone"})
-    dtype: str = field(default="float32", metadata={
-        "help": "weights dtype (a torch dtype name: float32, bfloat16, float16)"})
-    device: str | None = field(default=None, metadata={"help": "cpu, cuda, cuda:1, ... (none: where the model loads)"})
-    trust_remote_code: bool = field(default=False, metadata={
-        "help": "let transformers run the model folder's own code (off: refuse such a model)"})
-    ignore_base_mismatch: bool = field(default=False, metadata={
-        "help": "load an adapter recorded for another base model anyway, with a warning (off: refuse)"})
-    quantization: str = field(default="none", metadata={
-        "help": "load the base quantized by bitsandbytes: '4bit' (NF4) or '8bit', as a QLoRA adapter was trained "
-                "('none': as saved)"})
-    chat_template: str | None = field(default=None, metadata={
-        "help": "a Jinja chat template (a file, or the template text) replacing the tokenizer's (none: the one the "
-                "adapter trained with, else the tokenizer's own)"})
-
-    def __post_init__(self) -> None:
-        coerce_fields(self)
-        check_dtype(self.dtype)
-        read_chat_template(self.chat_template)  # refuses a missing file now
-        check_device(self.device)
-        check_quantization(self.quantization)
-
-    def load(self):
-        """``(model, tokenizer, info)``: :func:`load_for_eval` of this source."""
-        return load_for_eval(self.model, self.adapter, dtype=self.dtype, device=self.device,
-                             trust_remote_code=self.trust_remote_code, ignore_base_mismatch=self.ignore_base_mismatch,
-                             quantization=self.quantization, chat_template=self.chat_template)
-
-
-@dataclass
 class EvalCommand:
     """Everything ``modetune eval`` takes; every field is a flag."""
 
@@ -167,71 +129,6 @@ class EvalCommand:
     @classmethod
     def from_dict(cls, data: dict) -> EvalCommand:
         return from_flat_dict(cls, data, "eval")
-
-
-# ---------------------------------------------------------------------------- models
-def load_for_eval(model: str | None = "default", adapter: str | Path | None = None, dtype: str = "float32",
-                  device: str | None = None, trust_remote_code: bool = False,
-                  ignore_base_mismatch: bool = False, quantization: str = "none",
-                  chat_template: str | None = None) -> tuple[nn.Module, Any, dict]:
-    """Load ``(model, tokenizer, info)`` for evaluation.
-
-    ``adapter``: a MoD folder (``mod_config.json``; loaded with :meth:`MoDModel.from_pretrained`,
-    which raises :class:`~modetune.utils.errors.BaseModelMismatchError` on another base), a LoRA-only
-    folder (``adapter_config.json``; peft; its ``modetune_adapter.json`` fingerprint must match
-    too), or ``None`` for the base model alone; ``ignore_base_mismatch`` turns the refusal of
-    another base into a warning. Damaged adapter files are named before the model loads. The
-    tokenizer pads on the left; its chat template is ``chat_template`` if given, else the one the
-    adapter trained with when that overrode the tokenizer's (``prompt.json``). ``info``: ``model``,
-    ``adapter``, ``kind`` (base/lora/mod).
-    """
-    from ..mod.config import CONFIG_NAME
-    from ..mod.model import ADAPTER_CONFIG, ADAPTER_WEIGHTS, WEIGHTS_NAME, MoDModel, base_fingerprint
-    from ..utils.integrity import check_adapter_base, check_files
-    from ..utils.models import base_model_for, load_model
-
-    model = base_model_for(model, adapter)  # None: the base the adapter records (base_model.json)
-    adapter_path = Path(adapter) if adapter is not None else None
-    if adapter_path is not None:
-        if not adapter_path.is_dir():
-            raise FileNotFoundError(f"Adapter folder {adapter_path} does not exist.")
-        check_files(adapter_path, (CONFIG_NAME, WEIGHTS_NAME, ADAPTER_CONFIG, ADAPTER_WEIGHTS))
-    if chat_template is None:
-        chat_template = trained_chat_template(adapter_path)
-    base, tokenizer = load_model(model, dtype=dtype, trust_remote_code=trust_remote_code, device=device,
-                                 quantization=quantization, chat_template=chat_template)
-    kind = "base"
-    if adapter_path is not None:
-        if (adapter_path / CONFIG_NAME).exists():
-            base = MoDModel.from_pretrained(base, adapter_path, ignore_base_mismatch=ignore_base_mismatch)
-            kind = "mod"
-        elif (adapter_path / ADAPTER_CONFIG).exists():
-            from peft import PeftModel
-
-            check_adapter_base(adapter_path, base_fingerprint(base), ignore_base_mismatch)
-            try:
-                base = PeftModel.from_pretrained(base, str(adapter_path))
-            except (RuntimeError, ValueError, KeyError) as error:
-                raise BaseModelMismatchError(f"The LoRA adapter in {adapter_path} does not fit base model "
-                                             f"{model!r}: {first_line(error)}") from error
-            kind = "lora"
-        else:
-            raise ConfigError(f"{adapter_path} holds neither {CONFIG_NAME} (a MoD adapter) nor {ADAPTER_CONFIG} "
-                              "(a LoRA adapter).")
-    base.eval()
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    info = {"model": model, "adapter": None if adapter_path is None else str(adapter_path), "kind": kind}
-    return base, tokenizer, info
-
-
-def quiet_transformers() -> None:
-    """No weight-loading progress bars or advisory warnings from transformers (command line)."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
 
 
 # ---------------------------------------------------------------------------- one dataset (resumable)

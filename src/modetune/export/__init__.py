@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..eval.runner import ModelSource
+from ..loading import ModelSource
 from ..mod import ensemble
 from ..mod.surgery import unwrap
 from ..utils.checks import check_dtype, coerce_fields, from_flat_dict, same_field
@@ -127,7 +127,7 @@ class ExportCommand:
 
 def run_export(command: ExportCommand) -> Path:
     """Load the adapter onto its base (``model``; none: the recorded one) and export it: the CLI's ``export``."""
-    from ..eval.runner import quiet_transformers
+    from ..loading import quiet_transformers
     from ..mod.config import CONFIG_NAME
 
     if not Path(command.adapter, CONFIG_NAME).is_file():

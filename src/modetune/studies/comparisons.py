@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 from ..utils.stats import minimum_detectable_effect, over_seeds
-from .plan import arm_of
+from .spec import arm_of
 
 EQUATION = re.compile(r"-?\d+(?:\.\d+)? [-+*/x] -?\d+(?:\.\d+)? = -?\d+(?:\.\d+)?")
 

@@ -12,166 +12,15 @@ alone; docs/results/study-clip-control/PLAN.md).
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from ..mod.config import MoDConfig
 from ..train.config import TrainConfig
-from ..utils.checks import check_bounds, coerce_fields, from_flat_dict
 from ..utils.errors import ConfigError
-
-# TrainConfig fields that the study sets for each run itself (not settable for a study)
-RUN_FIELDS = ("preset", "seed", "output_dir", "report_to", "save_steps")
-# where a study's training differs from TrainConfig's defaults
-STUDY_TRAINING = dict(data="packaged:math-split/train.json", warmup_steps=10, val_size=64)
-
-
-def _study_training() -> TrainConfig:
-    return TrainConfig(**STUDY_TRAINING)
-
-
-@dataclass
-class ExperimentConfig:
-    """The budget and data of a study; every field is a YAML key and a CLI flag.
-
-    ``train`` holds the training settings shared by every run: its fields (and its MoD fields)
-    are YAML keys and flags at the top level (``--learning-rate``, ``--k``, ``--distill-lambda``),
-    except those each run sets itself (:data:`RUN_FIELDS`). A YAML file may also group MoD fields
-    under ``mod:``.
-    """
-
-    train: TrainConfig = field(default_factory=_study_training, metadata={
-        "help": "training settings of every run", "hide": RUN_FIELDS})
-    seeds: list[int] = field(default_factory=lambda: [42], metadata={"help": "seeds of the runs (comma-separated)"})
-    key_seeds: list[int] = field(default_factory=lambda: [42, 43, 44], metadata={
-        "help": "seeds of the key pair lora_notk vs lora_notk_mod in the variants study"})
-    k_values: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5], metadata={
-        "help": "the topk study's ensemble sizes k"})
-    datasets: str = field(default="gsm8k,SVAMP,MultiArith,AddSub,SingleEq,AQuA", metadata={
-        "help": "test sets each run is evaluated on (as for modetune eval --datasets)"})
-    data_dir: str | None = field(default="packaged:math-split", metadata={
-        "help": "where the test sets come from, as modetune eval --data-dir: packaged:math-split (the clean split's "
-                "test halves), packaged:llm-adapters (none: the same), hub, or a folder holding <Name>/test.json"})
-    eval_limit: int | None = field(default=200, metadata={"help": "first N items of each test set (none: all)"})
-    eval_batch_size: int = field(default=16, metadata={"help": "prompts per generate call in the evaluation"})
-    max_new_tokens: int | None = field(default=None, metadata={
-        "help": "generation budget (none: 256 arithmetic, 32 commonsense)"})
-    num_beams: int = field(default=1, metadata={"help": "1 = greedy; the reference protocol uses 4"})
-    cut_at_next_response: bool = field(default=True, metadata={
-        "help": "score only the text before the next '### Response:' the model writes, as LLM-Adapters does "
-                "(false: the whole generated text)"})
-    test_ce: bool = field(default=True, metadata={
-        "help": "also write each evaluated run's teacher-forced cross-entropy of every test item's gold response "
-                "(test_ce.jsonl; one forward pass per item)"})
-    test_size: int = field(default=600, metadata={
-        "help": "held-out items of the built-in split by template and numbers (datasets entry 'builtin-tn')"})
-    router_lr_factors: list[float] = field(default_factory=lambda: [1.0, 10.0, 30.0, 100.0], metadata={
-        "help": "router_sweep: router_lr as multiples of learning_rate"})
-    router_warmups: list[int] = field(default_factory=lambda: [0, 10], metadata={
-        "help": "router_sweep: router_warmup_steps values"})
-    router_arm_lr: float = field(default=3e-3, metadata={
-        "help": "mod_vs_lora: router_lr of the mod_router arm (set from router_sweep before the study runs)"})
-    router_arm_warmup: int = field(default=0, metadata={
-        "help": "mod_vs_lora: router_warmup_steps of the mod_router arm (set from router_sweep)"})
-    router_arm: str = field(default="train", metadata={
-        "help": "mod_vs_lora: the fourth arm: 'train' (mod_router: router_arm_lr and router_arm_warmup in training) or "
-                "'prefit' (mod_prefit: lora_notk_mod's adapter of the same seed with its router and member norms "
-                "fitted afterwards on frozen members, as modetune fit-router --objective task)"})
-    prefit_steps: int = field(default=200, metadata={"help": "mod_vs_lora: fit-router steps of the mod_prefit arm"})
-    baseline_dir: str | None = field(default=None, metadata={
-        "help": "clip_control: a committed study folder (relative to output_dir, or absolute) whose lora_notk and "
-                "lora_notk_mod rows are the comparators, read and not retrained (none: train them in this study)"})
-    lr_factors: list[float] = field(default_factory=lambda: [1.5, 2.0], metadata={
-        "help": "clip_control: learning rates of the lora_lr arms, as multiples of learning_rate"})
-    final_member: bool = field(default=False, metadata={
-        "help": "also evaluate each MoD run's final member alone (eval-final/: every token routed to the last "
-                "layer's own norm and the head, the plain model LoRA merging gives) on the same items"})
-    probe_records: int = field(default=0, metadata={
-        "help": "modetune probe on every evaluated run's adapter (<run>/probe/) and once on the base model "
-                "(probe-base/), with N records of probe_data (0: no probe)"})
-    probe_data: str | None = field(default=None, metadata={
-        "help": "labelled records the probe reads (none: the study's held-out built-in file, datasets entry "
-                "'builtin-tn')"})
-    arms: list[str] = field(default_factory=lambda: list(TUNED_ARMS), metadata={
-        "help": "tuned: the arms, each NAME=PRESET with optional +FIELD=VALUE training or MoD settings and "
-                "+lr_grid=F/F/... (its own grid), or a bare PRESET; the first arm is the baseline"})
-    lr_grid: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 3.0, 4.0], metadata={
-        "help": "tuned: learning rates of the tuning stage, as multiples of learning_rate (an arm's +lr_grid "
-                "overrides it); MoD's own parameters follow the rate unless router_lr is set"})
-    tune_seeds: list[int] = field(default_factory=lambda: [1, 2], metadata={
-        "help": "tuned: seeds of the tuning stage (disjoint from seeds, the confirmatory stage's)"})
-    tune_datasets: str = field(default="builtin-tn-val", metadata={
-        "help": "tuned: the validation items each tuning run is scored on (as datasets; 'builtin-tn-val': "
-                "tune_size built-in items from the held-out templates-and-numbers bucket, disjoint by that key "
-                "from the test items and from training); never the test sets"})
-    tune_size: int = field(default=300, metadata={"help": "tuned: items of the entry 'builtin-tn-val'"})
-    select_tolerance: float = field(default=0.01, metadata={
-        "help": "tuned: selection rule: among the rates whose mean validation accuracy over tune_seeds is within "
-                "this of the best (0.01 = one point), the one with the lowest mean validation CE of the gold "
-                "answers (no CE: the smallest rate)"})
-    primary: list[str] = field(default_factory=lambda: list(TUNED_PRIMARY), metadata={
-        "help": "tuned: the primary difference tests, A:B (arm A minus arm B over the confirmatory seeds), "
-                "Holm-corrected together with the equivalence tests"})
-    equivalence: list[str] = field(default_factory=lambda: list(TUNED_EQUIVALENCE), metadata={
-        "help": "tuned: the primary equivalence tests A:B (TOST at +-equivalence_margin)"})
-    equivalence_margin: float = field(default=0.015, metadata={
-        "help": "tuned: the equivalence margin in accuracy (0.015 = 1.5 points), stated before the runs"})
-    jobs: int = field(default=1, metadata={
-        "help": "runs trained and evaluated at once, each in its own process with cores/jobs threads"})
-    only: list[str] | None = field(default=None, metadata={
-        "help": "run only these runs of the study (by name, comma-separated), e.g. to run it in parts"})
-    output_dir: str | None = field(default=None, metadata={
-        "help": "study folder holding every run and report.md (none: runs/experiments/<study>)"})
-    report_only: bool = field(default=False, metadata={
-        "help": "write report.md from the runs' rows alone (val.json, log.jsonl, timing.json, eval/*.jsonl): "
-                "nothing trains or evaluates, adapters are not needed"})
-
-    def __post_init__(self) -> None:
-        coerce_fields(self)
-        check_bounds(self, positive=("eval_limit", "eval_batch_size", "max_new_tokens", "num_beams", "tune_size",
-                                     "jobs"), non_negative=("select_tolerance", "equivalence_margin"))
-        if not self.lr_grid or any(f <= 0 for f in self.lr_grid):
-            raise ConfigError(f"lr_grid must list positive multiples of learning_rate, got {self.lr_grid}.")
-        for name in ("seeds", "key_seeds", "k_values", "tune_seeds", "arms"):
-            if not getattr(self, name):
-                raise ConfigError(f"{name} must list at least one value.")
-        if self.router_arm not in ("train", "prefit"):
-            raise ConfigError(f"router_arm must be 'train' or 'prefit', got {self.router_arm!r}.")
-        if self.prefit_steps < 1:
-            raise ConfigError(f"prefit_steps must be positive, got {self.prefit_steps}.")
-        if self.probe_records and self.probe_records < 4:
-            raise ConfigError(f"probe_records must be 0 (no probe) or at least 4, got {self.probe_records}.")
-        if any(k < 1 for k in self.k_values):
-            raise ConfigError(f"k_values must be positive, got {self.k_values}.")
-        if any(seed < 0 for seed in (*self.seeds, *self.key_seeds, *self.tune_seeds)):
-            raise ConfigError(f"seeds must be >= 0, got {[*self.seeds, *self.key_seeds, *self.tune_seeds]}.")
-
-    def to_dict(self) -> dict:
-        """Every field by its YAML/flag name (training fields first); ``from_dict`` reads it back."""
-        train = {key: value for key, value in self.train.to_dict().items() if key not in RUN_FIELDS}
-        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "train"}
-        return {**train, **own}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ExperimentConfig:
-        """From a flat mapping: this class's own fields, and TrainConfig's (MoD fields flat or under
-        ``mod:``) on top of the study defaults (:data:`STUDY_TRAINING`), except :data:`RUN_FIELDS`."""
-        own = {f.name for f in dataclasses.fields(cls)} - {"train"}
-        train = {key: value for key, value in data.items() if key not in own}
-        run_fields = sorted(set(train) & set(RUN_FIELDS))
-        if run_fields:
-            raise ConfigError(f"Unknown experiment field(s): {', '.join(run_fields)} (each run of a study sets it).")
-        train = from_flat_dict(TrainConfig, {**STUDY_TRAINING, **train}, "experiment")
-        return cls(train=train, **{key: value for key, value in data.items() if key in own})
-
-    def mod_overrides(self) -> dict:
-        """The MoD fields (other than ``k``) that differ from MoDConfig's defaults."""
-        default = MoDConfig().to_dict()
-        return {key: value for key, value in self.train.mod.to_dict().items()
-                if key != "k" and value != default[key]}
-
+from .config import ExperimentConfig
+from .spec import RunSpec, arm_of
+from .tuning import declared_secondaries, tuned_runs
 
 # per-study changes to the smoke setting (the study's own data path, at a tiny size)
 SMOKE_STUDY = {"mod_vs_lora": dict(data="builtin:arithmetic-tn:40", datasets="builtin-tn", test_size=4, seeds=[42],
@@ -186,24 +35,6 @@ SMOKE_STUDY = {"mod_vs_lora": dict(data="builtin:arithmetic-tn:40", datasets="bu
 SMOKE = dict(data="builtin:arithmetic:40", max_steps=2, batch_size=2, micro_batch_size=2, warmup_steps=0,
              val_size=4, lora_r=4, lora_alpha=8, seeds=[42], key_seeds=[42], datasets="builtin", data_dir=None,
              eval_limit=4, eval_batch_size=4, max_new_tokens=16, k_values=[1, 2])
-
-
-@dataclass
-class RunSpec:
-    name: str
-    preset: str
-    seed: int
-    mod: dict = field(default_factory=dict)
-    evaluate: bool = True
-    train: dict = field(default_factory=dict)  # TrainConfig fields this run sets (router_lr, router_warmup_steps)
-    prefit_from: str | None = None  # a post-hoc arm: this run's router and norms fitted on that run's frozen adapter
-    rows_from: str | None = None  # a study folder holding this run's committed rows: read, never trained here
-    stage: str = "test"  # "tune": scored on the validation items (eval-val/, val_ce.jsonl), never the test sets
-    select: str | None = None  # a confirmatory run of this arm: its learning rate is the arm's selected one
-
-    def folder(self, root: Path) -> Path:
-        """Where the run's rows live: ``root/<name>``, or ``<rows_from>/<name>`` (relative to ``root``)."""
-        return (root / self.rows_from / self.name) if self.rows_from else root / self.name
 
 
 def _variants(config: ExperimentConfig) -> list[RunSpec]:
@@ -300,103 +131,6 @@ def _clip_control(config: ExperimentConfig) -> list[RunSpec]:
     return runs
 
 
-# the tuned study's declaration (docs/results/study-tuned/PLAN.md)
-TUNED_ARMS = ("lora_notk", "lora_all", "mod_global=lora_notk_mod+clip_scope=global",
-              "mod_pergroup=lora_notk_mod+clip_scope=per_group")
-TUNED_PRIMARY = ("mod_global:lora_notk", "mod_pergroup:lora_notk")
-TUNED_EQUIVALENCE = ("mod_global:lora_all", "mod_pergroup:lora_all")
-
-
-@dataclass(frozen=True)
-class Arm:
-    """One arm of a tuned study: a preset, the training and MoD settings it changes, its rate grid."""
-
-    name: str
-    preset: str
-    train: dict
-    mod: dict
-    lr_grid: tuple[float, ...]
-
-
-def parse_arm(text: str, lr_grid: list[float]) -> Arm:
-    """``NAME=PRESET+FIELD=VALUE+...`` (or a bare ``PRESET``, named after it) as an :class:`Arm`.
-    FIELD is a TrainConfig or MoDConfig field (values read as YAML scalars) or ``lr_grid``
-    (multiples of learning_rate separated by ``/``), which replaces the study's grid for this arm."""
-    import yaml
-
-    from ..mod.variants import parse_preset
-
-    head, *settings = text.strip().split("+")
-    name, sep, preset = head.partition("=")
-    preset = preset if sep else name
-    parse_preset(preset)  # an unknown preset fails here, naming the known ones
-    if not re.fullmatch(r"[A-Za-z0-9_.]+", name):
-        raise ConfigError(f"Arm {text!r}: its name may hold letters, digits, '_' and '.' only.")
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - set(RUN_FIELDS) - {"mod", "learning_rate"}
-    mod_fields = {f.name for f in dataclasses.fields(MoDConfig)}
-    train, mod, grid = {}, {}, tuple(lr_grid)
-    for setting in settings:
-        key, sep, raw = setting.partition("=")
-        if not sep:
-            raise ConfigError(f"Arm {text!r}: {setting!r} is not FIELD=VALUE.")
-        if key == "lr_grid":
-            try:
-                grid = tuple(float(v) for v in raw.split("/"))
-            except ValueError:
-                raise ConfigError(f"Arm {text!r}: lr_grid must be numbers separated by '/', got {raw!r}.") from None
-            if not grid or any(f <= 0 for f in grid):
-                raise ConfigError(f"Arm {text!r}: lr_grid must be positive, got {raw!r}.")
-            continue
-        value = yaml.safe_load(raw)
-        if key in mod_fields:
-            mod[key] = value
-        elif key in train_fields:
-            train[key] = value
-        else:
-            raise ConfigError(f"Arm {text!r}: unknown field {key!r} (a TrainConfig or MoD field, or lr_grid; "
-                              f"learning_rate is what the study tunes).")
-    return Arm(name, preset, train, mod, grid)
-
-
-def tuned_arms(config: ExperimentConfig) -> list[Arm]:
-    """The tuned study's arms, checked: distinct names, and the tests name declared arms."""
-    arms = [parse_arm(text, config.lr_grid) for text in config.arms]
-    names = [arm.name for arm in arms]
-    if len(set(names)) != len(names):
-        raise ConfigError(f"Arm names must differ, got {names}.")
-    for test in (*config.primary, *config.equivalence):
-        a, sep, b = test.partition(":")
-        if not sep or a not in names or b not in names or a == b:
-            raise ConfigError(f"Test {test!r} must be A:B with two different arms of {names}.")
-    overlap = sorted(set(config.tune_seeds) & set(config.seeds))
-    if overlap:
-        raise ConfigError(f"tune_seeds and seeds must be disjoint (confirmatory seeds are never tuned on): {overlap}.")
-    return arms
-
-
-def lr_label(factor: float) -> str:
-    return f"lr{factor:g}x"
-
-
-def _tuned(config: ExperimentConfig) -> list[RunSpec]:
-    """The tuned comparison (docs/results/study-tuned/PLAN.md). Tuning stage: every arm at every
-    rate of its grid (``learning_rate`` x factor) over ``tune_seeds``, scored on the validation
-    items only (``tune-<arm>-lr<f>x-s<seed>``). Confirmatory stage: every arm at its selected rate
-    over ``seeds`` (``<arm>-s<seed>``, rate filled in by :func:`modetune.studies.tuning.select_rates`),
-    scored on the test items."""
-    lr = config.train.learning_rate
-    runs = []
-    for seed in config.tune_seeds:
-        for arm in tuned_arms(config):
-            runs += [RunSpec(f"tune-{arm.name}-{lr_label(f)}-s{seed}", arm.preset, seed, dict(arm.mod),
-                             train={**arm.train, "learning_rate": float(f"{f * lr:.6g}")}, stage="tune")
-                     for f in arm.lr_grid]
-    for seed in config.seeds:
-        runs += [RunSpec(f"{arm.name}-s{seed}", arm.preset, seed, dict(arm.mod), train=dict(arm.train), select=arm.name)
-                 for arm in tuned_arms(config)]
-    return runs
-
-
 PAPER_LLAMA7B = {  # the poster's table (LLaMA-7B, math_10k, beam search), for comparison only
     "lora_notk": {"AddSub": 38.7, "AQuA": 13.4, "gsm8k": 37.3, "mawps": 56.3, "MultiArith": 78.2, "SingleEq": 59.8,
                   "SVAMP": 42.3, "avg": 46.6},
@@ -461,18 +195,12 @@ STUDY = {
                                        ("C5", "lora_notk_mod_rerun:final", "lora_notk_mod_rerun"),
                                        ("(reference)", "lora_notk_mod", "lora_notk")),
                           unseen=("C1", "C2", "C4"), holm=("C1", "C2", "C3", "C4")),
-    "tuned": Study(_tuned, ("tuning", "tests", "runs", "comparisons", "final_member", "unseen", "clipping", "test_ce",
+    "tuned": Study(tuned_runs, ("tuning", "tests", "runs", "comparisons", "final_member", "unseen", "clipping", "test_ce",
                             "val_ce", "collapse", "spread", "probe"), unseen=("P-unseen",),
-                   declare=lambda config: _tuned_secondaries(config),
+                   declare=declared_secondaries,
                    comparisons_title="Secondary comparisons (PLAN.md; unadjusted)"),
 }
 STUDIES = tuple(STUDY)
-
-
-def _tuned_secondaries(config: ExperimentConfig) -> tuple[tuple[str, str, str], ...]:
-    from .tuning import declared_secondaries
-
-    return declared_secondaries(config)
 
 
 def plan(study: str, config: ExperimentConfig) -> list[RunSpec]:
@@ -487,12 +215,6 @@ def run_train_config(spec: RunSpec, config: ExperimentConfig, run_dir: Path) -> 
     return dataclasses.replace(config.train, preset=spec.preset, seed=spec.seed, output_dir=str(run_dir),
                                report_to=["none"], save_steps=20, mod=dataclasses.replace(config.train.mod, **spec.mod),
                                **spec.train)
-
-
-def arm_of(name: str) -> str:
-    """A run's arm: its name without the ``-s<seed>`` suffix."""
-    head, _, tail = name.rpartition("-s")
-    return head if head and tail.isdigit() else name
 
 
 def is_baseline(result: dict, base: str = "lora_notk") -> bool:

@@ -7,7 +7,8 @@ from pathlib import Path
 
 from ..utils.plotting import pyplot
 from ..utils.stats import t_interval
-from .plan import arm_of, arms_vs_lora
+from .plan import arms_vs_lora
+from .spec import arm_of
 
 
 def plot_loss(results: list[dict], root: Path, filename: str) -> str | None:

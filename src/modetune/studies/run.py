@@ -56,7 +56,8 @@ def _check_same_run(run_dir: Path, train_config: TrainConfig) -> None:
 
 def run_one(spec: RunSpec, config: ExperimentConfig, root: Path) -> dict:
     """Train, validate and evaluate one run, skipping whatever is already done."""
-    from ..eval.runner import evaluate, load_for_eval
+    from ..eval.runner import evaluate
+    from ..loading import load_source
     from ..train.trainer import train
     from ..train.validation import validation_metrics
 
@@ -94,7 +95,7 @@ def run_one(spec: RunSpec, config: ExperimentConfig, root: Path) -> dict:
         val_path.write_text(json.dumps(validation_metrics(adapter, train_config), indent=2))
     result = collect_result(spec, run_dir)
     if "trainable" not in result:
-        model, _, _ = load_for_eval(config.train.model, adapter, trust_remote_code=config.train.trust_remote_code)
+        model, _, _ = load_source(config.train.model, adapter, trust_remote_code=config.train.trust_remote_code)
         result["trainable"], result["total"] = parameter_counts(model)
     if spec.evaluate:
         tune = spec.stage == "tune"  # a tuning run: scored on the validation items, never the test sets
@@ -105,7 +106,7 @@ def run_one(spec: RunSpec, config: ExperimentConfig, root: Path) -> dict:
         need_ce = config.test_ce and not ce_path.exists()
         if need_eval or need_ce:  # one load serves both
             start = time.perf_counter()
-            model, tokenizer, info = load_for_eval(config.train.model, adapter, device=_device(),
+            model, tokenizer, info = load_source(config.train.model, adapter, device=_device(),
                                                    trust_remote_code=config.train.trust_remote_code)
         if need_eval:
             evaluate(model, tokenizer, datasets, eval_config_of(config, limit=None if tune else config.eval_limit),
@@ -119,7 +120,7 @@ def run_one(spec: RunSpec, config: ExperimentConfig, root: Path) -> dict:
         if (not tune and config.final_member and parse_preset(spec.preset).mod
                 and not (final_dir / "summary.json").exists()):
             start = time.perf_counter()
-            model, tokenizer, info = load_for_eval(config.train.model, adapter, device=_device(),
+            model, tokenizer, info = load_source(config.train.model, adapter, device=_device(),
                                                    trust_remote_code=config.train.trust_remote_code)
             final = dataclasses.replace(eval_config_of(config), members=[model.mod_config.k - 1])
             evaluate(model, tokenizer, eval_datasets(config, root), final, final_dir, data_dir=config.data_dir,

@@ -12,11 +12,109 @@ cross-entropy of the gold answers; the candidates are the rates with
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
+from ..mod.config import MoDConfig
+from ..train.config import TrainConfig
 from ..utils.errors import ConfigError
-from .plan import ExperimentConfig, RunSpec, arm_of, parse_arm
+from .config import ExperimentConfig
+from .spec import RUN_FIELDS, RunSpec, arm_of
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One arm of a tuned study: a preset, the training and MoD settings it changes, its rate grid."""
+
+    name: str
+    preset: str
+    train: dict
+    mod: dict
+    lr_grid: tuple[float, ...]
+
+
+def parse_arm(text: str, lr_grid: list[float]) -> Arm:
+    """``NAME=PRESET+FIELD=VALUE+...`` (or a bare ``PRESET``, named after it) as an :class:`Arm`.
+    FIELD is a TrainConfig or MoDConfig field (values read as YAML scalars) or ``lr_grid``
+    (multiples of learning_rate separated by ``/``), which replaces the study's grid for this arm."""
+    import yaml
+
+    from ..mod.variants import parse_preset
+
+    head, *settings = text.strip().split("+")
+    name, sep, preset = head.partition("=")
+    preset = preset if sep else name
+    parse_preset(preset)  # an unknown preset fails here, naming the known ones
+    if not re.fullmatch(r"[A-Za-z0-9_.]+", name):
+        raise ConfigError(f"Arm {text!r}: its name may hold letters, digits, '_' and '.' only.")
+    train_fields = {f.name for f in dataclasses.fields(TrainConfig)} - set(RUN_FIELDS) - {"mod", "learning_rate"}
+    mod_fields = {f.name for f in dataclasses.fields(MoDConfig)}
+    train, mod, grid = {}, {}, tuple(lr_grid)
+    for setting in settings:
+        key, sep, raw = setting.partition("=")
+        if not sep:
+            raise ConfigError(f"Arm {text!r}: {setting!r} is not FIELD=VALUE.")
+        if key == "lr_grid":
+            try:
+                grid = tuple(float(v) for v in raw.split("/"))
+            except ValueError:
+                raise ConfigError(f"Arm {text!r}: lr_grid must be numbers separated by '/', got {raw!r}.") from None
+            if not grid or any(f <= 0 for f in grid):
+                raise ConfigError(f"Arm {text!r}: lr_grid must be positive, got {raw!r}.")
+            continue
+        value = yaml.safe_load(raw)
+        if key in mod_fields:
+            mod[key] = value
+        elif key in train_fields:
+            train[key] = value
+        else:
+            raise ConfigError(f"Arm {text!r}: unknown field {key!r} (a TrainConfig or MoD field, or lr_grid; "
+                              f"learning_rate is what the study tunes).")
+    return Arm(name, preset, train, mod, grid)
+
+
+def tuned_arms(config: ExperimentConfig) -> list[Arm]:
+    """The tuned study's arms, checked: distinct names, and the tests name declared arms."""
+    arms = [parse_arm(text, config.lr_grid) for text in config.arms]
+    names = [arm.name for arm in arms]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"Arm names must differ, got {names}.")
+    for test in (*config.primary, *config.equivalence):
+        a, sep, b = test.partition(":")
+        if not sep or a not in names or b not in names or a == b:
+            raise ConfigError(f"Test {test!r} must be A:B with two different arms of {names}.")
+    overlap = sorted(set(config.tune_seeds) & set(config.seeds))
+    if overlap:
+        raise ConfigError(f"tune_seeds and seeds must be disjoint (confirmatory seeds are never tuned on): {overlap}.")
+    return arms
+
+
+def lr_label(factor: float) -> str:
+    return f"lr{factor:g}x"
+
+
+def tuned_runs(config: ExperimentConfig) -> list[RunSpec]:
+    """The tuned comparison (docs/results/study-tuned/PLAN.md). Tuning stage: every arm at every
+    rate of its grid (``learning_rate`` x factor) over ``tune_seeds``, scored on the validation
+    items only (``tune-<arm>-lr<f>x-s<seed>``). Confirmatory stage: every arm at its selected rate
+    over ``seeds`` (``<arm>-s<seed>``, rate filled in by :func:`modetune.studies.tuning.select_rates`),
+    scored on the test items."""
+    lr = config.train.learning_rate
+    runs = []
+    for seed in config.tune_seeds:
+        for arm in tuned_arms(config):
+            runs += [RunSpec(f"tune-{arm.name}-{lr_label(f)}-s{seed}", arm.preset, seed, dict(arm.mod),
+                             train={**arm.train, "learning_rate": float(f"{f * lr:.6g}")}, stage="tune")
+                     for f in arm.lr_grid]
+    for seed in config.seeds:
+        runs += [RunSpec(f"{arm.name}-s{seed}", arm.preset, seed, dict(arm.mod), train=dict(arm.train), select=arm.name)
+                 for arm in tuned_arms(config)]
+    return runs
+
+
 
 VAL_ENTRY = "builtin-tn-val"  # validation items from the held-out templates-and-numbers bucket
 SELECTION_NAME = "selection.json"
@@ -153,8 +251,6 @@ def select_rates(specs: list[RunSpec], results: list[dict], config: ExperimentCo
 def resolve(specs: list[RunSpec], selection: dict[str, dict]) -> tuple[list[RunSpec], list[RunSpec]]:
     """The confirmatory runs with their arm's selected rate filled in, and those still waiting
     for their arm's tuning stage."""
-    import dataclasses
-
     ready, waiting = [], []
     for spec in specs:
         if spec.select is None:
@@ -202,9 +298,7 @@ def plot_curves(curves: dict[str, list[dict]], selection: dict[str, dict], root:
 
 def tuning_section(config: ExperimentConfig, results: list[dict], root: Path) -> list[str]:
     """The whole accuracy-vs-rate curve of every arm (validation items only), the selection and its plot."""
-    from .plan import plan
-
-    specs = plan("tuned", config)
+    specs = tuned_runs(config)
     curves = tuning_curves(specs, results)
     path = root / SELECTION_NAME
     selection = json.loads(path.read_text())["arms"] if path.exists() else {}

@@ -26,7 +26,7 @@ from typing import Literal
 
 import torch
 
-from ..eval.runner import ModelSource, load_for_eval
+from ..loading import ModelSource, load_source
 from ..mod.config import MoDConfig
 from ..utils.checks import check_bounds, coerce_fields, from_flat_dict, same_field
 from ..utils.errors import ConfigError
@@ -98,7 +98,7 @@ def load_frozen_members(config: FitRouterConfig):
     """``(MoDModel, tokenizer, kind)`` with only the router weights and member norms trainable."""
     from ..mod.model import MoDModel
 
-    loaded, tokenizer, info = load_for_eval(config.model, config.adapter, trust_remote_code=config.trust_remote_code,
+    loaded, tokenizer, info = load_source(config.model, config.adapter, trust_remote_code=config.trust_remote_code,
                                             ignore_base_mismatch=config.ignore_base_mismatch,
                                             quantization=config.quantization,
                                             chat_template=config.chat_template)

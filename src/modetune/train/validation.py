@@ -13,11 +13,11 @@ def validation_metrics(adapter: Path, train_config: TrainConfig) -> dict:
     """Held-out teacher-forced cross-entropy (nats/token) of the ensemble and of each member
     on the run's validation split: the cheap primary metric for sweeps."""
     from ..data import load_training_records, split_validation, tokenize_records
-    from ..eval.runner import load_for_eval
+    from ..loading import load_source
 
     records = load_training_records(train_config.data, train_config.max_records, train_config.seed)
     _, val = split_validation(records, train_config.val_size, train_config.seed)
-    model, tokenizer, info = load_for_eval(train_config.model, adapter, device="cuda" if torch.cuda.is_available() else None,
+    model, tokenizer, info = load_source(train_config.model, adapter, device="cuda" if torch.cuda.is_available() else None,
                                            trust_remote_code=train_config.trust_remote_code)
     rows = tokenize_records(val, tokenizer, train_config.cutoff_len, train_config.train_on_inputs,
                             train_config.prompt_style)
