@@ -33,7 +33,7 @@ def measure_depth(layers: int, args) -> dict:
     out = Path(args.workdir) / f"depth{layers}.json"
     cmd = [sys.executable, str(HERE / "bench_core.py"), "--model", "random", "--shape", args.shape,
            "--layers", str(layers), "--dtype", args.dtype, "--device", args.device, "--batch", "1",
-           "--length", str(args.tokens), "--variants", ",".join(VARIANTS), "--steps", str(args.steps),
+           "--length", str(args.tokens), "--variants", ",".join(VARIANTS), "--steps", str(args.steps), "--rounds", "3",
            "--warmup", str(args.warmup), "--skip-floor", "--gen-batches", "1", "--gen-rounds", "1",
            "--gen-repeats", str(args.gen_repeats), "--new-tokens", str(args.new_tokens), "--json", str(out),
            *(["--in-process"] if args.tiny else [])]

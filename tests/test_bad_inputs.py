@@ -5,7 +5,6 @@ only when asked) do what they say."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 import torch
 
 from modetune.cli import main
-from train_helpers import run_cli, train_args
+from train_helpers import run_cli, snapshot, train_args
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 SMALL = ["--batch-size", "2", "--micro-batch-size", "2", "--val-size", "0", "--save-steps", "2"]
@@ -45,14 +44,6 @@ def runs(tmp_path_factory, tiny_model_dir):
     assert main(["eval", "--model", str(tiny_model_dir), "--adapter", str(mod / "adapter"), "--datasets", "builtin",
                  "--limit", "2", "--max-new-tokens", "4", "--no-progress", "--output", str(evaluated)]) == 0
     return {"mod": mod, "lora": lora, "other": other, "tiny": tiny_model_dir, "eval": evaluated}
-
-
-def snapshot(path: Path) -> dict[str, str]:
-    """``{relative path: sha1}`` of every file under ``path`` (what 'nothing on disk changed' compares)."""
-    if path.is_file():
-        return {path.name: hashlib.sha1(path.read_bytes()).hexdigest()}
-    return {str(p.relative_to(path)): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in sorted(path.rglob("*")) if p.is_file()} if path.exists() else {}
 
 
 def truncate(path: Path, keep: float = 0.5) -> None:
@@ -137,7 +128,8 @@ CASES = {
     "batch not a multiple of micro": (lambda r, t: (_train_case(r, t, "--batch-size", "6", "--micro-batch-size", "4"),
                                                     t), "must be a multiple of micro_batch_size 4"),
     "unknown scheduler": (lambda r, t: (_train_case(r, t, "--lr-scheduler", "zigzag"), t), "Unknown lr_scheduler"),
-    "dropout out of range": (lambda r, t: (_train_case(r, t, "--lora-dropout", "1.5"), t), "lora_dropout must lie"),
+    "dropout out of range": (lambda r, t: (_train_case(r, t, "--lora-dropout", "1.5"), t),
+                             "lora_dropout must be >= 0 and < 1"),
     "negative learning rate": (lambda r, t: (_train_case(r, t, "--learning-rate", "-1"), t), "learning_rate must be > 0"),
     "max_steps zero": (lambda r, t: (_train_case(r, t, "--max-steps", "0"), t), "max_steps must be -1"),
     "missing model folder": (lambda r, t: (train_args(t / "no" / "such-model", t / "o", *SMALL), t),
@@ -214,12 +206,12 @@ CASES = {
                           "is not a results file"),
     # params
     "params missing model folder": (lambda r, t: (["params", "--model", str(t / "no" / "model")], t), "does not exist"),
-    "params k zero": (lambda r, t: (["params", "--model", str(r["tiny"]), "--k", "0"], t), "k must be a positive"),
+    "params k zero": (lambda r, t: (["params", "--model", str(r["tiny"]), "--k", "0"], t), "k must be >= 1"),
     "params unknown preset": (lambda r, t: (["params", "--model", str(r["tiny"]), "--preset", "lora_x"], t),
                               "Unknown preset"),
     # experiment
     "experiment eval_limit zero": (lambda r, t: (["experiment", "variants", "--smoke", "--eval-limit", "0",
-                                                  "--output-dir", str(t / "s")], t), "eval_limit must be > 0"),
+                                                  "--output-dir", str(t / "s")], t), "eval_limit must be >= 1"),
     "experiment yaml text number": (lambda r, t: (["experiment", "variants", "--config", _yaml(t, "num_beams: two\n"),
                                                    "--output-dir", str(t / "s")], t), "num_beams must be a number"),
     "experiment unknown run": (lambda r, t: (["experiment", "ablations", "--smoke", "--only", "nope", "--model",
@@ -233,19 +225,19 @@ CASES = {
         lambda r, t: (["lm-eval", "--model", str(r["other"]), "--adapter", str(r["lora"] / "adapter"), "--tasks",
                        "modetune_builtin_gen", "--limit", "1"], t), "trained on a different base model"),
     "lm-eval --limit -1": (lambda r, t: (["lm-eval", "--model", str(r["tiny"]), "--tasks", "modetune_builtin_gen",
-                                         "--limit", "-1"], t), "limit must be positive"),
+                                         "--limit", "-1"], t), "limit must be > 0"),
     "lm-eval --num-fewshot -1": (lambda r, t: (["lm-eval", "--model", str(r["tiny"]), "--tasks",
                                                 "modetune_builtin_gen", "--num-fewshot", "-1"], t),
                                  "num_fewshot must be >= 0"),
     # probe and fit-router: every field checked when the config is built, YAML text coerced or refused
     "probe --candidates 0": (lambda r, t: (["probe", "--model", str(r["tiny"]), "--candidates", "0",
-                                            "--output", str(t / "p")], t), "candidates must be > 0"),
+                                            "--output", str(t / "p")], t), "candidates must be >= 1"),
     "probe --oracle-steps -1": (lambda r, t: (["probe", "--model", str(r["tiny"]), "--oracle-steps", "-1",
-                                               "--output", str(t / "p")], t), "oracle_steps must be > 0"),
+                                               "--output", str(t / "p")], t), "oracle_steps must be >= 1"),
     "probe yaml text": (lambda r, t: (["probe", "--config", _yaml(t, "records: many\n"), "--output", str(t / "p")], t),
                         "records must be"),
     "fit-router --ce-records 0": (lambda r, t: (["fit-router", "--model", str(r["tiny"]), "--ce-records", "0",
-                                                 "--output", str(t / "f")], t), "ce_records must be > 0"),
+                                                 "--output", str(t / "f")], t), "ce_records must be >= 1"),
     "fit-router --val-size -1": (lambda r, t: (["fit-router", "--model", str(r["tiny"]), "--val-size", "-1",
                                                 "--output", str(t / "f")], t), "val_size must be >= 0"),
     "fit-router yaml text": (lambda r, t: (["fit-router", "--config", _yaml(t, "steps: ten\n"),
@@ -293,9 +285,10 @@ def _log_steps(run: Path) -> list[int]:
 def test_yaml_numbers_written_as_text_are_coerced(tmp_path):
     from modetune.cli import build_parser
     from modetune.cli.flags import config_from_args
+    from modetune.cli.train import TrainCommand
 
     path = _yaml(tmp_path, "learning_rate: 3e-4\nlora_r: '8'\nreport_to: none\ndistill_lambda: 1e-1\n")
-    config = config_from_args(build_parser().parse_args(["train", "--config", path]))
+    config = config_from_args(build_parser().parse_args(["train", "--config", path]), TrainCommand).train
     assert config.learning_rate == 3e-4 and isinstance(config.learning_rate, float)
     assert config.lora_r == 8 and config.report_to == ["none"] and config.mod.distill_lambda == 0.1
 

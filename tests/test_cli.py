@@ -8,6 +8,8 @@ import pytest
 
 from modetune.cli import build_parser, main
 from modetune.cli.flags import config_from_args, load_yaml_config
+from modetune.cli.main import COMMANDS
+from modetune.cli.train import TrainCommand
 from modetune.train.config import TrainConfig
 from train_helpers import fails
 
@@ -20,10 +22,11 @@ def test_yaml_config_and_flag_override(tmp_path):
     (tmp_path / "c.yaml").write_text("preset: lora_all_mod\ndistill_lambda: 0.1\nlora_r: 8\nlora_targets: [q_proj]\n")
     args = build_parser().parse_args(["train", "--config", str(tmp_path / "c.yaml"), "--lora-r", "16",
                                       "--distill-through-body", "--top-k", "none"])
-    config = config_from_args(args)
+    config = config_from_args(args, TrainCommand).train
     assert isinstance(config, TrainConfig)
     literal = config_from_args(build_parser().parse_args(["train", "--router-init", "uniform", "--distill-direction",
-                                                         "forward", "--router-input", "entry", "--loss-impl", "naive"]))
+                                                         "forward", "--router-input", "entry", "--loss-impl", "naive"]),
+                               TrainCommand).train
     assert (literal.mod.router_init, literal.mod.distill_direction, literal.mod.router_input,
             literal.mod.loss_impl) == ("uniform", "forward", "entry", "naive")
     with pytest.raises(SystemExit):
@@ -73,7 +76,23 @@ def _help_entries(command: str, capsys) -> dict[str, tuple[str, str]]:
     return {option: tuple(entry) for option, entry in entries.items() if option != "-h"}
 
 
-@pytest.mark.parametrize("command", ["eval", "lm-eval", "generate", "chat", "export", "probe", "fit-router"])
+def _loads_an_adapter(command: str) -> bool:
+    import argparse
+
+    from modetune.cli.main import build_parser
+
+    sub = next(a for a in build_parser(command)._actions if isinstance(a, argparse._SubParsersAction))
+    return any("--adapter" in action.option_strings for action in sub.choices[command]._actions)
+
+
+ADAPTER_COMMANDS = [name for name in COMMANDS if _loads_an_adapter(name)]  # found from the CLI's own table
+
+
+def test_the_commands_that_load_an_adapter_are_found():
+    assert set(ADAPTER_COMMANDS) >= {"eval", "lm-eval", "generate", "chat", "export", "probe", "fit-router"}
+
+
+@pytest.mark.parametrize("command", ADAPTER_COMMANDS)
 def test_every_command_that_loads_an_adapter_has_the_loader_flags(command, capsys):
     """The one adapter loader's errors recommend --ignore-base-mismatch, --trust-remote-code and (for a
     QLoRA adapter) --quantization; every command that loads an adapter has them, and --chat-template."""
@@ -83,8 +102,7 @@ def test_every_command_that_loads_an_adapter_has_the_loader_flags(command, capsy
         assert flag in entries, (command, flag)
 
 
-@pytest.mark.parametrize("command", ["train", "experiment", "eval", "lm-eval", "params", "generate", "chat", "export",
-                                     "probe", "fit-router"])
+@pytest.mark.parametrize("command", [name for name in COMMANDS if name not in ("data", "config")])  # (subcommands)
 def test_help_shows_type_meaning_and_default_of_every_flag(command, capsys):
     import argparse
     import re
@@ -103,12 +121,12 @@ def test_help_shows_type_meaning_and_default_of_every_flag(command, capsys):
         if actions[option].nargs != 0:  # a value: its type or its choices
             assert re.search(rf"{option} (\{{|[A-Z])", invocation), (option, invocation)
     if command == "train":
-        assert entries["--distill-lambda"] == ("--distill-lambda FLOAT",
-                                               "weight of L_distill in L = L_task + lambda * L_distill (default: 1.0)")
+        assert entries["--distill-lambda"] == ("--distill-lambda FLOAT", "weight of L_distill in L = L_task + lambda * "
+                                               "L_distill (default: 1.0; range: >= 0)")
         assert entries["--router-init"][0] == "--router-init {uniform,final}"
-        assert entries["--top-k"][0] == "--top-k INT|none" and "(default: none)" in entries["--top-k"][1]
+        assert entries["--top-k"][0] == "--top-k INT|none" and "(default: none; range: >= 1)" in entries["--top-k"][1]
     if command == "experiment":  # the study's own defaults, not TrainConfig's
-        assert "(default: 64)" in entries["--val-size"][1] and "(default: 42,43,44)" in entries["--key-seeds"][1]
+        assert "(default: 64;" in entries["--val-size"][1] and "(default: 42,43,44;" in entries["--key-seeds"][1]
         assert "--preset" not in entries and "--seed" not in entries and "--k" in entries
 
 
@@ -193,7 +211,7 @@ def test_config_list_and_show_and_config_by_name(capsys):
     assert capsys.readouterr().out == (CONFIG_DIR / "paper_llama7b.yaml").read_text()
     assert config_file("configs/paper_llama7b.yaml").resolve() == config_file("paper_llama7b.yaml")  # path or name
     args = build_parser().parse_args(["train", "--config", "paper_llama7b", "--lora-r", "8"])
-    config = config_from_args(args)
+    config = config_from_args(args, TrainCommand).train
     assert (config.lora_r, config.num_epochs, config.warmup_steps) == (8, 3.0, 100)
     assert main(["config", "show", "nope"]) == 1
     assert "shipped config" in capsys.readouterr().err

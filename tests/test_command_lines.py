@@ -63,7 +63,9 @@ def _cards() -> list[str]:
 
 
 SOURCES = {"README.md": (ROOT / "README.md").read_text()}
-SOURCES.update({str(p.relative_to(ROOT)): p.read_text() for p in sorted(ROOT.glob("docs/**/*.md"))})
+IGNORED = ("adapter", ".staging")  # a run's own folders, never committed (.gitignore)
+SOURCES.update({str(p.relative_to(ROOT)): p.read_text() for p in sorted(ROOT.glob("docs/**/*.md"))
+                if not any(part in IGNORED or part.startswith("checkpoint-") for part in p.relative_to(ROOT).parts)})
 
 
 def test_documented_command_lines_parse():

@@ -19,7 +19,7 @@ from modetune.eval.protocol import (
     item_id,
     score_response,
 )
-from modetune.eval.sources import HF_SOURCES, load_hf_records, load_test_items, resolve_data_dir, validate_test_items
+from modetune.eval.sources import CONVERTERS, load_hf_records, load_test_items, resolve_data_dir, validate_test_items
 from modetune.utils.errors import ConfigError, DataError, UserError
 
 
@@ -163,11 +163,11 @@ def test_hf_converters_reproduce_llm_adapters_wording(packaged_data):
     first = lambda name: json.loads((folder / name / "test.json").read_text())[0]
     boolq = first("boolq")
     row = {"question": "does ethanol take more energy make that produces", "answer": False, "passage": "..."}
-    assert HF_SOURCES["boolq"][3](row) == {"instruction": boolq["instruction"], "answer": boolq["answer"]}
+    assert CONVERTERS["boolq"](row) == {"instruction": boolq["instruction"], "answer": boolq["answer"]}
     wino = first("winogrande")
     row = {"sentence": "Sarah was a much better surgeon than Maria so _ always got the easier cases.",
            "option1": "Sarah", "option2": "Maria", "answer": "2"}
-    assert HF_SOURCES["winogrande"][3](row) == {"instruction": wino["instruction"], "answer": wino["answer"]}
+    assert CONVERTERS["winogrande"](row) == {"instruction": wino["instruction"], "answer": wino["answer"]}
     arc = first("ARC-Easy")
     row = {"question": "Which statement best explains why photosynthesis is the foundation of most food webs?",
            "choices": {"label": ["A", "B", "C", "D"], "text": [
@@ -175,28 +175,28 @@ def test_hf_converters_reproduce_llm_adapters_wording(packaged_data):
                "Most ecosystems are found on land instead of in water.",
                "Carbon dioxide is more available than other gases.", "The producers in all ecosystems are plants."]},
            "answerKey": "A"}
-    assert HF_SOURCES["ARC-Easy"][3](row) == {"instruction": arc["instruction"], "answer": arc["answer"]}
+    assert CONVERTERS["ARC-Easy"](row) == {"instruction": arc["instruction"], "answer": arc["answer"]}
     siqa = first("social_i_qa")
     row = {"context": "Tracy didn't go home that evening and resisted Riley's attacks.",
            "question": "What does Tracy need to do before this?", "answerA": "make a new plan",
            "answerB": "Go home and see Riley", "answerC": "Find somewhere to go", "label": "3"}
-    assert HF_SOURCES["social_i_qa"][3](row) == {"instruction": siqa["instruction"], "answer": siqa["answer"]}
+    assert CONVERTERS["social_i_qa"](row) == {"instruction": siqa["instruction"], "answer": siqa["answer"]}
     piqa = first("piqa")
     goal, sol1, sol2 = re.fullmatch(r"Please choose the correct solution to the question: (.*)\n\nSolution1: (.*)"
                                     r"\n\nSolution2: (.*)\n\nAnswer format: solution1/solution2",
                                     piqa["instruction"], re.S).groups()
     row = {"goal": goal, "sol1": sol1, "sol2": sol2, "label": int(piqa["answer"][-1]) - 1}
-    assert HF_SOURCES["piqa"][3](row) == {"instruction": piqa["instruction"], "answer": piqa["answer"]}
+    assert CONVERTERS["piqa"](row) == {"instruction": piqa["instruction"], "answer": piqa["answer"]}
     obqa = first("openbookqa")
     texts = re.findall(r"Answer\d: (.*?)(?= Answer\d:|\n\n)", obqa["instruction"])
     stem = obqa["instruction"].split("question: ", 1)[1].split("\n\n")[0]
     row = {"question_stem": stem, "choices": {"label": list("ABCD"), "text": texts},
            "answerKey": "ABCD"[int(obqa["answer"][-1]) - 1]}
-    assert HF_SOURCES["openbookqa"][3](row) == {"instruction": obqa["instruction"], "answer": obqa["answer"]}
+    assert CONVERTERS["openbookqa"](row) == {"instruction": obqa["instruction"], "answer": obqa["answer"]}
     aqua = first("AQuA")
     question = aqua["instruction"].split(" Answer Choices:")[0]
     row = {"question": question, "options": ["A)23.65", "B)1000", "C)35.62", "D)2.65", "E)1023.65"], "correct": "A"}
-    assert HF_SOURCES["AQuA"][3](row) == {"instruction": aqua["instruction"], "answer": "A"}
+    assert CONVERTERS["AQuA"](row) == {"instruction": aqua["instruction"], "answer": "A"}
 
 
 def test_hf_loading_converts_rows(monkeypatch):
@@ -285,3 +285,9 @@ def test_default_data_is_packaged_and_the_hub_is_explicit(tmp_path):
     assert len(load_test_items("gsm8k")) == 1319 and len(load_test_items("mawps")) == 238
     half = load_test_items("gsm8k", data_dir="packaged:math-split")
     assert len(half) == 661 and half == [r for r in load_test_items("gsm8k") if r in half]
+
+
+def test_every_hub_source_has_a_converter_and_the_registry_names_it():
+    from modetune.eval.datasets import DATASETS
+
+    assert {name for name, info in DATASETS.items() if info.hub} == set(CONVERTERS)

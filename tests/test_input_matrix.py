@@ -7,13 +7,12 @@ file unchanged byte for byte. docs/reliability.md lists the classes.
 
 from __future__ import annotations
 
-import hashlib
 import json
-from pathlib import Path
 
 import pytest
 
 from modetune.cli import main
+from train_helpers import snapshot
 
 GOOD = {"instruction": "What is 1 + 1?", "input": "", "output": "2", "answer": "2"}
 # class -> (file suffix, bytes, phrase the one line must hold besides the file's name)
@@ -70,11 +69,6 @@ def _cases():
                 yield pytest.param(table, command, kind, id=f"{command}-{table}-{kind}")
 
 
-def _tree(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 @pytest.mark.parametrize(("table", "command", "kind"), list(_cases()))
 def test_a_bad_file_is_one_line_naming_it_and_changes_nothing(tiny_model_dir, tmp_path, capsys, monkeypatch,
                                                               table, command, kind):
@@ -97,7 +91,7 @@ def test_a_bad_file_is_one_line_naming_it_and_changes_nothing(tiny_model_dir, tm
         argv = _config_commands(model)[command](str(path), out)
     else:
         argv = ["generate", "--model", model, "--prompts-file", str(path), "--max-new-tokens", "1"]
-    before = _tree(inputs)
+    before = snapshot(inputs)
     assert main(argv) == 1
     err = capsys.readouterr().err.strip()
     assert "Traceback" not in err, err
@@ -105,5 +99,5 @@ def test_a_bad_file_is_one_line_naming_it_and_changes_nothing(tiny_model_dir, tm
     assert line.startswith(f"modetune {command}: error: "), err
     assert "user-file" in line or kind == "empty" and table == "prompts", line
     assert phrase in line, line
-    assert _tree(inputs) == before
+    assert snapshot(inputs) == before
     assert not (tmp_path / "out").exists()

@@ -43,8 +43,6 @@ CORE = {"utils", "mod"}  # where functions stay under MAX_FUNCTION_LINES
 SELF_CONTAINED = f"{PACKAGE}.mod.ensemble"
 MAX_MODULE_LINES = 500
 MAX_FUNCTION_LINES = 80
-# Function-level imports allowed to close a cycle, each with its reason.
-ALLOWED_LAZY_EDGES: dict[tuple[str, str], str] = {}  # (importer, imported): why a lazy cycle is harmless
 
 
 def module_files(src: Path = SRC) -> dict[str, Path]:
@@ -120,9 +118,8 @@ def _reachable(graph, start: str) -> dict[str, list[str]]:
 
 
 def _cycles(graph) -> list[list[str]]:
-    """Strongly connected components with more than one module (Tarjan), allowed lazy edges removed."""
-    edges = {a: [b for b, lazy in targets.items() if not (lazy and (a, b) in ALLOWED_LAZY_EDGES)]
-             for a, targets in graph.items()}
+    """Strongly connected components with more than one module (Tarjan); a lazy import is an edge too."""
+    edges = {a: list(targets) for a, targets in graph.items()}
     index, low, stack, on_stack, components, counter = {}, {}, [], set(), [], [0]
 
     def visit(node):
@@ -234,11 +231,6 @@ def test_no_module_outside_the_method_reads_private_attributes_of_other_objects(
 
 def test_no_import_cycles(graph):
     assert _cycles(graph) == []
-
-
-def test_allowed_lazy_edges_are_lazy(graph):
-    for source, target in ALLOWED_LAZY_EDGES:
-        assert graph.get(source, {}).get(target, True) is True, f"{source} -> {target} must stay a function-level import"
 
 
 def test_no_module_over_500_lines():

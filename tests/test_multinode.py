@@ -20,24 +20,26 @@ import torch
 from safetensors.torch import load_file
 
 from modetune.cli import main
-from train_helpers import free_port, train_args
+from train_helpers import FAULT_CLI, free_port, train_args
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 COMMON = ["--max-steps", "3", "--batch-size", "4", "--micro-batch-size", "2", "--save-steps", "100"]
 
 
-def _launch_two_nodes(model_dir: Path, cwd: dict[int, Path]) -> dict[int, subprocess.CompletedProcess]:
-    """Both node ranks' torchrun agents, started concurrently; their results once both have ended."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+def _launch_two_nodes(model_dir: Path, cwd: dict[int, Path], *extra: str, env_extra: dict | None = None
+                      ) -> dict[int, subprocess.CompletedProcess]:
+    """Both node ranks' torchrun agents, started concurrently (``cwd``: each one's folder, the same
+    for a shared disk); their results once both have ended."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env_extra or {}),
            "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     port = free_port()
     procs = {}
     for node in (0, 1):
-        cwd[node].mkdir(parents=True)
+        cwd[node].mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
                "--node-rank", str(node), "--rdzv-backend", "static", "--master-addr", "127.0.0.1",
-               "--master-port", str(port), "-m", "modetune.cli", *train_args(model_dir, "run", *COMMON)]
+               "--master-port", str(port), FAULT_CLI, *train_args(model_dir, "run", *(extra or COMMON))]
         procs[node] = subprocess.Popen(cmd, cwd=cwd[node], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                        text=True)
     results = {}
@@ -56,6 +58,10 @@ def _logged(run: Path) -> list[dict]:
     return [row for row in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "loss" in row]
 
 
+def _files(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
 def _weights(adapter: Path) -> dict[str, torch.Tensor]:
     return {f"{name}:{key}": tensor for name in ("adapter_model.safetensors", "mod_model.safetensors")
             for key, tensor in load_file(str(adapter / name)).items()}
@@ -69,8 +75,8 @@ def test_two_nodes_equal_one_process_and_only_rank0_writes(tiny_model_dir, tmp_p
     near 1e-3; measured 3.9e-8), and so does every tensor of the saved adapter (absolute 1e-5, a
     thousandth of one step's update at learning rate 1e-2; measured 2.1e-6, 3.1e-5 of the tensor's
     largest entry: Adam scales the rounding of near-zero gradients up). Node rank 0 wrote the whole run folder, node
-    rank 1 only its own RNG state, which the Trainer saves per process in the checkpoint it writes
-    at the end (`.staging/checkpoint-3/rng_state_1.pth`: in `checkpoint-3` when the folder is shared)."""
+    rank 1 (a folder of its own) only the checkpoint it resumes from, its own RNG state in it and no
+    other process's; no `.staging` stays on either."""
     nodes = {0: tmp_path / "node0", 1: tmp_path / "node1"}
     results = _launch_two_nodes(tiny_model_dir, nodes)
     for node, result in results.items():
@@ -101,6 +107,58 @@ def test_two_nodes_equal_one_process_and_only_rank0_writes(tiny_model_dir, tmp_p
     written = {p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file()}
     assert {"log.jsonl", "summary.json", "adapter/adapter_model.safetensors", "adapter/mod_model.safetensors",
             "checkpoint-3/trainer_state.json", "checkpoint-3/rng_state_0.pth"} <= written
-    assert not any("rng_state_1" in name for name in written)
-    assert {p.relative_to(nodes[1]).as_posix() for p in nodes[1].rglob("*") if p.is_file()} == {
-        "run/.staging/checkpoint-3/rng_state_1.pth"}
+    assert not any("rng_state_1" in name or "staging" in name for name in written)
+    checkpoint = {name for name in written if name.startswith("checkpoint-3/")}
+    assert _files(nodes[1]) == {f"run/{name}".replace("rng_state_0", "rng_state_1") for name in checkpoint}
+
+
+RESUME = ["--max-steps", "4", "--batch-size", "4", "--micro-batch-size", "2", "--save-steps", "2", "--lora-dropout", "0.1"]
+
+
+def test_two_nodes_killed_in_a_save_resume_from_their_own_folders_to_the_uninterrupted_run(tiny_model_dir,
+                                                                                            tmp_path):
+    """4 steps on 2 nodes x 1 process, checkpoints at steps 2 and 4, dropout on (each process's
+    restored RNG state matters). Uninterrupted, on one folder both nodes share; then killed
+    (``kill-save:4``: SIGKILL in every process inside checkpoint 4's save, its weights written) with
+    each node on a folder of its own, and resumed there (``--resume`` on both): every logged step
+    equals the uninterrupted run's bit for bit (measured: the adapter too; asserted within the
+    first test's 1e-5). Each node's folder holds a complete ``checkpoint-2`` to resume from (node
+    rank 1's with its own RNG state), the killed save's ``.staging`` is cleared at the resume on both,
+    and at the end no ``.staging`` or other process's file is left: the shared checkpoint holds
+    both RNG states, node rank 1's folder only its checkpoints."""
+    shared = tmp_path / "shared"
+    for node, result in _launch_two_nodes(tiny_model_dir, {0: shared, 1: shared}, *RESUME).items():
+        assert result.returncode == 0, (node, result.stderr[-3000:])
+    want = shared / "run"
+    assert {"checkpoint-4/rng_state_0.pth", "checkpoint-4/rng_state_1.pth"} <= _files(want)
+    assert not any("staging" in name for name in _files(want))
+
+    nodes = {0: tmp_path / "node0", 1: tmp_path / "node1"}
+    killed = _launch_two_nodes(tiny_model_dir, nodes, *RESUME, env_extra={"MODETUNE_TEST_FAULT": "kill-save:4"})
+    assert all(result.returncode != 0 for result in killed.values())
+    for node in (0, 1):
+        left = _files(nodes[node] / "run")
+        assert f"checkpoint-2/rng_state_{node}.pth" in left and "checkpoint-2/trainer_state.json" in left, left
+        assert any(name.startswith(".staging/checkpoint-4/") for name in left), left  # a leftover to clear
+        assert "checkpoint-4/trainer_state.json" not in left and "summary.json" not in left
+
+    resumed = _launch_two_nodes(tiny_model_dir, nodes, *RESUME, "--resume")
+    for node, result in resumed.items():
+        assert result.returncode == 0, (node, result.stderr[-3000:])
+    run = nodes[0] / "run"
+    assert f"removed {Path('run', '.staging')}, the partial checkpoint" in resumed[0].stdout  # node rank 1: at its save
+    assert [(row["step"], row["loss"], row["task_loss"]) for row in _logged(run)] == \
+        [(row["step"], row["loss"], row["task_loss"]) for row in _logged(want)]
+    assert [row["step"] for row in _logged(run)] == [1, 2, 3, 4]
+    weights, expected = _weights(run / "adapter"), _weights(want / "adapter")
+    assert weights.keys() == expected.keys()
+    for key, tensor in expected.items():
+        torch.testing.assert_close(weights[key], tensor, rtol=0, atol=1e-5, msg=key)
+    for key, tensor in _weights(nodes[1] / "run" / "checkpoint-4").items():  # node rank 1's copy: the same
+        torch.testing.assert_close(tensor, weights[key], rtol=0, atol=0, msg=key)
+
+    written = _files(run)
+    assert not any("staging" in name or "rng_state_1" in name for name in written)
+    checkpoints = {name for name in written if name.startswith("checkpoint-")}
+    assert {name.split("/")[0] for name in checkpoints} == {"checkpoint-2", "checkpoint-4"}
+    assert _files(nodes[1] / "run") == {name.replace("rng_state_0", "rng_state_1") for name in checkpoints}

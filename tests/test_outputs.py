@@ -10,7 +10,6 @@ The fixtures (a tiny MoD adapter, two eval runs, a split source) are built once 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -20,18 +19,9 @@ import pytest
 from modetune.cli import main
 from modetune.utils.errors import ConfigError
 from modetune.utils.outputs import STAGING, check_output, stage_path, staged, write_text
-from train_helpers import train_args
+from train_helpers import fails, snapshot, train_args
 
 SETS = ("AddSub", "AQuA", "gsm8k", "mawps", "MultiArith", "SingleEq", "SVAMP")
-
-
-def tree_hash(path: Path) -> str:
-    """A hash of every file's relative name and bytes under ``path`` (or of the file itself)."""
-    digest = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for file in files:
-        digest.update(str(file.relative_to(path.parent)).encode() + b"\0" + file.read_bytes())
-    return digest.hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -86,12 +76,7 @@ def _written(command: str, output: Path) -> list[Path]:
 
 
 def _refused(capsys, argv: list[str], match: str, command: str) -> None:
-    """Exit 1, one line ``modetune COMMAND: error: ...match...``, no traceback."""
-    assert main(argv) == 1, argv
-    err = capsys.readouterr().err.strip()
-    assert "Traceback" not in err, err
-    name = "data" if command == "split-arithmetic" else command
-    assert err.splitlines()[-1].startswith(f"modetune {name}: error: ") and match in err.splitlines()[-1], err
+    fails(capsys, argv, match, "data" if command == "split-arithmetic" else command)
 
 
 COMMANDS = ("export", "fit-router", "probe", "split-arithmetic", "report", "solved", "lm-eval")
@@ -106,12 +91,12 @@ def test_an_output_that_touches_an_input_is_refused_and_nothing_changes(world, c
     output = {"is_input": source, "inside_input": source / "out", "holds_input": source.parent}[case]
     if command in ("report", "lm-eval") and case == "is_input":
         output = source / "results"  # a file output: the nearest case, a file inside the input
-    before = {p: tree_hash(p) for p in (world["adapter"], world["evals"], world["source"])}
+    before = snapshot(world["adapter"], world["evals"], world["source"])
     argv = _argv(command, world, output)
     if command == "report" or command == "solved":
         argv = argv + ["--overwrite"]  # refused even with --overwrite: inputs are never written
     _refused(capsys, argv, "the input", command)
-    assert {p: tree_hash(p) for p in before} == before
+    assert snapshot(world["adapter"], world["evals"], world["source"]) == before
     assert not any(p.name.endswith(STAGING) for p in world["root"].rglob("*"))
 
 
@@ -129,9 +114,9 @@ def _make_existing(command: str, target: Path, text: str) -> None:
 def test_an_existing_output_is_refused_without_overwrite(world, capsys, command, tmp_path):
     output = tmp_path / "out"
     _make_existing(command, _written(command, output)[0], "the user's")
-    before = tree_hash(tmp_path)
+    before = snapshot(tmp_path)
     _refused(capsys, _argv(command, world, output), "already exists; pass --overwrite", command)
-    assert tree_hash(tmp_path) == before
+    assert snapshot(tmp_path) == before
 
 
 @pytest.mark.slow
@@ -145,7 +130,7 @@ def test_overwrite_replaces_whole_and_a_leftover_staging_is_named_and_removed(wo
         _make_existing(command, target, "from before")
     leftover = stage_path(targets[0], folder=command in FOLDER_OUTPUTS)
     leftover.mkdir() if command in FOLDER_OUTPUTS else leftover.write_text("half")
-    before = {p: tree_hash(p) for p in (world["adapter"], world["evals"], world["source"])}
+    before = snapshot(world["adapter"], world["evals"], world["source"])
     assert main([*_argv(command, world, output), "--overwrite"]) == 0
     err = capsys.readouterr().err
     assert f"removed {leftover}" in err
@@ -156,7 +141,7 @@ def test_overwrite_replaces_whole_and_a_leftover_staging_is_named_and_removed(wo
             assert not (target / "earlier.txt").exists() and any(target.iterdir())
         else:
             assert target.read_bytes() != b"from before"
-    assert {p: tree_hash(p) for p in before} == before
+    assert snapshot(world["adapter"], world["evals"], world["source"]) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted({t.relative_to(tmp_path).parts[0] for t in targets})
 
 

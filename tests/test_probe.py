@@ -157,7 +157,8 @@ def test_probe_command_on_a_tiny_mod_adapter(tiny_model_dir, tmp_path, capsys):
     from modetune.loading import load_source
 
     model, tokenizer, _ = load_source(str(tiny_model_dir), str(adapter))
-    rows = probe_rows(ProbeConfig(model=str(tiny_model_dir), data="builtin:arithmetic:30", records=6), tokenizer)
+    rows = probe_rows(ProbeConfig.from_dict(dict(model=str(tiny_model_dir), data="builtin:arithmetic:30", records=6)),
+                      tokenizer)
 
     def pooled_ce(member):
         total, count = 0.0, 0

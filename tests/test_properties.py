@@ -4,6 +4,7 @@ user error (:class:`~modetune.utils.errors.UserError`), never another exception.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from modetune.data import load_json_records, pack_rows
 from modetune.eval.probe import ProbeConfig
-from modetune.train.config import POSITIVE, TrainConfig
+from modetune.train.config import TrainConfig
 from modetune.train.fit_router import FitRouterConfig
 from modetune.utils.errors import UserError
 
@@ -36,9 +37,10 @@ def test_train_config_is_valid_or_refused_in_one_line(values):
     except UserError as error:
         assert "\n" not in str(error) and str(error)
         return
-    for name in POSITIVE:  # what it built satisfies its own rules
-        value = getattr(config, name)
-        assert value is None or value > 0, name
+    for f in dataclasses.fields(config):  # what it built satisfies its own declared ranges
+        value = getattr(config, f.name)
+        if value is not None and ("min" in f.metadata or "gt" in f.metadata):
+            assert value >= f.metadata.get("min", value) and value > f.metadata.get("gt", value - 1), f.name
     assert config.batch_size % config.micro_batch_size == 0
     assert 0 <= config.lora_dropout < 1 and config.seed >= 0
     assert isinstance(config.lora_r, int) and isinstance(config.learning_rate, float)

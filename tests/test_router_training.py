@@ -51,7 +51,7 @@ def test_warmup_needs_a_router_and_positive_rates(capsys, tiny_model_dir, tmp_pa
 
     with pytest.raises(ConfigError, match="router_warmup_steps needs a preset with MoD"):
         TrainConfig(preset="lora_notk", router_warmup_steps=2)
-    with pytest.raises(ConfigError, match="router_lr must be positive"):
+    with pytest.raises(ConfigError, match="router_lr must be > 0"):
         TrainConfig(router_lr=0.0)
     fails(capsys, train_args(tiny_model_dir, tmp_path / "x", "--router-warmup-steps", "-1"), "router_warmup_steps")
 
@@ -97,7 +97,7 @@ def test_router_lr_and_warmup_train_save_and_resume(tiny_model_dir, tmp_path, ca
                if "lora_B" in name)
     # killed inside the warm-up, resumed from checkpoint-2: the same run, rates and weights
     run = tmp_path / "killed"
-    killed = run_cli(*train_args(tiny_model_dir, run, *WARMUP), env_extra={"MODETUNE_FAULT_AT_STEP": "kill:3"})
+    killed = run_cli(*train_args(tiny_model_dir, run, *WARMUP), env_extra={"MODETUNE_TEST_FAULT": "kill:3"})
     assert killed.returncode == -9, killed.stderr[-2000:]
     resumed = run_cli(*train_args(tiny_model_dir, run, *WARMUP), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -120,9 +120,9 @@ def test_fit_router_moves_only_router_and_norms_and_lowers_training_ce(tiny_mode
 
     lora_dir = tmp_path / "lora"
     lora(load_model(str(tiny_model_dir))[0]).save_pretrained(str(lora_dir))  # a LoRA-only adapter, B non-zero
-    config = FitRouterConfig(model=str(tiny_model_dir), adapter=str(lora_dir), data="builtin:arithmetic:32",
-                             val_size=2, ce_records=8, steps=8, batch_size=4, learning_rate=3e-2,
-                             output=str(tmp_path / "fitted"), mod=MoDConfig(router_init="uniform"))
+    config = FitRouterConfig.from_dict(dict(model=str(tiny_model_dir), adapter=str(lora_dir), data="builtin:arithmetic:32",
+                                            val_size=2, ce_records=8, steps=8, batch_size=4, learning_rate=3e-2,
+                                            output=str(tmp_path / "fitted"), mod=MoDConfig(router_init="uniform")))
     model, result = fit_router(config, progress=False)
     assert result["kind"] == "lora"
     reference = MoDModel(PeftModel.from_pretrained(load_model(str(tiny_model_dir))[0], str(lora_dir)),

@@ -409,3 +409,22 @@ def test_clip_control_smoke_reads_committed_rows_and_scores_the_final_member(tin
     assert main([*argv, "--output-dir", str(follow), "--baseline-dir", "../committed", "--cutoff-len", "128",
                  "--only", "lora_notk-s42"]) == 1
     assert "trained with other settings" in capsys.readouterr().err
+
+
+def test_saved_probe_and_fit_router_configs_of_the_committed_studies_still_read():
+    """probe.json and fit_router.json hold their config flat (model, adapter, ... beside the rest);
+    the configs now nest ``source: ModelSource``, and every committed file still reads, to the
+    same flat mapping."""
+    from modetune.eval.probe import ProbeConfig
+    from modetune.train.fit_router import FitRouterConfig
+
+    results = Path(__file__).resolve().parents[1] / "docs" / "results"
+    files = [(ProbeConfig, p) for p in sorted(results.rglob("probe.json"))]
+    files += [(FitRouterConfig, p) for p in sorted(results.rglob("fit_router.json"))]
+    assert len(files) >= 20
+    for cls, path in files:
+        saved = json.loads(path.read_text())["config"]
+        config = cls.from_dict(saved)
+        assert config.source.adapter == saved.get("adapter") and config.source.model == saved.get("model"), path
+        migrated = {cls.renamed.get(key, key): value for key, value in saved.items()}  # older field names
+        assert {key: value for key, value in config.to_dict().items() if key in migrated} == migrated, path

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from modetune.cli import main
-from train_helpers import fails, run_cli, train_args
+from train_helpers import fails, run_cli, snapshot, train_args
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
@@ -124,7 +124,7 @@ def test_a_run_killed_anywhere_resumes_to_the_uninterrupted_run(tiny_model_dir, 
     once, the end-of-training row and the validation row; timings aside), the same summary, and no
     staging folder left. Dropout on: the resumed RNG state matters."""
     run = tmp_path / "killed"
-    killed = run_cli(*train_args(tiny_model_dir, run, *RESUME_RUN), env_extra={"MODETUNE_FAULT_AT_STEP": fault})
+    killed = run_cli(*train_args(tiny_model_dir, run, *RESUME_RUN), env_extra={"MODETUNE_TEST_FAULT": fault})
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert not (run / "summary.json").exists()
     assert main([*train_args(tiny_model_dir, run, *RESUME_RUN), "--resume"]) == 0
@@ -191,70 +191,68 @@ def test_presets_train_what_they_name(tiny_model_dir, tmp_path, preset):
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tiny_model_dir, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("MODETUNE_FAULT_AT_STEP", "nan:3")
+    import functools
+
+    from faults import FaultInjection
+    from modetune.train import trainer
+
+    monkeypatch.setattr(trainer, "train", functools.partial(trainer.train, callbacks=[FaultInjection("nan:3")]))
     out = tmp_path / "nan"
     fails(capsys, train_args(tiny_model_dir, out, "--max-steps", "4", "--batch-size", "2", "--micro-batch-size", "2",
                          "--save-steps", "2", "--val-size", "0"), "Non-finite loss at step 3")
     assert (out / "checkpoint-2" / "mod_model.safetensors").exists() and not (out / "adapter").exists()
 
 
-FAULT_PROBE = r"""
-import sys
-from modetune.train import trainer
-from modetune.train.config import TrainConfig
+def test_train_adds_the_callbacks_it_is_given_and_reads_no_fault_variable(tiny_model_dir, tmp_path, monkeypatch):
+    """``train(config, callbacks=[...])`` adds each callback (one with ``install`` is given the
+    trainer first); the library reads no fault-injection variable and ships no fault module."""
+    import importlib.util
 
-class Stop(Exception):
-    pass
+    from transformers import TrainerCallback
 
-def fake_train(self, *args, **kwargs):
-    print("callbacks:", sorted(type(c).__name__ for c in self.callback_handler.callbacks))
-    raise Stop
+    from modetune.train import trainer
+    from modetune.train.config import TrainConfig
 
-trainer.MoDTrainer.train = fake_train
-config = TrainConfig(model=sys.argv[1], data="builtin:arithmetic:16", val_size=0, lora_r=4, report_to=["none"],
-                     output_dir=sys.argv[2])
-try:
-    trainer.train(config)
-except Stop:
-    pass
-print("faults imported:", "modetune.train.faults" in sys.modules)
-"""
+    class Probe(TrainerCallback):
+        installed = None
 
+        def install(self, t):
+            Probe.installed = t
 
-@pytest.mark.parametrize("fault", [None, "nan:2"])
-def test_fault_injection_is_imported_and_added_only_when_asked(tiny_model_dir, tmp_path, fault):
-    """In a fresh process, the trainer neither imports the fault-injection module nor adds its
-    callback unless MODETUNE_FAULT_AT_STEP asks for one."""
-    import subprocess
-    import sys
+    class Stop(Exception):
+        pass
 
-    env = {key: value for key, value in os.environ.items() if key != "MODETUNE_FAULT_AT_STEP"}
-    if fault:
-        env["MODETUNE_FAULT_AT_STEP"] = fault
-    done = subprocess.run([sys.executable, "-c", FAULT_PROBE, str(tiny_model_dir), str(tmp_path / "run")],
-                          capture_output=True, text=True, env={**env, "HF_HUB_OFFLINE": "1"}, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert f"faults imported: {fault is not None}" in done.stdout
-    assert ("FaultInjection" in done.stdout.split("callbacks:")[1].splitlines()[0]) == (fault is not None)
+    seen = {}
 
+    def fake_train(self, *args, **kwargs):
+        seen["callbacks"] = [type(c).__name__ for c in self.callback_handler.callbacks]
+        raise Stop
+
+    monkeypatch.setattr(trainer.MoDTrainer, "train", fake_train)
+    monkeypatch.setenv("MODETUNE_FAULT_AT_STEP", "kill:1")  # the old variable: ignored
+    config = TrainConfig(model=str(tiny_model_dir), data="builtin:arithmetic:16", val_size=0, lora_r=4,
+                         report_to=["none"], output_dir=str(tmp_path / "run"))
+    with pytest.raises(Stop):
+        trainer.train(config, callbacks=[Probe()])
+    assert "Probe" in seen["callbacks"] and isinstance(Probe.installed, trainer.MoDTrainer)
+    assert importlib.util.find_spec("modetune.train.faults") is None
+    source = "".join(p.read_text() for p in Path(trainer.__file__).parent.parent.rglob("*.py"))
+    assert "MODETUNE_FAULT" not in source and "MODETUNE_TEST_FAULT" not in source
 
 
 def test_resume_of_a_finished_run_changes_nothing_and_a_larger_budget_extends_it(tiny_model_dir, tmp_path, capsys):
     """``--resume`` on a complete run says so and trains nothing; with a larger ``--max-steps`` it
     continues, and the learning rate follows the linear schedule planned for the new length."""
-    import hashlib
 
     out = tmp_path / "run"
     args = train_args(tiny_model_dir, out, "--batch-size", "4", "--micro-batch-size", "4", "--save-steps", "2")
     assert main([*args, "--max-steps", "4"]) == 0
     first = _logged(out)
-    digest = lambda: {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
-                      for p in sorted(out.rglob("*")) if p.is_file() and "runs" not in p.parts}
-    before = digest()
+    before = snapshot(out)
     capsys.readouterr()
     assert main([*args, "--max-steps", "4", "--resume"]) == 0
     assert "holds a complete run (4 steps): nothing to do" in capsys.readouterr().out
-    assert digest() == before  # not one file changed
+    assert snapshot(out) == before  # not one file changed
     assert main([*args, "--max-steps", "2", "--resume"]) == 1  # a shorter budget is another run
     assert "max_steps 4 -> 2" in capsys.readouterr().err
 

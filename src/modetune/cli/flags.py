@@ -18,7 +18,7 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..train.config import TrainConfig
+from ..utils.config import range_text
 from ..utils.errors import ConfigError, first_line
 from ..utils.shipped import config_file
 
@@ -35,6 +35,7 @@ class ConfigFlag:
     default: typing.Any
     help: str
     required: bool = False
+    range: str = ""  # the declared range (utils.config.range_text), shown by --help
 
 
 def config_flags(config) -> list[ConfigFlag]:
@@ -55,7 +56,8 @@ def config_flags(config) -> list[ConfigFlag]:
             hidden = set(f.metadata.get("hide", ()))
             flags += [flag for flag in config_flags(value if value is not None else hint) if flag.name not in hidden]
         elif hint is not dict and typing.get_origin(hint) is not dict:
-            flags.append(ConfigFlag(f.name, hint, value, f.metadata.get("help", ""), f.metadata.get("required", False)))
+            flags.append(ConfigFlag(f.name, hint, value, f.metadata.get("help", ""), f.metadata.get("required", False),
+                                    range_text(f.metadata)))
     return flags
 
 
@@ -113,7 +115,7 @@ def _shown(default) -> str:
     return ",".join(map(str, default)) if isinstance(default, list) else str(default)
 
 
-def add_config_flags(parser: argparse.ArgumentParser, config=TrainConfig, yaml: bool = True) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, config, yaml: bool = True) -> None:
     """One ``--field-name`` flag per settable field of ``config`` (a config class or an instance,
     whose values are then the defaults shown); unset flags stay unset. ``yaml``: the command also
     takes ``--config FILE`` (added here), whose values the flags override."""
@@ -124,7 +126,8 @@ def add_config_flags(parser: argparse.ArgumentParser, config=TrainConfig, yaml: 
     group = parser.add_argument_group("config fields (override the YAML file)" if yaml else "options")
     for flag in config_flags(config):
         option = "--" + flag.name.replace("_", "-")
-        text = f"{flag.help} ({'required' if flag.required else f'default: {_shown(flag.default)}'})".replace("%", "%%")
+        shown = "required" if flag.required else f"default: {_shown(flag.default)}"
+        text = f"{flag.help} ({shown}{'; range: ' + flag.range if flag.range else ''})".replace("%", "%%")
         if flag.hint is bool:
             group.add_argument(option, dest=flag.name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=text)
@@ -148,7 +151,7 @@ def load_yaml_config(path: str | Path) -> dict:
     return data
 
 
-def config_from_args(args: argparse.Namespace, cls=TrainConfig):
+def config_from_args(args: argparse.Namespace, cls):
     """YAML (``--config``) first, then every config flag given on the command line: a ``cls``."""
     data = load_yaml_config(args.config) if getattr(args, "config", None) else {}
     names = {flag.name for flag in config_flags(cls)}

@@ -17,32 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..utils.checks import coerce_fields, from_flat_dict
 from ..utils.errors import DataError
 from ..utils.integrity import read_text
 from ..utils.outputs import check_output, staged
 from .text import normalise_text
-
-
-@dataclass
-class SplitCommand:
-    """What ``modetune data split-arithmetic`` takes."""
-
-    source: str = field(default="", metadata={
-        "help": "LLM-Adapters' dataset folder: math_data.json and <Name>/test.json", "required": True})
-    output: str = field(default="", metadata={"help": "folder to write the split into", "required": True})
-    overwrite: bool = field(default=False, metadata={
-        "help": "replace an existing output folder, once the new one is complete (off: refuse it)"})
-
-    def __post_init__(self) -> None:
-        coerce_fields(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> SplitCommand:
-        return from_flat_dict(cls, data, "split-arithmetic")
 
 ARITHMETIC_SETS = ("AddSub", "AQuA", "gsm8k", "mawps", "MultiArith", "SingleEq", "SVAMP")
 

@@ -26,6 +26,7 @@ class DatasetInfo:
     kind: Literal["numeric", "letter", "keyword"]
     group: Literal["arithmetic", "commonsense"]
     keywords: tuple[str, ...] = ()
+    hub: tuple[str, str | None, str] | None = None  # (hub id, config, split read as "test"); converted by eval.sources
 
     @property
     def pattern(self) -> re.Pattern:
@@ -50,20 +51,25 @@ DATASETS: dict[str, DatasetInfo] = {
     info.name: info
     for info in [
         DatasetInfo("AddSub", "AddSub", "numeric", "arithmetic"),
-        DatasetInfo("AQuA", "AQuA", "letter", "arithmetic", tuple("ABCDE")),
-        DatasetInfo("gsm8k", "GSM8K", "numeric", "arithmetic"),
+        DatasetInfo("AQuA", "AQuA", "letter", "arithmetic", tuple("ABCDE"), hub=("deepmind/aqua_rat", "raw", "test")),
+        DatasetInfo("gsm8k", "GSM8K", "numeric", "arithmetic", hub=("openai/gsm8k", "main", "test")),
         DatasetInfo("mawps", "MAWPS", "numeric", "arithmetic"),
-        DatasetInfo("MultiArith", "MultiArith", "numeric", "arithmetic"),
+        DatasetInfo("MultiArith", "MultiArith", "numeric", "arithmetic", hub=("ChilleD/MultiArith", None, "test")),
         DatasetInfo("SingleEq", "SingleEq", "numeric", "arithmetic"),
-        DatasetInfo("SVAMP", "SVAMP", "numeric", "arithmetic"),
-        DatasetInfo("boolq", "BoolQ", "keyword", "commonsense", ("true", "false")),
-        DatasetInfo("piqa", "PIQA", "keyword", "commonsense", _answers(2, "solution")),
-        DatasetInfo("social_i_qa", "SIQA", "keyword", "commonsense", _answers(5)),
-        DatasetInfo("hellaswag", "HellaSwag", "keyword", "commonsense", _answers(4, "ending")),
-        DatasetInfo("winogrande", "WinoGrande", "keyword", "commonsense", _answers(2, "option")),
-        DatasetInfo("ARC-Easy", "ARC-e", "keyword", "commonsense", _answers(5)),
-        DatasetInfo("ARC-Challenge", "ARC-c", "keyword", "commonsense", _answers(5)),
-        DatasetInfo("openbookqa", "OBQA", "keyword", "commonsense", _answers(5)),
+        DatasetInfo("SVAMP", "SVAMP", "numeric", "arithmetic", hub=("ChilleD/SVAMP", None, "test")),
+        DatasetInfo("boolq", "BoolQ", "keyword", "commonsense", ("true", "false"), hub=("google/boolq", None, "validation")),
+        DatasetInfo("piqa", "PIQA", "keyword", "commonsense", _answers(2, "solution"),
+            hub=("baber/piqa", None, "validation")),
+        DatasetInfo("social_i_qa", "SIQA", "keyword", "commonsense", _answers(5),
+            hub=("lighteval/siqa", None, "validation")),
+        DatasetInfo("hellaswag", "HellaSwag", "keyword", "commonsense", _answers(4, "ending"),
+            hub=("Rowan/hellaswag", None, "validation")),
+        DatasetInfo("winogrande", "WinoGrande", "keyword", "commonsense", _answers(2, "option"),
+            hub=("allenai/winogrande", "winogrande_xl", "validation")),
+        DatasetInfo("ARC-Easy", "ARC-e", "keyword", "commonsense", _answers(5), hub=("allenai/ai2_arc", "ARC-Easy", "test")),
+        DatasetInfo("ARC-Challenge", "ARC-c", "keyword", "commonsense", _answers(5),
+            hub=("allenai/ai2_arc", "ARC-Challenge", "test")),
+        DatasetInfo("openbookqa", "OBQA", "keyword", "commonsense", _answers(5), hub=("allenai/openbookqa", "main", "test")),
     ]
 }
 # the built-in offline arithmetic problems (modetune.data), held-out split: scored as numeric

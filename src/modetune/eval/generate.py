@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import ClassVar, TextIO
 
 from ..loading import ModelSource
-from ..utils.checks import from_flat_dict
+from ..utils.config import SEED_MAX, Config
 from ..utils.errors import ConfigError
 from ..utils.integrity import read_text
 
@@ -23,76 +23,37 @@ RESET_COMMAND = "/reset"
 
 
 @dataclass
-class DecodeConfig:
+class DecodeConfig(Config):
     """Decoding options of ``modetune generate`` and ``modetune chat`` (every field is a flag)."""
 
-    max_new_tokens: int = field(default=256, metadata={"help": "new tokens per completion at most"})
+    what: ClassVar[str] = "decoding"
+
+    max_new_tokens: int = field(default=256, metadata={"min": 1, "help": "new tokens per completion at most"})
     sample: bool = field(default=False, metadata={"help": "sample (with temperature and top_p) instead of greedy"})
-    temperature: float = field(default=0.7, metadata={"help": "sampling temperature (with --sample)"})
-    top_p: float = field(default=0.9, metadata={"help": "nucleus sampling: keep the smallest set of tokens with this "
+    temperature: float = field(default=0.7, metadata={"gt": 0, "help": "sampling temperature (with --sample)"})
+    top_p: float = field(default=0.9, metadata={
+        "gt": 0, "max": 1, "help": "nucleus sampling: keep the smallest set of tokens with this "
                                                         "much probability (with --sample)"})
-    num_beams: int = field(default=1, metadata={"help": "beam search with this many beams (1: none)"})
-    seed: int = field(default=0, metadata={"help": "random seed of sampling"})
-    member: int | None = field(default=None, metadata={
+    num_beams: int = field(default=1, metadata={"min": 1, "help": "beam search with this many beams (1: none)"})
+    seed: int = field(default=0, metadata={"min": 0, "max": SEED_MAX, "help": "random seed of sampling"})
+    member: int | None = field(default=None, metadata={"range_note": "-k to k-1, the model\'s members",
         "help": "generate with ensemble member i alone (0 = shallowest, -1 = final; none: the ensemble)"})
     prompt_style: str = field(default="auto", metadata={
         "help": "how `generate` wraps a prompt: chat (the chat template), alpaca, llm-adapters, raw (as given), "
                 "or auto (the adapter's training style, else chat when the tokenizer has a template)"})
     system: str | None = field(default=None, metadata={"help": "a system message opening the conversation (chat)"})
 
-    def __post_init__(self) -> None:
-        if self.max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}.")
-        if self.num_beams < 1:
-            raise ConfigError(f"num_beams must be >= 1, got {self.num_beams}.")
-        if self.temperature <= 0 or not 0 < self.top_p <= 1:
-            raise ConfigError("temperature must be > 0 and top_p in (0, 1].")
+    def validate(self) -> None:
         if self.prompt_style not in PROMPT_STYLES:
             raise ConfigError(f"Unknown prompt style {self.prompt_style!r}; choose one of {', '.join(PROMPT_STYLES)}.")
 
-    @classmethod
-    def from_dict(cls, data: dict) -> DecodeConfig:
-        return from_flat_dict(cls, data, "decoding")
-
 
 def generation_config(model, tokenizer, config: DecodeConfig):
-    """A ``GenerationConfig`` for the options: greedy, sampling (temperature, top-p) or beams; the model's EOS."""
-    from transformers import GenerationConfig
+    """The ``GenerationConfig`` of the decoding options (:func:`modetune.eval.generation.generation_config`)."""
+    from .generation import generation_config as build
 
-    own = getattr(model, "generation_config", None)
-    eos = getattr(own, "eos_token_id", None)
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    sampling = {"do_sample": True, "temperature": config.temperature, "top_p": config.top_p} if config.sample else {
-        "do_sample": False}
-    return GenerationConfig(max_new_tokens=config.max_new_tokens, num_beams=config.num_beams, eos_token_id=eos,
-                            pad_token_id=tokenizer.pad_token_id, **sampling)
-
-
-@dataclass
-class GenerateCommand:
-    """Everything ``modetune generate`` takes besides its prompts; every field is a flag."""
-
-    source: ModelSource = field(default_factory=ModelSource, metadata={"help": "the model and adapter"})
-    prompts_file: str | None = field(default=None, metadata={"help": "a file with one prompt per line ('-': stdin)"})
-    jsonl: bool = field(default=False, metadata={"help": "print one JSON object per prompt (off: plain text)"})
-    decode: DecodeConfig = field(default_factory=DecodeConfig, metadata={"help": "decoding options"})
-
-    @classmethod
-    def from_dict(cls, data: dict) -> GenerateCommand:
-        return from_flat_dict(cls, data, "generate")
-
-
-@dataclass
-class ChatCommand:
-    """Everything ``modetune chat`` takes; every field is a flag."""
-
-    source: ModelSource = field(default_factory=ModelSource, metadata={"help": "the model and adapter"})
-    decode: DecodeConfig = field(default_factory=DecodeConfig, metadata={"help": "decoding options"})
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ChatCommand:
-        return from_flat_dict(cls, data, "chat")
+    sampled = {"temperature": config.temperature, "top_p": config.top_p} if config.sample else {}
+    return build(model, tokenizer, config.max_new_tokens, config.num_beams, **sampled)
 
 
 def load_for_generation(source: ModelSource):

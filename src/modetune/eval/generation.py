@@ -46,25 +46,30 @@ class AnswerStop(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
-def generation_config(model: nn.Module, tokenizer, max_new_tokens: int, num_beams: int):
-    """A fresh ``GenerationConfig``: greedy or beam search, no sampling knobs, the model's EOS."""
-    from transformers import GenerationConfig
-
-    own = getattr(model, "generation_config", None)
-    eos = getattr(own, "eos_token_id", None)
-    if eos is None:
-        eos = tokenizer.eos_token_id
-    return GenerationConfig(max_new_tokens=max_new_tokens, num_beams=num_beams, do_sample=False,
-                            eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
-                            bos_token_id=getattr(own, "bos_token_id", None))
-
-
-def _eos_ids(model: nn.Module, tokenizer) -> list[int]:
+def eos_ids(model: nn.Module, tokenizer) -> list[int]:
+    """The ids that end a generation: the model's ``generation_config.eos_token_id`` (one or a list),
+    else the tokenizer's EOS; the one EOS lookup of every generating command."""
     own = getattr(model, "generation_config", None)
     eos = getattr(own, "eos_token_id", None)
     if eos is None:
         eos = tokenizer.eos_token_id
     return [] if eos is None else [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
+
+
+def generation_config(model: nn.Module, tokenizer, max_new_tokens: int, num_beams: int = 1,
+                      temperature: float | None = None, top_p: float | None = None):
+    """A fresh ``GenerationConfig``: greedy, beam search, or sampling when ``temperature`` is given
+    (with ``top_p``); the model's EOS (:func:`eos_ids`). The one home of generation settings
+    (``modetune eval``, ``generate`` and ``chat``)."""
+    from transformers import GenerationConfig
+
+    eos = eos_ids(model, tokenizer)
+    sampling = {"do_sample": False} if temperature is None else {"do_sample": True, "temperature": temperature,
+                                                                 "top_p": top_p}
+    return GenerationConfig(max_new_tokens=max_new_tokens, num_beams=num_beams, pad_token_id=tokenizer.pad_token_id,
+                            eos_token_id=(eos[0] if len(eos) == 1 else eos) if eos else None,
+                            bos_token_id=getattr(getattr(model, "generation_config", None), "bos_token_id", None),
+                            **sampling)
 
 
 def _forward(model: nn.Module, **kwargs):
@@ -241,7 +246,7 @@ def generate_responses(model: nn.Module, tokenizer, prompts: Sequence[str], data
                 return [answer_settled(dataset, text, cut_at_next_response) for text in texts]
 
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        new = greedy_generate(model, sequences, max_new_tokens, _eos_ids(model, tokenizer), stop,
+        new = greedy_generate(model, sequences, max_new_tokens, eos_ids(model, tokenizer), stop,
                               prefix_len=shared_prefix_length(tokenizer, sequences) if prefix_cache else 0,
                               pad_id=pad)
     else:

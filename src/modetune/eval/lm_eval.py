@@ -27,14 +27,14 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from ..data.chat import render_prompt
 from ..loading import ModelSource, quiet_transformers
-from ..utils.checks import coerce_fields, from_flat_dict
+from ..utils.config import Config
 from ..utils.errors import ConfigError
 from ..utils.outputs import check_output, write_text
 from ..utils.prompts import AUTO, format_prompt, resolve_style
@@ -214,8 +214,10 @@ def run_lm_eval(model: nn.Module, tokenizer, tasks: Sequence[str | dict], batch_
 
 
 @dataclass
-class LmEvalCommand:
-    """Everything ``modetune lm-eval`` takes; every field is a flag."""
+class LmEvalConfig(Config):
+    """A run through lm-evaluation-harness (:func:`lm_eval_source`); every field is a ``modetune lm-eval`` flag."""
+
+    what: ClassVar[str] = "lm-eval"
 
     source: ModelSource = field(default_factory=ModelSource, metadata={"help": "the model and adapter"})
     tasks: str = field(default="", metadata={"help": "comma-separated task names", "required": True})
@@ -223,32 +225,24 @@ class LmEvalCommand:
         "help": "test sets of modetune_* tasks: a folder, packaged:math-split, packaged:llm-adapters or hub (none: "
                 "the packaged LLM-Adapters sets)"})
     include_path: str | None = field(default=None, metadata={"help": "folder of extra lm-eval task YAML files"})
-    batch_size: int = field(default=8, metadata={"help": "requests per model call"})
-    limit: float | None = field(default=None, metadata={"help": "items per task (a fraction if < 1; none: all)"})
-    num_fewshot: int | None = field(default=None, metadata={"help": "few-shot examples (none: the task's default)"})
-    member: int | None = field(default=None, metadata={"help": "evaluate ensemble member i alone (none: as loaded)"})
+    batch_size: int = field(default=8, metadata={"min": 1, "help": "requests per model call"})
+    limit: float | None = field(default=None, metadata={"gt": 0, "help": "items per task (a fraction if < 1; none: all)"})
+    num_fewshot: int | None = field(default=None, metadata={
+        "min": 0, "help": "few-shot examples (none: the task's default)"})
+    member: int | None = field(default=None, metadata={
+        "range_note": "-k to k-1, the model\'s members", "help": "evaluate ensemble member i alone (none: as loaded)"})
     prompt_style: str = field(default="auto", metadata={
         "help": "prompt template: auto (the adapter's training style, else alpaca), alpaca, llm-adapters or chat"})
-    max_gen_toks: int | None = field(default=None, metadata={"help": "for modetune_*_gen tasks (none: per dataset)"})
+    max_gen_toks: int | None = field(default=None, metadata={
+        "min": 1, "help": "for modetune_*_gen tasks (none: per dataset)"})
     output: str | None = field(default=None, metadata={"help": "write the results as JSON to this file (none: print)"})
     overwrite: bool = field(default=False, metadata={"help": "replace an existing output file (off: refuse it)"})
 
-    def __post_init__(self) -> None:
-        coerce_fields(self)
+    def validate(self) -> None:
         if not self.tasks.strip():
             raise ConfigError("tasks must name at least one task.")
-        if self.limit is not None and not self.limit > 0:
-            raise ConfigError(f"limit must be positive (a count, or a fraction below 1), got {self.limit}.")
-        if self.num_fewshot is not None and self.num_fewshot < 0:
-            raise ConfigError(f"num_fewshot must be >= 0, got {self.num_fewshot}.")
-        if self.batch_size < 1 or (self.max_gen_toks is not None and self.max_gen_toks < 1):
-            raise ConfigError("batch_size and max_gen_toks must be positive.")
         if self.prompt_style != AUTO:
             resolve_style(self.prompt_style, None)  # refuses an unknown style
-
-    @classmethod
-    def from_dict(cls, data: dict) -> LmEvalCommand:
-        return from_flat_dict(cls, data, "lm-eval")
 
 
 def check_task_names(tasks: str, include_path: str | None = None) -> None:
@@ -267,11 +261,11 @@ def check_task_names(tasks: str, include_path: str | None = None) -> None:
                           "from `lm_eval --tasks list`).")
 
 
-def run_lm_eval_cli(command: LmEvalCommand) -> dict:
-    """Load a model (and adapter) and run lm-eval: the CLI's ``lm-eval``. Writes the results
+def lm_eval_source(config: LmEvalConfig) -> dict:
+    """Load a model (and adapter) and run lm-eval (the CLI's ``lm-eval``). Writes the results
     (without per-sample logs) to ``output`` as JSON when given; returns them with a
     ``"table"`` entry (lm-eval's markdown table)."""
-    c = command
+    c = config
     folder = resolve_data_dir(c.data_dir)
     if folder is not None and not folder.is_dir():
         raise FileNotFoundError(f"Data folder {c.data_dir} does not exist.")

@@ -19,69 +19,55 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
 from ..loading import ModelSource
 from ..mod.headroom import MemberLogits, exact_mix_ce, fit_linear_router, global_mix, member_ce, oracle_mix
-from ..utils.checks import check_bounds, coerce_fields, from_flat_dict, same_field
-from ..utils.errors import ConfigError, DataError
-from ..utils.models import check_quantization
+from ..utils.config import SEED_MAX, Config
+from ..utils.errors import DataError
 from ..utils.outputs import check_output, data_paths, staged
 from ..utils.plotting import pyplot
-from ..utils.prompts import AUTO, read_chat_template, resolve_style
+from ..utils.prompts import AUTO, resolve_style
 
 
 @dataclass
-class ProbeConfig:
+class ProbeConfig(Config):
     """Every choice of a probe; each field is a ``modetune probe`` flag."""
 
-    model: str | None = field(default=None, metadata={
-        "help": "base model: 'default' (the embedded SmolLM2-135M-Instruct), a local folder or a hub name (none: "
-                "the one the adapter was trained on, else default)"})
-    adapter: str | None = field(default=None, metadata={
-        "help": "a MoD adapter (its member norms and router are probed) or a LoRA-only adapter; none: the base model"})
+    what: ClassVar[str] = "probe"
+    renamed: ClassVar[dict[str, str]] = {"k": "num_members", "router_lr": "fit_lr", "router_max_epochs": "fit_max_epochs",
+                                         "router_patience": "fit_patience"}  # probe.json before 2026-12-04
+
+    source: ModelSource = field(default_factory=ModelSource, metadata={
+        "help": "the model and adapter probed: a MoD adapter (its member norms and router) or a LoRA-only one; "
+                "none: the base model"})
     data: str = field(default="packaged:math-split/train.json", metadata={
         "help": "labelled records (as for modetune train --data); use records the model was not trained on"})
-    records: int = field(default=64, metadata={"help": "records drawn (seeded) from data"})
-    num_members: int = field(default=3, metadata={
+    records: int = field(default=64, metadata={"min": 4, "help": "records drawn (seeded) from data"})
+    num_members: int = field(default=3, metadata={"min": 1,
         "help": "members probed (the last N layers) when the adapter is not a MoD adapter (a MoD adapter: its own k)"})
-    cutoff_len: int = field(default=256, metadata={"help": "tokens per record after truncation"})
+    cutoff_len: int = field(default=256, metadata={"min": 1, "help": "tokens per record after truncation"})
     prompt_style: str = field(default="auto", metadata={
         "help": "prompt template: auto (the adapter's training style, else alpaca), alpaca, llm-adapters or chat"})
-    chat_template: str | None = same_field(ModelSource, "chat_template")
-    trust_remote_code: bool = same_field(ModelSource, "trust_remote_code")
-    ignore_base_mismatch: bool = same_field(ModelSource, "ignore_base_mismatch")
-    quantization: str = same_field(ModelSource, "quantization")
-    seed: int = field(default=0, metadata={"help": "seed of the record draw, the fit/score split and the router fit"})
-    oracle_steps: int = field(default=12, metadata={"help": "projected-Newton steps of the per-token oracle mix"})
-    candidates: int = field(default=1024, metadata={
+    seed: int = field(default=0, metadata={
+        "min": 0, "max": SEED_MAX, "help": "seed of the record draw, the fit/score split and the router fit"})
+    oracle_steps: int = field(default=12, metadata={"min": 1, "help": "projected-Newton steps of the per-token oracle mix"})
+    candidates: int = field(default=1024, metadata={"min": 1,
         "help": "vocabulary entries per token the optimisers search over (plus a tail bound; reported numbers are "
                 "re-scored on the full vocabulary)"})
-    fit_lr: float = field(default=1e-3, metadata={"help": "Adam learning rate of the router the probe fits"})
-    fit_max_epochs: int = field(default=60, metadata={"help": "epochs of the router fit at most"})
-    fit_patience: int = field(default=4, metadata={
+    fit_lr: float = field(default=1e-3, metadata={"gt": 0, "help": "Adam learning rate of the router the probe fits"})
+    fit_max_epochs: int = field(default=60, metadata={"min": 1, "help": "epochs of the router fit at most"})
+    fit_patience: int = field(default=4, metadata={"min": 1,
         "help": "stop the router fit after N epochs without a better validation CE"})
     output: str = field(default="runs/probe", metadata={"help": "folder for probe.json, probe.md and probe.png"})
     overwrite: bool = field(default=False, metadata={
         "help": "replace an existing output, once the new one is complete (off: refuse it)"})
 
-    def __post_init__(self) -> None:
-        coerce_fields(self)  # YAML text like "64" becomes 64, or is refused in one line
-        check_bounds(self, ("records", "num_members", "cutoff_len", "candidates", "fit_lr", "fit_max_epochs",
-                            "fit_patience", "oracle_steps"), ("seed",))
+    def validate(self) -> None:
         if self.prompt_style != AUTO:
             resolve_style(self.prompt_style, None)  # refuses an unknown style
-        read_chat_template(self.chat_template)
-        check_quantization(self.quantization)
-        if self.records < 4:
-            raise ConfigError(f"probe needs at least 4 records (fit, validation and scoring parts), got {self.records}.")
-        if self.num_members < 1:
-            raise ConfigError(f"num_members must be positive, got {self.num_members}.")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ProbeConfig:
-        return from_flat_dict(cls, data, "probe")
 
 
 def _members_of(model, k: int):
@@ -219,7 +205,7 @@ def probe_rows(config: ProbeConfig, tokenizer) -> list[dict]:
     if len(records) > config.records:
         chosen = sorted(random.Random(config.seed).sample(range(len(records)), config.records))
         records = [records[i] for i in chosen]
-    style = resolve_style(config.prompt_style, config.adapter)  # auto: the adapter's training style
+    style = resolve_style(config.prompt_style, config.source.adapter)  # auto: the adapter's training style
     rows = tokenize_records(records, tokenizer, config.cutoff_len, False, style)
     if len(rows) < 4:  # the fit, validation and scoring parts would be empty: NaN results
         raise DataError(f"probe needs at least 4 records with a target; {config.data} gives {len(rows)}.")
@@ -228,20 +214,16 @@ def probe_rows(config: ProbeConfig, tokenizer) -> list[dict]:
 
 def run_probe(config: ProbeConfig) -> dict:
     """Load, collect, measure; write ``probe.json``, ``probe.md`` and ``probe.png`` into ``config.output``."""
-    config = dataclasses.replace(config, prompt_style=resolve_style(config.prompt_style, config.adapter))  # recorded
-    from ..loading import load_source
-
-    check_output(config.output, [config.adapter, config.model, *data_paths(config.data)], config.overwrite)
+    source = config.source
+    config = dataclasses.replace(config, prompt_style=resolve_style(config.prompt_style, source.adapter))  # recorded
+    check_output(config.output, [source.adapter, source.model, *data_paths(config.data)], config.overwrite)
     start = time.perf_counter()
-    model, tokenizer, info = load_source(config.model, config.adapter, chat_template=config.chat_template,
-                                           trust_remote_code=config.trust_remote_code,
-                                           ignore_base_mismatch=config.ignore_base_mismatch,
-                                           quantization=config.quantization,
-                                           device="cuda" if torch.cuda.is_available() else None)
+    device = source.device or ("cuda" if torch.cuda.is_available() else None)
+    model, tokenizer, info = dataclasses.replace(source, device=device).load()
     tokenizer.padding_side = "right"
     rows = probe_rows(config, tokenizer)
     data = collect(model, rows, config.num_members, config.candidates)
-    result = {"config": dataclasses.asdict(config), "kind": info["kind"], "records": len(rows),
+    result = {"config": config.to_dict(), "kind": info["kind"], "records": len(rows),
               **headroom(data, config.oracle_steps), "fitted_router": fitted_router(data, config)}
     result["collect_seconds"] = data["seconds"]
     result["seconds"] = time.perf_counter() - start

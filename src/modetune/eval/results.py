@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
-from ..utils.checks import coerce_fields, from_flat_dict
 from ..utils.errors import ConfigError, DataError
 from ..utils.integrity import read_json, warn
 from ..utils.outputs import check_outputs, staged, write_text
@@ -131,43 +129,6 @@ def write_summary(summary: dict, run_dir: str | Path) -> None:
 
 
 # ---------------------------------------------------------------------------- several runs
-@dataclass
-class ReportCommand:
-    """Everything ``modetune report`` takes besides its run folders; every field is a flag."""
-
-    output: str | None = field(default=None, metadata={
-        "help": "write OUTPUT.md and OUTPUT.json (a path without extension; none: print only)"})
-    json: bool = field(default=False, metadata={"help": "print JSON instead of markdown (off: markdown)"})
-    overwrite: bool = field(default=False, metadata={"help": "replace existing OUTPUT.md/.json (off: refuse)"})
-
-    def __post_init__(self) -> None:
-        coerce_fields(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ReportCommand:
-        return from_flat_dict(cls, data, "report")
-
-
-@dataclass
-class SolvedCommand:
-    """Everything ``modetune solved`` takes besides its results; every field is a flag."""
-
-    dataset: str | None = field(default=None, metadata={"help": "dataset to compare when RESULT are run folders"})
-    variant: str | None = field(default=None, metadata={
-        "help": "with run folders: 'ensemble' or member<i> (none: ensemble)"})
-    labels: list[str] | None = field(default=None, metadata={
-        "help": "comma-separated names of the runs, in order (none: from the paths)"})
-    output: str = field(default=".", metadata={"help": "folder for solved-<dataset>.png/.md/.json"})
-    overwrite: bool = field(default=False, metadata={"help": "replace existing solved-<dataset> files (off: refuse)"})
-
-    def __post_init__(self) -> None:
-        coerce_fields(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> SolvedCommand:
-        return from_flat_dict(cls, data, "solved")
-
-
 def report(run_dirs: Sequence[str | Path]) -> dict:
     """The paper-shaped table of several run folders: see :func:`report_from_summaries`."""
     if not run_dirs:

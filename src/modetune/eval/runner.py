@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from torch import nn
 
@@ -23,7 +23,8 @@ from ..data import parse_source, select_records
 from ..data.chat import render_prompt
 from ..data.contamination import eval_contamination
 from ..loading import ModelSource, quiet_transformers
-from ..utils.checks import coerce_fields, differing_settings, from_flat_dict
+from ..utils.checks import differing_settings
+from ..utils.config import Config
 from ..utils.errors import ConfigError
 from ..utils.integrity import read_json
 from ..utils.outputs import write_text
@@ -46,17 +47,20 @@ from .sources import load_test_items
 
 # ---------------------------------------------------------------------------- options
 @dataclass
-class EvalConfig:
+class EvalConfig(Config):
     """Options of an evaluation run; each field's meaning is its ``help``."""
 
-    batch_size: int = field(default=16, metadata={"help": "prompts per generate call; outputs do not depend on it"})
-    max_new_tokens: int | None = field(default=None, metadata={
+    what: ClassVar[str] = "eval"
+
+    batch_size: int = field(default=16, metadata={
+        "min": 1, "help": "prompts per generate call; outputs do not depend on it"})
+    max_new_tokens: int | None = field(default=None, metadata={"min": 1,
         "help": "generation budget (none: the reference's 256 arithmetic, 32 commonsense)"})
-    num_beams: int = field(default=1, metadata={"help": "1 = greedy; the reference protocol uses 4"})
+    num_beams: int = field(default=1, metadata={"min": 1, "help": "1 = greedy; the reference protocol uses 4"})
     prompt_style: str = field(default="auto", metadata={
         "help": "prompt template: auto (the adapter's training style, else alpaca), alpaca, llm-adapters (the "
                 "reference's string, byte for byte) or chat (the tokenizer's chat template)"})
-    limit: int | None = field(default=None, metadata={"help": "first N items of each dataset (none: all)"})
+    limit: int | None = field(default=None, metadata={"min": 1, "help": "first N items of each dataset (none: all)"})
     members: list[int | None] | None = field(default=None, metadata={
         "help": "routings to evaluate: member indices and/or none (= the ensemble); none: the model as loaded"})
     stop_at_answer: bool = field(default=True, metadata={
@@ -70,16 +74,7 @@ class EvalConfig:
     prefix_cache: bool = field(default=True, metadata={
         "help": "greedy only: compute the prompt template's shared header once per batch (same math)"})
 
-    def __post_init__(self) -> None:
-        coerce_fields(self)
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}.")
-        if self.num_beams < 1:
-            raise ConfigError(f"num_beams must be >= 1, got {self.num_beams}.")
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            raise ConfigError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}.")
-        if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"limit must be >= 1, got {self.limit}.")
+    def validate(self) -> None:
         if self.prompt_style != AUTO:
             resolve_style(self.prompt_style, None)
 
@@ -93,42 +88,6 @@ class EvalConfig:
         return {"num_beams": self.num_beams, "max_new_tokens": self.max_new_tokens, "prompt_style": self.prompt_style,
                 "stop_at_answer": self.stop_at_answer, "cut_at_next_response": self.cut_at_next_response,
                 "decoding": self.decoding}
-
-
-@dataclass
-class EvalCommand:
-    """Everything ``modetune eval`` takes; every field is a flag."""
-
-    source: ModelSource = field(default_factory=ModelSource, metadata={"help": "the model and adapter"})
-    datasets: str = field(default="all", metadata={
-        "help": "comma-separated names (gsm8k,SVAMP,boolq,...), 'all', 'arithmetic', 'commonsense', or "
-                "name=path/to/test.json"})
-    data_dir: str | None = field(default=None, metadata={
-        "help": "where test sets come from: a folder holding <Name>/test.json (LLM-Adapters layout), "
-                "packaged:math-split (the clean split's test halves), packaged:llm-adapters, or hub (none: the "
-                "packaged LLM-Adapters sets)"})
-    output: str | None = field(default=None, metadata={
-        "help": "run folder (none: ADAPTER/eval-<decoding>, or eval/<model>-<decoding>)"})
-    label: str | None = field(default=None, metadata={
-        "help": "name of this run in tables (none: the adapter or model folder name)"})
-    member: int | None = field(default=None, metadata={
-        "help": "evaluate ensemble member i alone (0 = shallowest, k-1 = final; -1 = final; none: the model as loaded)"})
-    members: str | None = field(default=None, metadata={
-        "help": "'all' (every member and the ensemble) or a list like 0,2,ensemble (none: the model as loaded)"})
-    overwrite: bool = field(default=False, metadata={
-        "help": "replace the results in an output folder that holds another run (off: refuse; a run with the same "
-                "settings resumes)"})
-    options: EvalConfig = field(default_factory=EvalConfig, metadata={
-        "help": "generation and scoring options", "hide": ("members",)})
-
-    def __post_init__(self) -> None:
-        coerce_fields(self)
-        if self.member is not None and self.members is not None:
-            raise ConfigError("Give --member or --members, not both.")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> EvalCommand:
-        return from_flat_dict(cls, data, "eval")
 
 
 # ---------------------------------------------------------------------------- one dataset (resumable)
@@ -184,11 +143,7 @@ def _check_run_file(output_dir: Path, run: dict, overwrite: bool = False) -> Non
 
 
 def _write_sorted(path: Path, rows: dict[int, dict]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        for index in sorted(rows):
-            handle.write(json.dumps(rows[index], ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    write_text(path, "".join(json.dumps(rows[index], ensure_ascii=False) + "\n" for index in sorted(rows)))
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -328,28 +283,32 @@ def _default_label(info: dict) -> str:
     return Path(str(info.get("model") or "model")).name
 
 
-def run_eval(command: EvalCommand) -> dict:
-    """Load a model (and adapter), evaluate it, and return the summary: the CLI's ``eval``. The
-    output folder defaults to ``ADAPTER/eval-<decoding>`` or ``eval/<model>-<decoding>``."""
+def evaluate_model(source: ModelSource, datasets: str | Sequence[str], options: EvalConfig | None = None,
+                   output: str | Path | None = None, *, data_dir: str | None = None, label: str | None = None,
+                   member: int | None = None, members: str | None = None, overwrite: bool = False) -> dict:
+    """Load ``source`` (a model, and an adapter on it), evaluate it on ``datasets`` and return the
+    summary. ``output`` defaults to ``ADAPTER/eval-<decoding>`` or ``eval/<model>-<decoding>``; a
+    folder holding another run is refused (``overwrite``: replaced), one with the same settings
+    resumes. ``member`` (one member alone) or ``members`` (``"all"``, ``"0,2,ensemble"``) choose
+    the routings. Every dataset is loaded and checked before the model loads."""
     from ..utils.models import base_model_for
 
-    source, config = command.source, command.options
+    if member is not None and members is not None:
+        raise ConfigError("Give member or members, not both.")
+    config = options or EvalConfig()
     config = dataclasses.replace(config, prompt_style=resolve_style(config.prompt_style, source.adapter))
     model = base_model_for(source.model, source.adapter)
     source = dataclasses.replace(source, model=model)
-    output = command.output
     if output is None:
         base = Path(source.adapter) if source.adapter else Path("eval") / Path(model).name
         output = str(base / f"eval-{config.decoding}") if source.adapter else f"{base}-{config.decoding}"
-    if not command.overwrite:  # a folder holding another run is refused before the model loads
+    if not overwrite:  # a folder holding another run is refused before the model loads
         _same_run(Path(output), {"settings": config.settings(), "model": model,
                                  "adapter": None if source.adapter is None else str(Path(source.adapter))})
     elif Path(output).exists() and not Path(output).is_dir():
         raise ConfigError(f"Output {output} is a file, not a folder.")
-    data = load_datasets(command.datasets, command.data_dir)  # bad names, files, records fail before the model loads
+    data = load_datasets(datasets, data_dir)  # bad names, files, records fail before the model loads
     quiet_transformers()
     loaded, tokenizer, info = source.load()
-    config = dataclasses.replace(config, members=parse_members(command.member, command.members, loaded))
-    return evaluate(loaded, tokenizer, data, config, output, info=info, label=command.label,
-                    overwrite=command.overwrite)
-
+    config = dataclasses.replace(config, members=parse_members(member, members, loaded))
+    return evaluate(loaded, tokenizer, data, config, output, info=info, label=label, overwrite=overwrite)

@@ -190,36 +190,32 @@ def _from_arc(row: dict) -> dict:
             "answer": f"answer{labels.index(row['answerKey']) + 1}"}
 
 
-# dataset -> (hub id, config, split used as "test", converter to an LLM-Adapters record)
-HF_SOURCES: dict[str, tuple[str, str | None, str, Callable[[dict], dict]]] = {
-    "gsm8k": ("openai/gsm8k", "main", "test", gsm8k_record),  # shared with training (modetune.data)
-    "SVAMP": ("ChilleD/SVAMP", None, "test", _from_svamp),
-    "MultiArith": ("ChilleD/MultiArith", None, "test", _from_multiarith),
-    "AQuA": ("deepmind/aqua_rat", "raw", "test", _from_aqua),
-    "boolq": ("google/boolq", None, "validation", _from_boolq),
-    "piqa": ("baber/piqa", None, "validation", _from_piqa),  # parquet copy (ybisk/piqa is a script)
-    "social_i_qa": ("lighteval/siqa", None, "validation", _from_siqa),  # parquet copy
-    "hellaswag": ("Rowan/hellaswag", None, "validation", _from_hellaswag),
-    "winogrande": ("allenai/winogrande", "winogrande_xl", "validation", _from_winogrande),
-    "ARC-Easy": ("allenai/ai2_arc", "ARC-Easy", "test", _from_arc),
-    "ARC-Challenge": ("allenai/ai2_arc", "ARC-Challenge", "test", _from_arc),
-    "openbookqa": ("allenai/openbookqa", "main", "test", _from_arc),
+# dataset -> its converter to an LLM-Adapters record (where each one lives on the hub: the registry,
+# eval.datasets' ``DatasetInfo.hub``)
+CONVERTERS: dict[str, Callable[[dict], dict]] = {
+    "gsm8k": gsm8k_record,  # shared with training (modetune.data)
+    "SVAMP": _from_svamp, "MultiArith": _from_multiarith, "AQuA": _from_aqua, "boolq": _from_boolq,
+    "piqa": _from_piqa,  # parquet copy (ybisk/piqa is a script)
+    "social_i_qa": _from_siqa,  # parquet copy
+    "hellaswag": _from_hellaswag, "winogrande": _from_winogrande, "ARC-Easy": _from_arc, "ARC-Challenge": _from_arc,
+    "openbookqa": _from_arc,
 }
 
 
 def load_hf_records(dataset: str, split: str = "test") -> list[dict]:
     """Download ``dataset`` from the Hugging Face hub and convert it to LLM-Adapters records
-    with the same instruction wording as LLM-Adapters' files (:data:`HF_SOURCES`).
+    with the same instruction wording as LLM-Adapters' files (the registry's ``hub`` entry and
+    :data:`CONVERTERS`).
 
     ``split="test"`` means the split the paper evaluates on (validation for the commonsense
     sets whose test labels are hidden). AddSub, SingleEq and mawps have no hub source: use
     LLM-Adapters' files with ``data_dir``.
     """
     info = get_dataset(dataset)
-    if info.name not in HF_SOURCES:
+    if info.hub is None:
         raise ConfigError(f"No Hugging Face source is known for {info.name}; use the packaged files (no --data-dir) "
                           f"or a --data-dir holding LLM-Adapters' {info.name}/test.json.")
-    hub_id, config, hub_split, convert = HF_SOURCES[info.name]
+    (hub_id, config, hub_split), convert = info.hub, CONVERTERS[info.name]
     import datasets
 
     try:

@@ -10,15 +10,12 @@ byte for byte, which imports torch, transformers and safetensors only, so
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..loading import ModelSource
 from ..mod import ensemble
 from ..mod.surgery import unwrap
-from ..utils.checks import check_dtype, coerce_fields, from_flat_dict, same_field
 from ..utils.errors import ConfigError
-from ..utils.models import check_quantization
 from ..utils.outputs import check_output, staged
 from ..utils.publish import hub_name, make_portable
 
@@ -95,51 +92,18 @@ def _without_lora(peft_model):
     return peft_model.unload()
 
 
-@dataclass
-class ExportCommand:
-    """Everything ``modetune export`` takes; every field is a flag."""
-
-    adapter: str = field(default="", metadata={"help": "MoD adapter folder (mod_config.json)", "required": True})
-    output: str = field(default="", metadata={"help": "new folder to write", "required": True})
-    model: str | None = same_field(ModelSource, "model")
-    merge: bool = field(default=True, metadata={
-        "help": "merge LoRA into the base weights (--no-merge: keep it apart in OUTPUT/lora; loading then needs peft)"})
-    final_member: bool = field(default=False, metadata={
-        "help": "write the final member alone as a standard model folder (LoRA merged, no ensemble, no remote code: "
-                "for vLLM, TGI, GGUF); it loses what the ensemble adds"})
-    dtype: str = same_field(ModelSource, "dtype")
-    trust_remote_code: bool = same_field(ModelSource, "trust_remote_code")
-    ignore_base_mismatch: bool = same_field(ModelSource, "ignore_base_mismatch")
-    quantization: str = same_field(ModelSource, "quantization")
-    chat_template: str | None = same_field(ModelSource, "chat_template")
-    overwrite: bool = field(default=False, metadata={
-        "help": "replace an existing output folder, once the new one is complete (off: refuse it)"})
-
-    def __post_init__(self) -> None:
-        coerce_fields(self)
-        check_dtype(self.dtype)
-        check_quantization(self.quantization)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ExportCommand:
-        return from_flat_dict(cls, data, "export")
-
-
-def run_export(command: ExportCommand) -> Path:
-    """Load the adapter onto its base (``model``; none: the recorded one) and export it: the CLI's ``export``."""
+def export_adapter(source: ModelSource, output: str | Path, merge: bool = True, final_member: bool = False,
+                   overwrite: bool = False) -> Path:
+    """Load ``source`` (an adapter on its base; no ``model``: the base it records) and export it
+    (:func:`export_model`); the output is checked before the model loads."""
     from ..loading import quiet_transformers
     from ..mod.config import CONFIG_NAME
 
-    if not Path(command.adapter, CONFIG_NAME).is_file():
-        raise ConfigError(f"{command.adapter} holds no MoD adapter ({CONFIG_NAME}); export needs one.")
-    check_output(command.output, [command.adapter, command.model], command.overwrite)  # before the model loads
+    if not source.adapter:
+        raise ConfigError("export needs an adapter (--adapter): the MoD adapter to export.")
+    if not Path(source.adapter, CONFIG_NAME).is_file():
+        raise ConfigError(f"{source.adapter} holds no MoD adapter ({CONFIG_NAME}); export needs one.")
+    check_output(output, [source.adapter, source.model], overwrite)  # before the model loads
     quiet_transformers()
-    source = ModelSource(model=command.model, adapter=command.adapter, dtype=command.dtype,
-                         trust_remote_code=command.trust_remote_code, ignore_base_mismatch=command.ignore_base_mismatch,
-                         quantization=command.quantization, chat_template=command.chat_template)
     mod, tokenizer, _ = source.load()
-    output = export_model(mod, tokenizer, command.output, merge=command.merge, final_member=command.final_member,
-                          overwrite=command.overwrite)
-    if command.final_member:
-        print(f"[modetune export] {output} is the final member alone. {FINAL_MEMBER_NOTE}", flush=True)
-    return output
+    return export_model(mod, tokenizer, output, merge=merge, final_member=final_member, overwrite=overwrite)

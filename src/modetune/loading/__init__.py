@@ -12,19 +12,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
-from ..utils.checks import check_device, check_dtype, coerce_fields
+from ..utils.checks import check_device, check_dtype
+from ..utils.config import Config
 from ..utils.errors import BaseModelMismatchError, ConfigError, first_line
 from ..utils.models import check_quantization
 from ..utils.prompts import read_chat_template, trained_chat_template
 
 
 @dataclass
-class ModelSource:
+class ModelSource(Config):
     """The model a command loads: a base model, and optionally an adapter on it."""
+
+    what: ClassVar[str] = "model source"
 
     model: str | None = field(default=None, metadata={
         "help": "base model: 'default' (the embedded SmolLM2-135M-Instruct), a local folder or a hub name (none: the "
@@ -45,8 +48,7 @@ class ModelSource:
         "help": "a Jinja chat template (a file, or the template text) replacing the tokenizer's (none: the one the "
                 "adapter trained with, else the tokenizer's own)"})
 
-    def __post_init__(self) -> None:
-        coerce_fields(self)
+    def validate(self) -> None:
         check_dtype(self.dtype)
         read_chat_template(self.chat_template)  # refuses a missing file now
         check_device(self.device)

@@ -6,9 +6,9 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-from ..utils.checks import coerce_fields, from_flat_dict
+from ..utils.config import Config
 from ..utils.errors import ConfigError, DataError
 from ..utils.integrity import read_json
 
@@ -16,13 +16,16 @@ CONFIG_NAME = "mod_config.json"
 
 
 @dataclass
-class MoDConfig:
+class MoDConfig(Config):
     """Configuration of a MoD ensemble over the last ``k`` decoder layers.
 
     Each field's meaning is its ``help`` metadata (shown by ``modetune train --help``).
     """
 
-    k: int = field(default=3, metadata={"help": "number of late layers in the ensemble (members N-k+1 .. N)"})
+    what: ClassVar[str] = "MoDConfig"
+    ignored_keys: ClassVar[tuple[str, ...]] = ("modetune_version", "base_fingerprint")  # mod_config.json's metadata
+
+    k: int = field(default=3, metadata={"min": 1, "help": "number of late layers in the ensemble (members N-k+1 .. N)"})
     router_input: Literal["final", "entry"] = field(default="final", metadata={
         "help": "'final' routes on N_p(h^(N)); 'entry' on h^(N-k), the input of the ensemble block "
                 "(early exit becomes possible)"})
@@ -30,13 +33,13 @@ class MoDConfig:
         "help": "'final': zero router weights plus constant prior logits giving the final member "
                 "router_init_final_weight at step 0; 'uniform': zero router weights (uniform mixture at step 0; "
                 "SPEC's first default)"})
-    router_init_final_weight: float = field(default=0.9, metadata={
+    router_init_final_weight: float = field(default=0.9, metadata={"gt": 0, "lt": 1,
         "help": "the final member's weight at step 0 for router_init=final"})
-    top_k: int | None = field(default=None, metadata={
+    top_k: int | None = field(default=None, metadata={"min": 1,
         "help": "keep only the top_k largest router logits per token (none: dense)"})
-    distill_lambda: float = field(default=1.0, metadata={
+    distill_lambda: float = field(default=1.0, metadata={"min": 0,
         "help": "weight of L_distill in L = L_task + lambda * L_distill"})
-    temperature: float = field(default=1.0, metadata={
+    temperature: float = field(default=1.0, metadata={"gt": 0,
         "help": "tau in P_i = softmax(l_i / tau) for the distillation"})
     distill_direction: Literal["reverse", "forward"] = field(default="reverse", metadata={
         "help": "'reverse' = KL(P_i || P_N) (the poster); 'forward' = KL(P_N || P_i)"})
@@ -50,57 +53,27 @@ class MoDConfig:
     member_norms: bool = field(default=True, metadata={
         "help": "give each non-final member a new trainable norm copied from N_p; off = every member uses the "
                 "frozen N_p (the 'without N_k' ablation)"})
-    chunk_size: int = field(default=256, metadata={
+    chunk_size: int = field(default=256, metadata={"min": 1,
         "help": "tokens per chunk of the fused head + loss (memory/speed trade-off)"})
-    row_block: int = field(default=0, metadata={
+    row_block: int = field(default=0, metadata={"min": 0,
         "help": "tokens per block of the fused loss's element-wise softmax/KL passes inside a chunk (blocks small "
                 "enough to stay in the CPU cache); 0 = automatic: 8 on CPU, the whole chunk on a GPU"})
     loss_impl: Literal["chunked", "naive"] = field(default="chunked", metadata={
         "help": "'chunked' (fused, low memory) or 'naive' (materialises every member's logits; the reference, "
                 "for tests and benchmarks)"})
-    loss_layer: int | None = field(default=None, metadata={
+    loss_layer: int | None = field(default=None, metadata={"min": 0,
         "help": "none for the ensemble; j puts the whole task loss on the logit lens of layer N-j instead (the "
                 "lora_layer_j motivation runs; needs k > j and routes all weight to that member)"})
     extra: dict = field(default_factory=dict, metadata={"help": "free-form settings kept with the config (YAML only)"})
 
-    def __post_init__(self) -> None:
-        def bad(msg: str) -> ConfigError:
-            return ConfigError(f"Invalid MoDConfig: {msg}.")
-
-        coerce_fields(self)
-        if not isinstance(self.k, int) or self.k < 1:
-            raise bad(f"k must be a positive integer, got {self.k!r}")
-        choices = {
-            "router_input": ("final", "entry"),
-            "router_init": ("uniform", "final"),
-            "distill_direction": ("reverse", "forward"),
-            "loss_impl": ("chunked", "naive"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise bad(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        if self.top_k is not None and not 1 <= self.top_k <= self.k:
-            raise bad(f"top_k must be between 1 and k={self.k}, got {self.top_k}")
-        if not 0.0 < self.router_init_final_weight < 1.0:
-            raise bad("router_init_final_weight must lie strictly between 0 and 1")
-        if self.distill_lambda < 0:
-            raise bad("distill_lambda must be >= 0")
-        if self.temperature <= 0:
-            raise bad("temperature must be > 0")
-        if self.chunk_size < 1:
-            raise bad("chunk_size must be >= 1")
-        if self.row_block < 0:
-            raise bad("row_block must be >= 0 (0 = automatic)")
-        if self.loss_layer is not None and not 0 <= self.loss_layer < self.k:
-            raise bad(f"loss_layer j needs 0 <= j < k={self.k}, got {self.loss_layer}")
+    def validate(self) -> None:
+        if self.top_k is not None and self.top_k > self.k:
+            raise ConfigError(f"Invalid MoDConfig: top_k must be between 1 and k={self.k}, got {self.top_k}.")
+        if self.loss_layer is not None and self.loss_layer >= self.k:
+            raise ConfigError(f"Invalid MoDConfig: loss_layer j needs 0 <= j < k={self.k}, got {self.loss_layer}.")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> MoDConfig:
-        """From ``mod_config.json``'s mapping (its metadata, the base fingerprint and version, set aside)."""
-        return from_flat_dict(cls, data, "MoDConfig", ignored=("modetune_version", "base_fingerprint"))
 
     def save(self, directory: str | Path, **metadata) -> None:
         path = Path(directory) / CONFIG_NAME

@@ -134,7 +134,10 @@ def project_simplex(v: Tensor) -> Tensor:
     ind = torch.arange(1, v.shape[-1] + 1, dtype=v.dtype)
     rho = ((u - css / ind) > 0).sum(-1, keepdim=True).clamp_min(1)
     tau = css.gather(-1, rho - 1) / rho
-    return (v - tau).clamp_min(0)
+    w = (v - tau).clamp_min(0)
+    # a huge step (|v| ~ 1e8 in float32) rounds v - tau to 0 everywhere: such a row goes to its largest coordinate
+    vertex = torch.nn.functional.one_hot(v.argmax(-1), v.shape[-1]).to(v.dtype)
+    return torch.where(w.sum(-1, keepdim=True) > 0.5, w, vertex)
 
 
 def _newton_directions(logits: Tensor, label: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -146,18 +149,26 @@ def _newton_directions(logits: Tensor, label: Tensor, w: Tensor) -> tuple[Tensor
     p = torch.softmax(mix, -1)
     mean = torch.einsum("nv,nkv->nk", p, logits)
     second = torch.einsum("nkv,njv->nkj", logits * p[:, None, :], logits)
-    hess = second - mean[:, :, None] * mean[:, None, :]
+    # float64 from here: the ridge εI keeps H + εI definite only where the arithmetic resolves ε next to H (in
+    # float32 a token whose members agree gave a numerically singular system, depending on the thread count)
+    hess = (second - mean[:, :, None] * mean[:, None, :]).double()
     n, k = w.shape
-    hess = hess + 1e-6 * hess.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-6)[:, None, None] * torch.eye(k)
+    hess = hess + 1e-6 * hess.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-6)[:, None, None] * torch.eye(
+        k, dtype=torch.float64)
     grad = mean - label
     steps = []
-    for free in (torch.ones_like(w), (w > 0).float()):
-        system = torch.zeros(n, k + 1, k + 1)
+    for free in (torch.ones_like(w, dtype=torch.float64), (w > 0).double()):
+        system = torch.zeros(n, k + 1, k + 1, dtype=torch.float64)
         pair = free[:, :, None] * free[:, None, :]
         system[:, :k, :k] = hess * pair + torch.diag_embed(1 - free)
         system[:, :k, k] = system[:, k, :k] = free
-        rhs = torch.cat([-grad * free, torch.zeros(n, 1)], -1)
-        steps.append(torch.linalg.solve(system, rhs)[:, :k])
+        rhs = torch.cat([-grad.double() * free, torch.zeros(n, 1, dtype=torch.float64)], -1)
+        try:
+            steps.append(torch.linalg.solve(system, rhs)[:, :k].to(w.dtype))
+        except Exception:
+            import sys
+            print("DEBUG", system[69], w[69], free[69], logits[69].abs().max(), p[69].max(), hess[69], file=sys.stderr)
+            raise
     return steps[0], steps[1], grad
 
 

@@ -161,6 +161,17 @@ class MoDModel(nn.Module):
         """The norm of each member, shallow to final (the final one is the model's ``N_p``)."""
         return self.ensemble.member_norms()
 
+    def mod_parameters(self, trainable_only: bool = True) -> list[nn.Parameter]:
+        """MoD's own parameters: the router's weight (unless the route is fixed), the member norms and,
+        when ``train_final_norm``, the final norm ``N_p`` (each once). The one definition that gradient
+        clipping (``clip_scope``), the router's optimizer groups (``router_lr``) and ``fit-router`` use."""
+        router = list(self.router.parameters()) if self.router.fixed is None else []
+        params = [*router, *self.norms.parameters()]
+        if self.mod_config.train_final_norm:
+            params += list(self.member_norms()[-1].parameters())
+        unique = {id(p): p for p in params}.values()
+        return [p for p in unique if p.requires_grad or not trainable_only]
+
     def loss_parameters(self) -> list[nn.Parameter]:
         """The parameters the loss reads outside their own modules' forward: the head's, each member
         norm's and the router's. Under DeepSpeed ZeRO-3 they are registered as external parameters

@@ -251,7 +251,7 @@ def command_line(study: str, config: ExperimentConfig, smoke: bool = False) -> s
     parts = ["modetune", "experiment", study] + (["--smoke"] if smoke else [])
     default, extra = ExperimentConfig().to_dict(), {}
     for name, value in config.to_dict().items():
-        invocation = name in ("only", "report_only")  # how this invocation ran, not what the study is
+        invocation = name in ("only", "report_only", "smoke", "jobs")  # how this call ran, not what the study is
         if invocation or value == default.get(name) or (smoke and (name in SMOKE or name in SMOKE_STUDY.get(study, {}))):
             continue
         flag = "--" + name.replace("_", "-")

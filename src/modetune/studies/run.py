@@ -21,6 +21,7 @@ from ..train.config import TRAIN_CONFIG_NAME, TrainConfig
 from ..utils.checks import differing_settings
 from ..utils.errors import ConfigError, NonFiniteLossError
 from ..utils.integrity import read_json
+from ..utils.outputs import write_text
 from .plan import SMOKE, SMOKE_STUDY, ExperimentConfig, RunSpec, plan, run_train_config
 from .report import write_study_report
 from .tuning import VAL_CE_NAME, VAL_EVAL, tune_datasets
@@ -173,9 +174,10 @@ def run_study_probe(config: ExperimentConfig, root: Path, adapter: Path | None, 
     data = config.probe_data or str(held_out_path(config, root))
     train = config.train
     print(f"[modetune experiment] probe of {adapter or 'the base model'} -> {output}", flush=True)
-    run_probe(ProbeConfig(model=train.model, adapter=None if adapter is None else str(adapter), data=data,
-                          records=config.probe_records, num_members=train.mod.k, cutoff_len=train.cutoff_len,
-                          prompt_style=train.prompt_style, output=str(output), overwrite=True))
+    run_probe(ProbeConfig.from_dict(dict(
+        model=train.model, adapter=None if adapter is None else str(adapter), data=data, records=config.probe_records,
+        num_members=train.mod.k, cutoff_len=train.cutoff_len, prompt_style=train.prompt_style, output=str(output),
+        overwrite=True)))
 
 
 def _prefit(spec: RunSpec, config: ExperimentConfig, train_config: TrainConfig, root: Path, timing: dict) -> None:
@@ -193,11 +195,11 @@ def _prefit(spec: RunSpec, config: ExperimentConfig, train_config: TrainConfig, 
         raise ConfigError(f"{spec.name} fits the router of {spec.prefit_from}, which has no trained adapter yet "
                           f"(run it first).")
     start = time.perf_counter()
-    fit = FitRouterConfig(model=train_config.model, adapter=str(base), data=train_config.data,
+    fit = FitRouterConfig.from_dict(dict(model=train_config.model, adapter=str(base), data=train_config.data,
                           max_records=train_config.max_records, val_size=train_config.val_size,
                           cutoff_len=train_config.cutoff_len, prompt_style=train_config.prompt_style,
                           steps=config.prefit_steps, objective="task", seed=spec.seed, output=str(adapter),
-                          trust_remote_code=train_config.trust_remote_code, overwrite=True)
+                          trust_remote_code=train_config.trust_remote_code, overwrite=True))
     model, _ = fit_router(fit)
     shutil.copyfile(adapter / FIT_NAME, root / spec.name / FIT_NAME)  # the before/after CE beside the rows
     timing["train_s"] = time.perf_counter() - start
@@ -289,9 +291,7 @@ def write_test_ce(model, tokenizer, train_config: TrainConfig, config: Experimen
         measured = teacher_forced_ce(model, rows, per_row=True)["rows"]
         records = kept
         lines += [json.dumps({"dataset": name, "id": item_id(r), **m}) for r, m in zip(records, measured)]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in lines))
-    tmp.replace(path)  # whole or absent
+    write_text(path, "".join(line + "\n" for line in lines))  # whole or absent
 
 
 def held_out_path(config: ExperimentConfig, root: Path) -> Path:
@@ -449,7 +449,7 @@ def run_study(study: str, config: ExperimentConfig, smoke: bool = False) -> Path
     else:
         check_plan_fits(chosen(planned), config, root)  # every run's k fits the model, before the first one trains
         root.mkdir(parents=True, exist_ok=True)
-        recorded = {**config.to_dict(), "only": None, "report_only": False, "jobs": 1}  # the study, not this call
+        recorded = {**config.to_dict(), "only": None, "report_only": False, "jobs": 1, "smoke": False}  # not the call
         (root / "experiment.json").write_text(json.dumps({"study": study, "smoke": smoke, "config": recorded},
                                                          indent=2))
     started = time.perf_counter()

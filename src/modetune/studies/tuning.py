@@ -21,6 +21,7 @@ from pathlib import Path
 from ..mod.config import MoDConfig
 from ..train.config import TrainConfig
 from ..utils.errors import ConfigError
+from ..utils.outputs import write_text
 from .config import ExperimentConfig
 from .spec import RUN_FIELDS, RunSpec, arm_of
 
@@ -149,9 +150,7 @@ def tune_datasets(config: ExperimentConfig, root: Path) -> str:
         return config.tune_datasets
     path = val_items_path(config, root)
     if not path.exists():
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(builtin_val_items(config.tune_size, config.test_size), indent=1))
-        tmp.replace(path)
+        write_text(path, json.dumps(builtin_val_items(config.tune_size, config.test_size), indent=1))
     return ",".join(f"builtin={path}" if entry == VAL_ENTRY else entry for entry in entries)
 
 
@@ -241,10 +240,8 @@ def select_rates(specs: list[RunSpec], results: list[dict], config: ExperimentCo
                               f"the choice (delete {SELECTION_NAME} only to choose again on purpose).")
     merged = {**recorded, **chosen}
     if write and chosen and merged != recorded:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"rule": __doc__.split("The rule, exactly: ")[1].strip(),
-                                   "tolerance": config.select_tolerance, "arms": merged}, indent=2))
-        tmp.replace(path)
+        write_text(path, json.dumps({"rule": __doc__.split("The rule, exactly: ")[1].strip(),
+                                     "tolerance": config.select_tolerance, "arms": merged}, indent=2))
     return merged
 
 

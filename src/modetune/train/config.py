@@ -8,21 +8,17 @@ from dataclasses import dataclass, field
 
 from ..mod.config import MoDConfig
 from ..mod.variants import parse_preset
-from ..utils.checks import check_bounds, coerce_fields, from_flat_dict
+from ..utils.config import SEED_MAX, Config
 from ..utils.errors import ConfigError
 from ..utils.models import check_quantization
 from ..utils.prompts import STYLES, read_chat_template
 from .clipping import SCOPES
 
 TRAIN_CONFIG_NAME = "train_config.json"
-FAULT_ENV = "MODETUNE_FAULT_AT_STEP"  # tests and debugging: train/faults.py, e.g. kill:5 or kill-save:2
-POSITIVE = ("lora_r", "lora_alpha", "cutoff_len", "batch_size", "micro_batch_size", "learning_rate", "num_epochs",
-            "logging_steps", "save_steps", "save_total_limit", "max_records")
-NON_NEGATIVE = ("val_size", "warmup_steps", "weight_decay", "eval_steps", "max_grad_norm", "seed")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Config):
     """Every choice of a training run. YAML files and CLI flags set these fields by name;
     the MoD fields (``k``, ``distill_lambda``, ``router_init``, ...) sit at the top level too.
     Each field's meaning is its ``help`` (shown by ``modetune train --help``)."""
@@ -39,9 +35,10 @@ class TrainConfig:
                 "(LLM.int8); LoRA and MoD train in full precision on top ('none': no quantization). Evaluate "
                 "with the same --quantization (the adapter records that base)"})
     # LoRA (the paper's settings)
-    lora_r: int = field(default=32, metadata={"help": "LoRA rank"})
-    lora_alpha: int = field(default=64, metadata={"help": "LoRA scaling alpha (the update is scaled by alpha / r)"})
-    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA input"})
+    lora_r: int = field(default=32, metadata={"min": 1, "help": "LoRA rank"})
+    lora_alpha: int = field(default=64, metadata={
+        "min": 1, "help": "LoRA scaling alpha (the update is scaled by alpha / r)"})
+    lora_dropout: float = field(default=0.05, metadata={"min": 0, "lt": 1, "help": "dropout on the LoRA input"})
     lora_targets: list[str] | None = field(default=None, metadata={
         "help": "comma-separated module names given LoRA; none: the q, k, v, up and down projections of the "
                 "architecture"})
@@ -51,12 +48,12 @@ class TrainConfig:
         "help": "training records: a .json/.jsonl file, packaged:PATH (a shipped file, e.g. "
                 "packaged:math-split/train.json), hf:gsm8k or builtin:arithmetic[:N]; several join with commas, each "
                 "may carry ?half=train|test and ?n=N"})
-    max_records: int | None = field(default=None, metadata={"help": "use only the first N records (none: all)"})
-    contamination_warn_at: int = field(default=5, metadata={
+    max_records: int | None = field(default=None, metadata={"min": 1, "help": "use only the first N records (none: all)"})
+    contamination_warn_at: int = field(default=5, metadata={"min": 0,
         "help": "warn before training when the records share more than N questions with a packaged evaluation set "
                 "(the 14 LLM-Adapters test sets, the math-split halves); -1: no check"})
-    val_size: int = field(default=32, metadata={"help": "held-out validation records (0: none)"})
-    cutoff_len: int = field(default=256, metadata={"help": "tokens per record (prompt + answer) after truncation"})
+    val_size: int = field(default=32, metadata={"min": 0, "help": "held-out validation records (0: none)"})
+    cutoff_len: int = field(default=256, metadata={"min": 1, "help": "tokens per record (prompt + answer) after truncation"})
     train_on_inputs: bool = field(default=False, metadata={
         "help": "prompt tokens carry labels too (LLM-Adapters' default is True; here only the answer is learned)"})
     prompt_style: str = field(default="alpaca", metadata={
@@ -71,23 +68,23 @@ class TrainConfig:
                 "cutoff_len tokens, so no step pads; attention spans record boundaries, and a record's first token "
                 "is never a target of the previous one (validation records stay unpacked)"})
     # optimisation
-    learning_rate: float = field(default=3e-4, metadata={"help": "peak learning rate (AdamW)"})
-    num_epochs: float = field(default=1.0, metadata={"help": "passes over the training records"})
-    max_steps: int = field(default=-1, metadata={"help": "optimizer steps; > 0 overrides num_epochs"})
-    batch_size: int = field(default=16, metadata={
+    learning_rate: float = field(default=3e-4, metadata={"gt": 0, "help": "peak learning rate (AdamW)"})
+    num_epochs: float = field(default=1.0, metadata={"gt": 0, "help": "passes over the training records"})
+    max_steps: int = field(default=-1, metadata={"min": -1, "help": "optimizer steps; > 0 overrides num_epochs"})
+    batch_size: int = field(default=16, metadata={"min": 1,
         "help": "global batch: records per optimizer step (per process x accumulation x processes)"})
-    micro_batch_size: int = field(default=4, metadata={
+    micro_batch_size: int = field(default=4, metadata={"min": 1,
         "help": "records per forward pass on one process (gradient accumulation makes up the rest)"})
-    warmup_steps: int = field(default=5, metadata={"help": "linear learning-rate warm-up steps"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    router_lr: float | None = field(default=None, metadata={
+    warmup_steps: int = field(default=5, metadata={"min": 0, "help": "linear learning-rate warm-up steps"})
+    weight_decay: float = field(default=0.0, metadata={"min": 0, "help": "AdamW weight decay"})
+    router_lr: float | None = field(default=None, metadata={"gt": 0,
         "help": "peak learning rate of the router and the member norms, an optimizer group of their own (none: "
                 "learning_rate, which the router sweep in docs/results/router-sweep chose: faster routers collapse onto the "
                 "final member)"})
-    router_warmup_steps: int = field(default=0, metadata={
+    router_warmup_steps: int = field(default=0, metadata={"min": 0,
         "help": "first N optimizer steps train only the router and the member norms (body and LoRA frozen); then "
                 "joint tuning, the body's learning-rate schedule starting at step N (0: no warm-up)"})
-    max_grad_norm: float | None = field(default=1.0, metadata={
+    max_grad_norm: float | None = field(default=1.0, metadata={"min": 0,
         "help": "clip gradients to this L2 norm before each optimizer step (0 or none: no clipping)"})
     clip_scope: str = field(default="global", metadata={
         "help": "what max_grad_norm bounds: 'global' (one norm over every trainable parameter, the HF Trainer's "
@@ -95,7 +92,8 @@ class TrainConfig:
                 "so MoD's gradients never scale LoRA's); docs/method.md"})
     lr_scheduler: str = field(default="linear", metadata={
         "help": "learning-rate schedule after warm-up (a transformers scheduler name: linear, cosine, constant, ...)"})
-    seed: int = field(default=42, metadata={"help": "seed of the initialisation, data order and validation split"})
+    seed: int = field(default=42, metadata={
+        "min": 0, "max": SEED_MAX, "help": "seed of the initialisation, data order and validation split"})
     gradient_checkpointing: bool = field(default=False, metadata={
         "help": "recompute activations in the backward pass (less memory, slower)"})
     bf16: bool = field(default=False, metadata={"help": "bfloat16 mixed precision"})
@@ -108,16 +106,16 @@ class TrainConfig:
     # output
     output_dir: str = field(default="runs/default", metadata={
         "help": "run folder: checkpoints, logs, plots, summary.json and the final adapter/"})
-    logging_steps: int = field(default=1, metadata={"help": "log the losses and MoD diagnostics every N steps"})
-    save_steps: int = field(default=20, metadata={"help": "write a checkpoint every N steps"})
-    save_total_limit: int = field(default=2, metadata={"help": "keep at most N checkpoints (the oldest go first)"})
-    eval_steps: int = field(default=0, metadata={"help": "validation loss every N steps (0: at the end only)"})
+    logging_steps: int = field(default=1, metadata={"min": 1, "help": "log the losses and MoD diagnostics every N steps"})
+    save_steps: int = field(default=20, metadata={"min": 1, "help": "write a checkpoint every N steps"})
+    save_total_limit: int = field(default=2, metadata={"min": 1, "help": "keep at most N checkpoints (the oldest go first)"})
+    eval_steps: int = field(default=0, metadata={"min": 0, "help": "validation loss every N steps (0: at the end only)"})
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"], metadata={
         "help": "comma-separated loggers besides log.jsonl (tensorboard, wandb, ...; none: no other)"})
     # MoD (each field's help is on MoDConfig)
     mod: MoDConfig = field(default_factory=MoDConfig, metadata={"help": "the MoD ensemble's settings"})
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         validate_train_config(self)
 
     def check_device(self, cuda_available: bool) -> None:
@@ -133,22 +131,15 @@ class TrainConfig:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "mod"}
         return {**data, **self.mod.to_dict()}
 
-    @classmethod
-    def from_dict(cls, data: dict) -> TrainConfig:
-        return from_flat_dict(cls, data, "config")
-
 
 def validate_train_config(config: TrainConfig) -> None:
-    """Every check of a :class:`TrainConfig`, run once when it is built (flags, YAML or Python):
-    types coerced or refused, ranges, and the contradictions that would otherwise surface after
-    the model has loaded (a batch that micro-batches cannot make up, an unknown scheduler)."""
-    coerce_fields(config)
+    """The checks of a :class:`TrainConfig` beyond its fields' types and declared ranges (which
+    :class:`~modetune.utils.config.Config` checks first), run once when it is built (flags, YAML or
+    Python): the contradictions that would otherwise surface after the model has loaded (a batch
+    that micro-batches cannot make up, an unknown scheduler)."""
     parse_preset(config.preset)
-    check_bounds(config, POSITIVE, NON_NEGATIVE)
-    if config.max_steps == 0 or config.max_steps < -1:
+    if config.max_steps == 0:
         raise ConfigError(f"max_steps must be -1 (use num_epochs) or a positive number, got {config.max_steps}.")
-    if not 0.0 <= config.lora_dropout < 1.0:
-        raise ConfigError(f"lora_dropout must lie in [0, 1), got {config.lora_dropout}.")
     if config.prompt_style not in STYLES:
         raise ConfigError(f"Unknown prompt_style {config.prompt_style!r}; choose one of {', '.join(STYLES)}.")
     read_chat_template(config.chat_template)
@@ -168,10 +159,6 @@ def validate_train_config(config: TrainConfig) -> None:
         raise ConfigError(f"Unknown clip_scope {config.clip_scope!r}; choose one of {', '.join(SCOPES)}.")
     if config.bf16 and config.fp16:
         raise ConfigError("Choose at most one of bf16 and fp16.")
-    if config.router_lr is not None and not config.router_lr > 0:
-        raise ConfigError(f"router_lr must be positive (or none), got {config.router_lr}.")
-    if config.router_warmup_steps < 0:
-        raise ConfigError(f"router_warmup_steps must be >= 0, got {config.router_warmup_steps}.")
     if config.router_warmup_steps and not parse_preset(config.preset).mod:
         raise ConfigError(f"router_warmup_steps needs a preset with MoD; {config.preset} has no router.")
 

@@ -22,92 +22,67 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
-from ..loading import ModelSource, load_source
+from ..loading import ModelSource
 from ..mod.config import MoDConfig
-from ..utils.checks import check_bounds, coerce_fields, from_flat_dict, same_field
-from ..utils.errors import ConfigError
-from ..utils.models import base_model_for, check_quantization, record_base_model
+from ..utils.config import SEED_MAX, Config
+from ..utils.models import base_model_for, record_base_model
 from ..utils.outputs import check_output, data_paths, staged
-from ..utils.prompts import AUTO, read_chat_template, resolve_style
+from ..utils.prompts import AUTO, resolve_style
 from .validation import teacher_forced_ce
 
 FIT_NAME = "fit_router.json"
 
 
 @dataclass
-class FitRouterConfig:
+class FitRouterConfig(Config):
     """Every choice of a router pre-fit; each field is a ``modetune fit-router`` flag."""
 
-    model: str | None = field(default=None, metadata={
-        "help": "base model: 'default' (the embedded SmolLM2-135M-Instruct), a local folder or a hub name (none: "
-                "the one the adapter was trained on, else default)"})
-    adapter: str | None = field(default=None, metadata={
-        "help": "a MoD adapter (its router and norms are fitted further) or a LoRA-only adapter (a new router "
-                "and norms are added on top; LoRA stays frozen); none: the base model"})
+    what: ClassVar[str] = "fit-router"
+
+    source: ModelSource = field(default_factory=ModelSource, metadata={
+        "help": "the model and adapter: a MoD adapter (its router and norms are fitted further), a LoRA-only adapter "
+                "(a new router and norms are added on top; LoRA stays frozen), or none (the base model)"})
     data: str = field(default="packaged:math-split/train.json", metadata={
         "help": "labelled records to fit on (as for modetune train --data)"})
-    max_records: int | None = field(default=None, metadata={"help": "use only the first N records (none: all)"})
-    val_size: int = field(default=32, metadata={"help": "held-out records for the before/after CE (0: none)"})
-    ce_records: int = field(default=64, metadata={
+    max_records: int | None = field(default=None, metadata={"min": 1, "help": "use only the first N records (none: all)"})
+    val_size: int = field(default=32, metadata={"min": 0, "help": "held-out records for the before/after CE (0: none)"})
+    ce_records: int = field(default=64, metadata={"min": 1,
         "help": "training records (the first N) on which the before/after training CE is measured"})
-    cutoff_len: int = field(default=256, metadata={"help": "tokens per record after truncation"})
+    cutoff_len: int = field(default=256, metadata={"min": 1, "help": "tokens per record after truncation"})
     prompt_style: str = field(default="auto", metadata={
         "help": "prompt template: auto (the adapter's training style, else alpaca), alpaca, llm-adapters or chat"})
-    steps: int = field(default=100, metadata={"help": "Adam steps"})
-    batch_size: int = field(default=8, metadata={"help": "records per step"})
-    learning_rate: float = field(default=1e-3, metadata={"help": "Adam learning rate (constant)"})
+    steps: int = field(default=100, metadata={"min": 1, "help": "Adam steps"})
+    batch_size: int = field(default=8, metadata={"min": 1, "help": "records per step"})
+    learning_rate: float = field(default=1e-3, metadata={"gt": 0, "help": "Adam learning rate (constant)"})
     objective: Literal["mod", "task"] = field(default="mod", metadata={
         "help": "'mod': L_task + lambda L_distill; 'task': the cross-entropy of the logit mix alone"})
-    seed: int = field(default=42, metadata={"help": "seed of the record order and the validation split"})
+    seed: int = field(default=42, metadata={
+        "min": 0, "max": SEED_MAX, "help": "seed of the record order and the validation split"})
     output: str = field(default="runs/fit-router", metadata={"help": "folder of the fitted MoD adapter"})
     overwrite: bool = field(default=False, metadata={
         "help": "replace an existing output, once the new one is complete (off: refuse it)"})
-    trust_remote_code: bool = same_field(ModelSource, "trust_remote_code")
-    ignore_base_mismatch: bool = same_field(ModelSource, "ignore_base_mismatch")
-    quantization: str = same_field(ModelSource, "quantization")
-    chat_template: str | None = same_field(ModelSource, "chat_template")
     mod: MoDConfig = field(default_factory=MoDConfig, metadata={
         "help": "the new ensemble's settings (ignored when --adapter is already a MoD adapter)"})
 
-    def __post_init__(self) -> None:
-        coerce_fields(self)  # YAML text like "64" becomes 64, or is refused in one line
-        check_bounds(self, ("max_records", "ce_records", "cutoff_len"), ("val_size", "seed"))
+    def validate(self) -> None:
         if self.prompt_style != AUTO:
             resolve_style(self.prompt_style, None)  # refuses an unknown style
-        read_chat_template(self.chat_template)
-        check_quantization(self.quantization)
-        if self.steps < 1 or self.batch_size < 1 or not self.learning_rate > 0:
-            raise ConfigError("steps and batch_size must be positive, and learning_rate > 0.")
-        if self.objective not in ("mod", "task"):
-            raise ConfigError(f"objective must be 'mod' or 'task', got {self.objective!r}.")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> FitRouterConfig:
-        return from_flat_dict(cls, data, "fit-router")
-
-    def to_dict(self) -> dict:
-        return {**{f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "mod"},
-                **self.mod.to_dict()}
 
 
 def load_frozen_members(config: FitRouterConfig):
-    """``(MoDModel, tokenizer, kind)`` with only the router weights and member norms trainable."""
+    """``(MoDModel, tokenizer, kind)`` with only the MoD parameters trainable (:meth:`MoDModel.mod_parameters`)."""
     from ..mod.model import MoDModel
 
-    loaded, tokenizer, info = load_source(config.model, config.adapter, trust_remote_code=config.trust_remote_code,
-                                            ignore_base_mismatch=config.ignore_base_mismatch,
-                                            quantization=config.quantization,
-                                            chat_template=config.chat_template)
+    loaded, tokenizer, info = config.source.load()
     kind = info["kind"]  # the one adapter loader: integrity, the base fingerprint, LoRA or MoD
     model = loaded if kind == "mod" else MoDModel(loaded, config.mod)
     for param in model.parameters():
         param.requires_grad_(False)
-    fitted = list(model.norms.parameters()) + ([] if model.router.fixed is not None else [model.router.weight])
-    for param in fitted:
+    for param in model.mod_parameters(trainable_only=False):  # the router, member norms (N_p if the adapter trains it)
         param.requires_grad_(True)
     model.eval()  # no dropout in the frozen members
     tokenizer.padding_side = "right"
@@ -130,12 +105,13 @@ def _batches(rows: list[dict], batch_size: int, steps: int, seed: int, pad_id: i
 
 def fit_router(config: FitRouterConfig, progress: bool = True):
     """Fit the router and member norms; save the MoD adapter to ``config.output``. Returns ``(model, result)``."""
-    config = dataclasses.replace(config, prompt_style=resolve_style(config.prompt_style, config.adapter))
+    config = dataclasses.replace(config, prompt_style=resolve_style(config.prompt_style, config.source.adapter))
     from ..data import load_training_records, split_validation, tokenize_records
 
-    if config.adapter and not Path(config.adapter).is_dir():
-        raise FileNotFoundError(f"Adapter folder {config.adapter} does not exist.")
-    check_output(config.output, [config.adapter, config.model, *data_paths(config.data)], config.overwrite)
+    source = config.source
+    if source.adapter and not Path(source.adapter).is_dir():
+        raise FileNotFoundError(f"Adapter folder {source.adapter} does not exist.")
+    check_output(config.output, [source.adapter, source.model, *data_paths(config.data)], config.overwrite)
     torch.manual_seed(config.seed)
     records = load_training_records(config.data, config.max_records, config.seed)
     train_records, val_records = split_validation(records, config.val_size, config.seed)
@@ -175,7 +151,7 @@ def fit_router(config: FitRouterConfig, progress: bool = True):
     with staged(config.output) as stage:  # the adapter appears whole or not at all
         model.save_pretrained(stage)
         (stage / FIT_NAME).write_text(json.dumps(result, indent=2) + "\n")
-        record_base_model(stage, base_model_for(config.model, config.adapter))  # later commands may omit --model
+        record_base_model(stage, base_model_for(source.model, source.adapter))  # later commands may omit --model
     return model, result
 
 

@@ -2,37 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
 from ..mod.config import MoDConfig
 from ..mod.model import parameter_counts
 from ..mod.variants import build_variant, parse_preset
-from ..utils.checks import coerce_fields, from_flat_dict, same_field
 from ..utils.errors import ConfigError
-from .config import TrainConfig
-
-
-@dataclass
-class ParamsCommand:
-    """Everything ``modetune params`` takes (defaults and help from TrainConfig / MoDConfig)."""
-
-    model: str = same_field(TrainConfig, "model", help="base model: 'default', a local folder (config.json alone "
-                            "is enough) or a hub name")
-    preset: str = same_field(TrainConfig, "preset")
-    k: int = same_field(MoDConfig, "k")
-    lora_r: int = same_field(TrainConfig, "lora_r")
-    lora_targets: list[str] | None = same_field(TrainConfig, "lora_targets")
-    trust_remote_code: bool = same_field(TrainConfig, "trust_remote_code")
-    json: bool = field(default=False, metadata={"help": "print a JSON object (off: a table)"})
-
-    def __post_init__(self) -> None:
-        coerce_fields(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ParamsCommand:
-        return from_flat_dict(cls, data, "params")
 
 
 def count_parameters(model: str, preset: str, k: int = 3, lora_r: int = 32, lora_targets: list[str] | None = None,

@@ -30,14 +30,10 @@ GROUP_KEY = "modetune_group"  # the name of each optimizer group: ROUTER or BODY
 
 
 def router_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The router's weights, the member norms and (when trained) the final norm: what ``router_lr`` drives."""
+    """The trainable MoD parameters of ``model`` (:meth:`MoDModel.mod_parameters`; none without MoD):
+    what ``router_lr`` drives and ``clip_scope per_group`` clips apart."""
     mod = find_mod(model)
-    if mod is None:
-        return []
-    params = list(mod.router.parameters()) + list(mod.norms.parameters())
-    if mod.mod_config.train_final_norm:
-        params += list(mod.member_norms()[-1].parameters())
-    return [p for p in {id(p): p for p in params}.values() if p.requires_grad]
+    return [] if mod is None else mod.mod_parameters()
 
 
 def optimizer_groups(model: nn.Module, learning_rate: float, router_lr: float | None, weight_decay: float,

@@ -7,13 +7,12 @@ complete checkpoint trained with the same settings.
   safetensors load, torch files pass their CRC checks); damaged ones are named and skipped.
 - :func:`check_same_settings`: a resume with other settings names the fields and stops.
 - :func:`trim_log`: ``log.jsonl`` keeps only the steps up to the checkpoint, so a resumed
-  run never logs a step twice.
+  run never logs a step twice; :func:`remove_staging` clears a killed save's ``.staging``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 from ..utils.checks import differing_settings
 from ..utils.errors import ConfigError, DataError
 from ..utils.integrity import damage, read_json, warn
+from ..utils.outputs import write_text
 from .config import TRAIN_CONFIG_NAME, TrainConfig
 
 LOG_NAME = "log.jsonl"
@@ -144,9 +144,17 @@ def trim_log(run_dir: Path, checkpoint: Path) -> None:
             continue
         if isinstance(row, dict) and len(kept) < logged:
             kept.append(line + "\n")
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(kept), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, "".join(kept))
+
+
+def remove_staging(run_dir: Path) -> None:
+    """Remove (and name) the ``.staging`` folder a run killed inside a checkpoint save left: the partial
+    checkpoint and any process's files in it (a node with a folder of its own clears its own at its
+    first save, ``MoDTrainer._save_checkpoint``)."""
+    staging = run_dir / ".staging"
+    if staging.exists():
+        shutil.rmtree(staging, ignore_errors=True)
+        print(f"[modetune] removed {staging}, the partial checkpoint of an interrupted run", flush=True)
 
 
 def prepare_run_dir(config: TrainConfig, resume: bool = False, overwrite: bool = False,
@@ -170,6 +178,7 @@ def prepare_run_dir(config: TrainConfig, resume: bool = False, overwrite: bool =
             return COMPLETE
         if is_main:
             trim_log(run_dir, checkpoint)
+            remove_staging(run_dir)
         return str(checkpoint)
     if overwrite:
         if is_main:

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -29,7 +30,7 @@ from ..utils.prompts import PROMPT_FILE
 from ..utils.sharding import check_launcher_sharding, loading_whole_tensors
 from ..utils.version import __version__
 from .clipping import clip_groups, clip_per_group, group_norms
-from .config import FAULT_ENV, TRAIN_CONFIG_NAME, TrainConfig, check_batch
+from .config import TRAIN_CONFIG_NAME, TrainConfig, check_batch
 from .router_opt import GROUP_KEY, ROUTER, RouterWarmup, body_parameters, optimizer_groups, warmup_scheduler
 from .rundir import COMPLETE, prepare_run_dir, reached_end
 from .summary import SPARSITY_EPS, format_summary, summarise
@@ -225,33 +226,63 @@ class MoDTrainer(Trainer):
 
     def _save_checkpoint(self, model, trial) -> None:
         """Write the checkpoint into a hidden folder, then rename it into place: a kill at
-        any moment leaves every ``checkpoint-N`` folder complete."""
+        any moment leaves every ``checkpoint-N`` folder complete. Every process writes files there
+        (its RNG state at least); each run folder has one owner (:meth:`_staging_roles`), which
+        clears the staging folder before anyone writes (a killed run's leftovers too), renames the
+        checkpoint into place once all have written, and removes whatever else stayed."""
         run_dir = self._get_output_dir(trial=trial)
         staging = os.path.join(run_dir, ".staging")
         name = f"checkpoint-{self.state.global_step}"
-        if self.args.should_save:
-            shutil.rmtree(os.path.join(staging, name), ignore_errors=True)
+        owner, writes = self._staging_roles(staging)
         self.accelerator.wait_for_everyone()  # every process writes its RNG state there: not before the clean-up
         original = self._get_output_dir
         self._get_output_dir = lambda trial=None: staging
         save_limit, self.args.save_total_limit = self.args.save_total_limit, None
+        on_each_node, self.args.save_on_each_node = self.args.save_on_each_node, writes  # should_save: writes
         try:
             super()._save_checkpoint(model, trial)
         finally:
             self._get_output_dir = original
             self.args.save_total_limit = save_limit
+            self.args.save_on_each_node = on_each_node
         self.accelerator.wait_for_everyone()
-        if self.args.should_save:
+        if owner:
             target = os.path.join(run_dir, name)
             shutil.rmtree(target, ignore_errors=True)
             os.replace(os.path.join(staging, name), target)
-            if not os.listdir(staging):
-                os.rmdir(staging)
+            shutil.rmtree(staging, ignore_errors=True)  # nothing of any process stays behind
             from transformers.trainer_utils import rotate_checkpoints
 
             rotate_checkpoints(output_dir=run_dir, save_total_limit=save_limit,
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=False)
         self.accelerator.wait_for_everyone()
+
+    def _staging_roles(self, staging: str) -> tuple[bool, bool]:
+        """``(owner, writes)`` of this process for the checkpoint ``staging`` folder, which the owner
+        has cleared on return. Rank 0 owns its folder and writes the whole checkpoint. A process that
+        does not see rank 0's folder (a node with a disk of its own: found by a marker of a fresh name
+        rank 0 writes there) shares its node's first process's folder, which that process owns and,
+        unless the model is sharded, writes a whole checkpoint into (as ``save_on_each_node`` would),
+        so the node resumes from it; every other process writes only its own files (RNG state)."""
+        if self.args.world_size == 1:
+            shutil.rmtree(staging, ignore_errors=True)
+            return True, True
+        from uuid import uuid4
+
+        from accelerate.utils import broadcast_object_list
+
+        first = self.args.process_index == 0
+        token = [uuid4().hex if first else None]
+        if first:
+            shutil.rmtree(staging, ignore_errors=True)
+            os.makedirs(staging)
+            Path(staging, f".rank0-{token[0]}").touch()  # removed with the staging folder
+        broadcast_object_list(token)
+        owner = first or (self.args.local_process_index == 0
+                          and not os.path.exists(os.path.join(staging, f".rank0-{token[0]}")))
+        if owner and not first:
+            shutil.rmtree(staging, ignore_errors=True)
+        return owner, owner and (first or not (self.is_fsdp_enabled or self.is_deepspeed_enabled))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """Resume: the checkpoint's LoRA weights through peft, its MoD weights through the model,
@@ -374,11 +405,14 @@ def global_batch(args, world_size: int) -> dict:
             "global_batch": args.world_size * micro * accumulation}
 
 
-def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
+def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, callbacks: Sequence = ()) -> dict:
     """Run a training job end to end; returns the summary dict (also written to ``summary.json``).
 
     A folder that already holds a run is refused unless ``resume`` (continue from its newest
     complete checkpoint, with the same settings) or ``overwrite`` (remove it and start over).
+    ``callbacks``: ``transformers.TrainerCallback`` objects added to the Trainer (W&B-style hooks,
+    early stopping, the tests' fault injection); one with an ``install(trainer)`` method is given
+    the trainer first.
     """
     from transformers import DataCollatorForSeq2Seq, set_seed
 
@@ -431,10 +465,10 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False) ->
     trainer.add_callback(_JsonlLogger(output_dir / "log.jsonl"))
     if config.router_warmup_steps > 0:
         trainer.add_callback(RouterWarmup(body_parameters(model), config.router_warmup_steps))
-    if os.environ.get(FAULT_ENV):  # tests and debugging only: a kill or a NaN at a chosen point
-        from .faults import install_fault
-
-        install_fault(trainer, os.environ[FAULT_ENV])
+    for callback in callbacks:  # the caller's (the fault tests install theirs: tests/faults.py)
+        if hasattr(callback, "install"):
+            callback.install(trainer)
+        trainer.add_callback(callback)
     started = time.perf_counter()
     if resume_from is not None and reached_end(resume_from, config):
         trainer.finish_from(resume_from)  # the Trainer would take one step too many

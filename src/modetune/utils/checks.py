@@ -1,6 +1,6 @@
-"""Config values validated once, at the boundary: every config dataclass's ``__post_init__``
-calls :func:`coerce_fields` (types) and :func:`check_bounds` (ranges), whether the value came
-from a flag, a YAML file or the Python API. :func:`check_device` and :func:`check_dtype` check
+"""Config values validated once, at the boundary: every config (:class:`modetune.utils.config.Config`)
+coerces its fields with :func:`coerce_fields` and checks their declared ranges, whether the value
+came from a flag, a YAML file or the Python API. :func:`check_device` and :func:`check_dtype` check
 the two runtime choices that are not config fields, before any model is loaded.
 
 Coercion is deliberately narrow: a number written as text (YAML reads ``3e-4`` as the string
@@ -93,15 +93,6 @@ def coerce_fields(config) -> None:
     hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
         setattr(config, f.name, coerce_value(getattr(config, f.name), hints[f.name], f.name))
-
-
-def check_bounds(config, positive: tuple[str, ...] = (), non_negative: tuple[str, ...] = ()) -> None:
-    """``positive`` fields must be > 0 and ``non_negative`` ones >= 0 (``None`` values are skipped)."""
-    for names, low, word in ((positive, 0, "> 0"), (non_negative, None, ">= 0")):
-        for name in names:
-            value = getattr(config, name)
-            if value is not None and (value <= 0 if low == 0 else value < 0):
-                raise ConfigError(f"{name} must be {word}, got {value!r}.")
 
 
 def check_dtype(name: str) -> str:

@@ -1,4 +1,7 @@
-"""Fault injection for tests and debugging, installed only when ``MODETUNE_FAULT_AT_STEP`` is set.
+"""Fault injection for the tests: a callback that ``modetune.train.train(config, callbacks=[...])``
+installs (the library reads no environment variable and ships none of this). ``fault_cli.py``
+runs the command line with the fault ``MODETUNE_TEST_FAULT`` names, for the tests that kill a
+process (subprocesses, torchrun launches).
 
 - ``kill:N``: SIGKILL when optimizer step N begins (a crash between steps);
 - ``kill-save:N``: SIGKILL inside checkpoint N's save, once its weights are written and before
@@ -24,11 +27,19 @@ def _die() -> None:
 
 
 class FaultInjection(TrainerCallback):
-    """Kill the process or poison the loss at one optimizer step (1-based, like ``global_step``)."""
+    """Kill the process or poison the loss at one optimizer step (1-based, like ``global_step``).
+    ``install(trainer)`` (called by ``train()`` before training) wraps the trainer's own methods for
+    the kills inside a save, the adapter write or the validation."""
 
-    def __init__(self, kind: str, step: int) -> None:
-        self.kind, self.step = kind, step
+    def __init__(self, spec: str) -> None:
+        kind, _, step = spec.partition(":")
+        if kind not in KINDS or not step.isdigit():
+            raise ValueError(f"A fault must be KIND:N with KIND one of {', '.join(KINDS)}, got {spec!r}")
+        self.kind, self.step = kind, int(step)
         self._hook = None
+
+    def install(self, trainer) -> None:
+        install_fault(trainer, self)
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         if state.global_step + 1 != self.step:
@@ -44,14 +55,10 @@ class FaultInjection(TrainerCallback):
             self._hook = None
 
 
-def install_fault(trainer, spec: str) -> FaultInjection:
-    """Add the fault ``spec`` (``KIND:N``) asks for to ``trainer``: the callback, and for the kills
-    inside a save or the validation, a wrapper around the trainer's own method on this instance."""
-    kind, _, step = spec.partition(":")
-    if kind not in KINDS or not step.isdigit():
-        raise ValueError(f"MODETUNE_FAULT_AT_STEP must be KIND:N with KIND one of {', '.join(KINDS)}, got {spec!r}")
-    fault = FaultInjection(kind, int(step))
-    trainer.add_callback(fault)
+def install_fault(trainer, fault: FaultInjection) -> None:
+    """For the kills inside a save or the validation, a wrapper around the trainer's own method on
+    this instance (the callback itself is added by ``train()``)."""
+    kind = fault.kind
     save, tokenizer, evaluate = trainer.save_model, trainer.tokenizer_to_save, trainer.evaluate
 
     def save_then_die(output_dir=None, *args, **kwargs):
@@ -73,7 +80,6 @@ def install_fault(trainer, spec: str) -> FaultInjection:
                                                                 else original(directory, *a, **k))
     if kind == "kill-validation":
         trainer.evaluate = evaluate_or_die
-    return fault
 
 
 def _poison_loss(module, inputs, outputs):
