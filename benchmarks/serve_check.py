@@ -155,7 +155,9 @@ def cmd_convert(args) -> None:
         rc, seconds = _convert(converter, Path(args.model), outfile, outtype, logs / f"convert-{outtype}.log")
         result["outputs"][outtype] = {"rc": rc, "seconds": seconds, "file": str(outfile),
                                       "bytes": outfile.stat().st_size if outfile.is_file() else None,
-                                      "log_tail": (logs / f"convert-{outtype}.log").read_text().splitlines()[-3:]}
+                                      "warnings": [line for line in (logs / f"convert-{outtype}.log").read_text()
+                                                   .splitlines() if line.startswith("WARNING")],
+                                      "last_line": (logs / f"convert-{outtype}.log").read_text().splitlines()[-1]}
         print(f"[serve-check] convert {outtype}: rc {rc} in {seconds:.1f} s", file=sys.stderr)
     # The ensemble export (architectures ["MoDForCausalLM"]) must be refused, naming the architecture.
     outfile = gguf_dir / "ensemble.gguf"
@@ -206,11 +208,15 @@ def cmd_llama(args) -> None:
     result = {"engine": "llama.cpp via llama-cpp-python", "versions": {
         **_versions("llama_cpp_python", "numpy"), "llama_cpp.__version__": llama_cpp.__version__},
         "dtypes": {}}
-    for dtype in ("f32", "f16"):
+    # llama.cpp keeps its KV cache in f16 by default (as a server runs it); the f32 GGUF is also run with
+    # an f32 cache, which isolates the weights' conversion from the cache's rounding.
+    for name, dtype, kv_type, kv_name in (("f32", "f32", llama_cpp.GGML_TYPE_F16, "f16"),
+                                          ("f32-kv-f32", "f32", llama_cpp.GGML_TYPE_F32, "f32"),
+                                          ("f16", "f16", llama_cpp.GGML_TYPE_F16, "f16")):
         path = work / "gguf" / f"final-{dtype}.gguf"
         t = time.perf_counter()
         llm = llama_cpp.Llama(model_path=str(path), n_ctx=512, n_batch=512, n_threads=2, logits_all=True,
-                              seed=0, verbose=False)
+                              seed=0, verbose=False, type_k=kv_type, type_v=kv_type)
         load_s, t = time.perf_counter() - t, time.perf_counter()
         rows, tokenizer_matches = [], 0
         for ref in reference["prompts"]:
@@ -232,11 +238,13 @@ def cmd_llama(args) -> None:
                              "utf-8", errors="replace")})
         run_s = time.perf_counter() - t
         compared = _compare(reference, work / "reference", rows)
-        result["dtypes"][dtype] = {"gguf": str(path), "load_s": load_s, "run_s": run_s,
+        result["dtypes"][name] = {"gguf": str(path), "gguf_dtype": dtype, "kv_cache": kv_name,
+                                  "load_s": load_s, "run_s": run_s,
                                    "tokenizer_matches": tokenizer_matches, **compared}
-        print(f"[serve-check] llama.cpp {dtype}: {compared['exact_matches']}/{compared['prompts']} exact, "
+        n = compared["prompts"]
+        print(f"[serve-check] llama.cpp {dtype} GGUF, {kv_name} KV cache: {compared['exact_matches']}/{n} exact, "
               f"max |dlogit| {compared['max_abs_logit_diff']:.3g}, llama.cpp tokenizer "
-              f"{tokenizer_matches}/{compared['prompts']}", file=sys.stderr)
+              f"{tokenizer_matches}/{n}", file=sys.stderr)
         del llm
     _write(work / "results" / "llama.json", result)
 
@@ -266,7 +274,7 @@ def cmd_hf4(args) -> None:
     reference = _read(work / "reference" / "reference.json")
     t = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, torch_dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
     load_s, t = time.perf_counter() - t, time.perf_counter()
     tokenizer_matches = sum(tokenizer(r["text"], add_special_tokens=False)["input_ids"] == r["input_ids"]
                             for r in reference["prompts"])
@@ -319,7 +327,10 @@ def cmd_onnx(args) -> None:
               "providers": model.providers if hasattr(model, "providers") else None,
               "versions": {**_versions("optimum-onnx", "optimum", "onnxruntime", "onnx", "transformers", "torch"),
                            "onnxruntime.__version__": onnxruntime.__version__},
-              "export_log_tail": log.read_text().splitlines()[-5:], **compared}
+              # optimum's own check of the export on dummy inputs (atol 1e-5), as the CLI printed it
+              "optimum_validation": [line.strip() for line in log.read_text().splitlines()
+                                     if line.startswith(("The ONNX export succeeded", "- logits:"))],
+              **compared}
     print(f"[serve-check] ONNX Runtime: {compared['exact_matches']}/{compared['prompts']} exact, "
           f"max |dlogit| {compared['max_abs_logit_diff']:.3g}", file=sys.stderr)
     _write(work / "results" / "onnx.json", result)
@@ -339,24 +350,44 @@ def cmd_report(args) -> None:
     hf4, onnx = _maybe(work / "results" / "hf4.json"), _maybe(work / "results" / "onnx.json")
     registry = _maybe(work / "results" / "registry.json")
     failures = {name: s for name, s in stages.items() if s.get("rc") != 0}
+    started = float(args.started) if args.started else None
+    for build in builds.values():
+        build["reused_this_run"] = bool(started and datetime.fromisoformat(build["built"]).timestamp() < started)
+    model_times = {}
+    if (work / "results" / "model_times.txt").is_file():
+        for line in (work / "results" / "model_times.txt").read_text().splitlines():
+            key, seconds = line.split()
+            model_times[key] = float(seconds)
+
+    def env_info(*names):
+        return {"envs": list(names), "env_build_s": {n: builds[n]["seconds"] for n in names if n in builds}}
+
     engines = {}
     if llama:
-        for dtype, r in llama["dtypes"].items():
-            engines[f"llama.cpp {dtype} GGUF"] = {
+        for r in llama["dtypes"].values():
+            dtype = r["gguf_dtype"]
+            kv = "f16 KV cache (default)" if r["kv_cache"] == "f16" else f"{r['kv_cache']} KV cache"
+            engines[f"llama.cpp {dtype} GGUF, {kv}"] = {
                 "prompts": r["prompts"], "exact_matches": r["exact_matches"],
                 "max_abs_logit_diff": r["max_abs_logit_diff"], "tokenizer_matches": r["tokenizer_matches"],
                 "conversion_s": convert["outputs"][dtype]["seconds"] if convert else None,
                 "gguf_bytes": convert["outputs"][dtype]["bytes"] if convert else None,
-                "load_s": r["load_s"], "run_s": r["run_s"], "per_prompt": r["per_prompt"]}
+                "load_s": r["load_s"], "run_s": r["run_s"], **env_info("llama-cpp", "convert"),
+                "versions": {**llama["versions"], "gguf (converter)": (convert or {}).get("versions", {}).get(
+                    "gguf (vendored gguf-py the converter imports)"),
+                    "transformers (converter)": (convert or {}).get("versions", {}).get("transformers"),
+                    "torch (converter)": (convert or {}).get("versions", {}).get("torch")},
+                "per_prompt": r["per_prompt"]}
     if hf4:
         engines[f"transformers {hf4['versions']['transformers']} float32"] = {
             k: hf4[k] for k in ("prompts", "exact_matches", "max_abs_logit_diff", "tokenizer_matches", "load_s",
-                                "run_s", "tokenizer_class", "rope_theta", "per_prompt")}
+                                "run_s", "tokenizer_class", "rope_theta", "versions", "per_prompt")}
+        engines[f"transformers {hf4['versions']['transformers']} float32"].update(env_info("convert"))
     if onnx:
         engines["ONNX Runtime float32"] = {
             k: onnx[k] for k in ("prompts", "exact_matches", "max_abs_logit_diff", "export_s", "load_s", "run_s",
-                                 "per_prompt")}
-        engines["ONNX Runtime float32"]["conversion_s"] = onnx["export_s"]
+                                 "optimum_validation", "versions", "per_prompt")}
+        engines["ONNX Runtime float32"].update(conversion_s=onnx["export_s"], **env_info("onnx"))
     result = {
         "what": "The final-member export of modetune (modetune export --final-member) read by serving engines "
                 "compared with transformers 5 reading the same folder: greedy token ids (exact match per "
@@ -382,14 +413,16 @@ def cmd_report(args) -> None:
         "versions": {
             "reference (project venv)": reference["versions"],
             "llama.cpp env": llama["versions"] if llama else None,
-            "converter + transformers 4 env": {**(convert or {}).get("versions", {}),
-                                               **({"transformers(hf4 run)": hf4["versions"]["transformers"]} if hf4 else {})},
+            "converter + transformers 4 env": {
+                **(convert or {}).get("versions", {}),
+                **({"transformers(hf4 run)": hf4["versions"]["transformers"]} if hf4 else {})},
             "onnx env": onnx["versions"] if onnx else None},
         "substitutions": [
             "torch: the converter's requirements pin torch==2.11.0 from the PyTorch CPU index, which is not reachable "
             "here; PyPI's torch 2.11.0 is the CUDA build (530.6 MB wheel plus the cuda-toolkit, cuDNN, NCCL wheels). "
             "The converter env uses torch==2.13.0 (+cpu wheel, resolved by pip from the machine's find-links) "
             "instead; every other pin of the file is kept (transformers==4.57.6 exactly)."],
+        "model_stage_s": model_times or "reused the previous run's adapter and exports (SERVE_CHECK_REUSE_MODEL=1)",
         "env_builds_s": builds,
         "stages": stages,
         "failures": failures,
@@ -419,13 +452,22 @@ def _markdown(r: dict) -> str:
         tok = f"{e['tokenizer_matches']}/{e['prompts']}" if "tokenizer_matches" in e else "(HF tokenizer)"
         lines.append(f"| {name} | {e['exact_matches']}/{e['prompts']} | {e['max_abs_logit_diff']:.3g} | {tok} | "
                      f"{_fmt(e.get('conversion_s'))} | {_fmt(e.get('load_s'))} | {_fmt(e.get('run_s'))} |")
-    lines += ["", "Environment builds (seconds; reused on a rerun): "
-              + ", ".join(f"{k} {v['seconds']:.0f}" for k, v in r["env_builds_s"].items()), ""]
+    lines += ["", "Conversion: GGUF by convert_hf_to_gguf.py, ONNX by `optimum-cli export onnx`; generate s: the "
+              "greedy generations of all prompts plus the logits pass.", ""]
+    if isinstance(r["model_stage_s"], dict):
+        lines.append("Model (s): " + ", ".join(f"{k} {v:.0f}" for k, v in r["model_stage_s"].items()) + ".")
+    lines += ["Environment builds (s): " + ", ".join(
+        f"{k} {v['seconds']:.0f}{' (built by an earlier run, reused)' if v.get('reused_this_run') else ''}"
+        for k, v in r["env_builds_s"].items()) + ".",
+              "Stages (s): " + ", ".join(f"{k} {v['seconds']:.0f}" for k, v in r["stages"].items()) + ".", ""]
     if r["transformers_4"]:
         t = r["transformers_4"]
         lines += [f"transformers 4.57.6 instantiated `{t['tokenizer_class']}` / `{t['model_class']}` with "
                   f"rope_theta {t['rope_theta']} (config.json: rope_theta {t['config_file_rope_theta']}, "
                   f"rope_parameters {t['config_file_rope_parameters']}).", ""]
+    onnx = r["engines"].get("ONNX Runtime float32")
+    if onnx and onnx.get("optimum_validation"):
+        lines += ["optimum's own export check (dummy inputs, atol 1e-5): " + " ".join(onnx["optimum_validation"]), ""]
     if r["ensemble_refusal"]:
         e = r["ensemble_refusal"]
         lines += [f"Ensemble export ({e['architectures']}) through the converter: refused={e['refused']}, "
@@ -475,6 +517,7 @@ def main(argv=None) -> None:
     p = sub.add_parser("report")
     p.add_argument("--envs", required=True)
     p.add_argument("--out-json", required=True)
+    p.add_argument("--started", default=None, help="this run's start (epoch seconds)")
     p.set_defaults(func=cmd_report)
     args = parser.parse_args(argv)
     args.func(args)

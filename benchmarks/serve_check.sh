@@ -39,7 +39,8 @@ LLAMA_CPP="$SRC/vendor/llama.cpp"
 export SERVE_CHECK_T0="${SERVE_CHECK_T0:-$(date +%s)}"   # shared with the stage processes
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PIP_DISABLE_PIP_VERSION_CHECK=1
-BASE_PY="$(python3 -c 'import sys; print(sys.executable)')"   # before the project venv joins PATH
+# The system Python (not a venv's, should one be active): the base of every environment built here.
+BASE_PY="$(python3 -c 'import sys; print(getattr(sys, "_base_executable", sys.executable))')"
 mkdir -p "$ENVS/logs" "$WORK/stages" "$WORK/logs" "$WORK/results"
 
 say() { echo "[serve-check +$(($(date +%s) - SERVE_CHECK_T0))s] $*" >&2; }
@@ -57,7 +58,8 @@ json.dump(out, open(path, "w"), indent=2)
 EOF
 }
 
-# stage NAME FUNCTION...: runs it with errexit in a subshell, tees to a log, records rc and seconds.
+# stage NAME FUNCTION...: runs it in a bash process of its own (errexit on), tees its output to a log,
+# and records its rc and seconds.
 # A failed stage is recorded and reported; the script goes on and exits 1 at the end.
 FAILED=()
 stage() {
@@ -148,13 +150,13 @@ model() {
     echo "SERVE_CHECK_REUSE_MODEL=1: keeping $WORK/run, $WORK/final and $WORK/ensemble"
     return 0
   fi
-  local t=$SECONDS
+  local t=$SECONDS times="$WORK/results/model_times.txt"
   modetune train --config quick --output-dir "$WORK/run" --overwrite
-  echo "train: $((SECONDS - t)) s" && t=$SECONDS
+  echo "train_s $((SECONDS - t))" | tee "$times" && t=$SECONDS
   modetune export --adapter "$WORK/run/adapter" --output "$WORK/final" --final-member --overwrite
-  echo "export --final-member: $((SECONDS - t)) s" && t=$SECONDS
+  echo "export_final_member_s $((SECONDS - t))" | tee -a "$times" && t=$SECONDS
   modetune export --adapter "$WORK/run/adapter" --output "$WORK/ensemble" --overwrite
-  echo "export (ensemble): $((SECONDS - t)) s"
+  echo "export_ensemble_s $((SECONDS - t))" | tee -a "$times"
   "$BASE_PY" -c "import json,sys; c=json.load(open(sys.argv[1])); print('final member:', c['architectures'], 'rope_theta', c.get('rope_theta'), 'rope_parameters', c.get('rope_parameters'))" "$WORK/final/config.json"
 }
 
@@ -175,26 +177,33 @@ onnx() {
   rm -rf "$WORK/onnx"
   "$ENVS/onnx/bin/python" "$HELPER" --work "$WORK" onnx --model "$WORK/final"
 }
-report() { "$ROOT/.venv/bin/python" "$HELPER" --work "$WORK" report --envs "$ENVS" --out-json "$OUT_JSON"; }
+report() { "$ROOT/.venv/bin/python" "$HELPER" --work "$WORK" report --envs "$ENVS" --out-json "$OUT_JSON" \
+  --started "$SERVE_CHECK_T0"; }
 
 # --------------------------------------------------------------------------------- main
+main() {
+  say "serve check: envs in $ENVS, work in $WORK, results in ${OUT_JSON%.json}.{json,md}"
+  rm -f "$WORK"/stages/*.json "$WORK"/results/*.json "$WORK"/results/model_times.txt
+  stage tools tools
+  stage sources sources
+  stage model model || { say "no model, nothing to compare"; exit 1; }
+  stage reference reference || { say "no reference, nothing to compare"; exit 1; }
+  stage registry registry || true
+  if stage convert convert; then
+    stage hf4 hf4 || true
+    stage llama llama || true
+  fi
+  stage onnx onnx || true
+  stage report report
+  say "done in $(($(date +%s) - SERVE_CHECK_T0)) s; ${#FAILED[@]} failed stage(s)${FAILED[*]:+: ${FAILED[*]}}"
+  [ ${#FAILED[@]} -eq 0 ]
+}
+
+# Bash reads a script as it runs it: everything below is one compound command per line, parsed whole
+# before it runs, so editing this file during a run cannot derail the run.
 if [ "${1:-}" = __run ]; then   # internal: one stage or recipe, in a process of its own
   shift
   "$@"
   exit 0
 fi
-say "serve check: envs in $ENVS, work in $WORK, results in ${OUT_JSON%.json}.{json,md}"
-rm -f "$WORK"/stages/*.json "$WORK"/results/*.json
-stage tools tools
-stage sources sources
-stage model model || { say "no model, nothing to compare"; exit 1; }
-stage reference reference || { say "no reference, nothing to compare"; exit 1; }
-stage registry registry || true
-if stage convert convert; then
-  stage hf4 hf4 || true
-  stage llama llama || true
-fi
-stage onnx onnx || true
-stage report report
-say "done in $(($(date +%s) - SERVE_CHECK_T0)) s; ${#FAILED[@]} failed stage(s)${FAILED[*]:+: ${FAILED[*]}}"
-[ ${#FAILED[@]} -eq 0 ]
+main "$@"; exit $?

@@ -32,7 +32,8 @@ def export_model(mod, tokenizer, output: str | Path, merge: bool = True, final_m
     ``merge=True`` merges LoRA into the base weights (the MoD hooks stay on the same modules);
     ``merge=False`` saves the base weights unchanged and the LoRA adapter in ``lora/``.
     ``final_member=True`` writes the final member alone: the base architecture with LoRA merged,
-    no ensemble and no remote code, loadable anywhere the base model is (vLLM, TGI, GGUF converters).
+    no ensemble and no remote code, loadable anywhere the base model is (benchmarks/serve_check.sh runs it
+    in llama.cpp and ONNX Runtime; vLLM and TGI not run).
     ``mod`` is consumed: merging changes its weights in place. The folder is written beside
     ``output`` and renamed into place at the end (:func:`~modetune.utils.outputs.staged`); an
     existing ``output`` is refused unless ``overwrite``.
@@ -73,7 +74,8 @@ def model_card(kind: str, k: int, base: str) -> str:
     if kind == "final":
         what = (f"The final member of a MoD ensemble (k = {k}) trained on {base}, alone: the base architecture "
                 "with LoRA merged in, no ensemble and no custom code. It loads wherever the base model does "
-                "(transformers, vLLM, TGI, GGUF converters). " + FINAL_MEMBER_NOTE)
+                "(transformers 4.x and 5; llama.cpp after its convert_hf_to_gguf.py; ONNX Runtime after optimum-onnx). "
+                + FINAL_MEMBER_NOTE)
         load = "AutoModelForCausalLM.from_pretrained(folder)"
         needs = "torch and transformers (or any engine that serves the base architecture)"
     elif kind == "lora":
