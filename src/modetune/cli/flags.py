@@ -4,8 +4,9 @@ A config is a dataclass whose fields carry their help text, ``field(default=...,
 Every field becomes a ``--field-name`` flag whose ``--help`` line shows the type (or the choices),
 the sentence and the default. A field holding another config dataclass is flattened: its fields
 become flags too (``TrainConfig.mod`` gives ``--k``, ``--distill-lambda``, ...), except the names its
-metadata lists under ``"hide"``. Fields of type ``dict`` are YAML-only. Flags left out stay unset, so
-``config_from_args`` applies YAML first, then exactly the flags given.
+metadata lists under ``"hide"``. A field whose metadata has ``"const"`` takes an optional value: the flag
+alone means that value (``--resume`` alone: ``"latest"``). Fields of type ``dict`` are YAML-only. Flags left
+out stay unset, so ``config_from_args`` applies YAML first, then exactly the flags given.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class ConfigFlag:
     help: str
     required: bool = False
     range: str = ""  # the declared range (utils.config.range_text), shown by --help
+    const: typing.Any = None  # metadata "const": the flag may be given alone, meaning this value (nargs="?")
 
 
 def config_flags(config) -> list[ConfigFlag]:
@@ -57,7 +59,7 @@ def config_flags(config) -> list[ConfigFlag]:
             flags += [flag for flag in config_flags(value if value is not None else hint) if flag.name not in hidden]
         elif hint is not dict and typing.get_origin(hint) is not dict:
             flags.append(ConfigFlag(f.name, hint, value, f.metadata.get("help", ""), f.metadata.get("required", False),
-                                    range_text(f.metadata)))
+                                    range_text(f.metadata), f.metadata.get("const")))
     return flags
 
 
@@ -132,8 +134,9 @@ def add_config_flags(parser: argparse.ArgumentParser, config, yaml: bool = True)
             group.add_argument(option, dest=flag.name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=text)
         else:
+            alone = {} if flag.const is None else {"nargs": "?", "const": flag.const}  # `--flag` alone: the const
             group.add_argument(option, dest=flag.name, type=_parser_for(flag.hint), default=argparse.SUPPRESS,
-                               metavar=_metavar(flag.hint), help=text, required=flag.required)
+                               metavar=_metavar(flag.hint), help=text, required=flag.required, **alone)
 
 
 def load_yaml_config(path: str | Path) -> dict:

@@ -17,11 +17,18 @@ class TrainCommand(Config):
 
     what: ClassVar[str] = "config"
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "the training run"})
-    resume: bool = field(default=False, metadata={
-        "help": "continue from the newest complete checkpoint in output_dir (off: start afresh)"})
+    resume: str | None = field(default=None, metadata={"const": "latest",
+        "help": "continue the run in output_dir: --resume alone (or 'latest') from its newest complete checkpoint, "
+                "--resume PATH from that checkpoint folder of the run (checkpoint-N, or its path), newer checkpoints "
+                "then removed; either is checked for damage and for the same settings (none: start afresh)"})
     overwrite: bool = field(default=False, metadata={
         "help": "start over in an output_dir that holds a run, removing it first, checkpoints included (off: such a "
                 "folder is refused)"})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.resume, bool):  # a YAML `resume: true` (the switch it was): the newest checkpoint
+            self.resume = "latest" if self.resume else None
+        super().__post_init__()
 
 
 def add(sub, name: str, help: str) -> None:  # noqa: A002

@@ -21,6 +21,9 @@ Several sources join with commas (a training mix), and each may carry options af
 test sets without a training set: train on one half, evaluate on the other, never both),
 and ``n=N`` keeps a seeded sample of N records, e.g.
 ``data/piqa/test.json?half=train&n=300,data/boolq/train.json?n=300``.
+
+``columns`` (``TrainConfig.columns``, ``SOURCE=FIELD`` pairs) renames the fields of the records of
+local ``.json``/``.jsonl`` files before they are checked (:func:`rename_columns`).
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import re
 import warnings
 from pathlib import Path
 
-from ..utils.errors import DataError, first_line
+from ..utils.errors import ConfigError, DataError, first_line
 from ..utils.integrity import read_text
 from .chat import CHAT_KEYS, is_conversation, normalise_conversation, record_key, record_target
 from .text import normalise_text
@@ -66,8 +69,50 @@ def check_fields(records: list, source: str, required: tuple[str, ...] = REQUIRE
     return out
 
 
-def load_json_records(path: str | Path, required: tuple[str, ...] = REQUIRED_FIELDS) -> list[dict]:
-    """Read a ``.json`` list or ``.jsonl`` file of records, with one-line errors."""
+def parse_columns(items: list[str] | None) -> dict[str, str]:
+    """``["question=instruction", ...]`` -> ``{"question": "instruction", ...}`` (source column -> record
+    field), or one :class:`ConfigError` line."""
+    mapping: dict[str, str] = {}
+    for item in items or []:
+        source, sep, target = (part.strip() for part in item.partition("="))
+        if not sep or not source or not target:
+            raise ConfigError(f"columns: {item!r} is not SOURCE=FIELD (e.g. question=instruction).")
+        if source in mapping:
+            raise ConfigError(f"columns: {source!r} is renamed twice.")
+        if target in mapping.values():
+            raise ConfigError(f"columns: two columns are renamed to {target!r}.")
+        mapping[source] = target
+    return mapping
+
+
+def rename_columns(records, mapping: dict[str, str], source: str):
+    """Each record's fields renamed by ``mapping`` (source column -> field). A source column that no
+    record of ``source`` has, or a record holding both a column and the field it becomes, is one
+    :class:`DataError` line naming the file."""
+    if not mapping or not isinstance(records, list):
+        return records  # not a list: check_fields says so
+    objects = [record for record in records if isinstance(record, dict)]
+    present = set().union(*objects) if objects else set()
+    missing = [name for name in mapping if name not in present]
+    if missing:
+        raise DataError(f"{source}: no record has the column(s) {', '.join(missing)} that columns renames "
+                        f"(its columns: {', '.join(sorted(present)) or 'none'}).")
+    renamed = []
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            renamed.append(record)
+            continue
+        clash = [mapping[key] for key in record if key in mapping and mapping[key] in record and mapping[key] not in mapping]
+        if clash:
+            raise DataError(f"{source}: record {index} has both a renamed column and its new name {clash[0]!r}.")
+        renamed.append({mapping.get(key, key): value for key, value in record.items()})
+    return renamed
+
+
+def load_json_records(path: str | Path, required: tuple[str, ...] = REQUIRED_FIELDS,
+                      columns: dict[str, str] | None = None) -> list[dict]:
+    """Read a ``.json`` list or ``.jsonl`` file of records, with one-line errors; ``columns``: its
+    fields renamed before they are checked (:func:`rename_columns`)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"Data file not found: {path}")
@@ -88,12 +133,12 @@ def load_json_records(path: str | Path, required: tuple[str, ...] = REQUIRED_FIE
                 records.append(json.loads(line))
             except json.JSONDecodeError as error:
                 raise DataError(f"Malformed JSON in {path}: {error.msg} at line {number}, column {error.colno}.") from None
-        return check_fields(records, str(path), required)
+        return check_fields(rename_columns(records, columns or {}, str(path)), str(path), required)
     try:
         records = json.loads(text)
     except json.JSONDecodeError as error:
         raise DataError(f"Malformed JSON in {path}: {error.msg} at line {error.lineno}, column {error.colno}.") from error
-    return check_fields(records, str(path), required)
+    return check_fields(rename_columns(records, columns or {}, str(path)), str(path), required)
 
 
 def gsm8k_record(row: dict) -> dict:
@@ -152,14 +197,16 @@ def select_records(records: list[dict], options: dict[str, str]) -> list[dict]:
     return records
 
 
-def load_training_records(source: str, limit: int | None = None, seed: int = 0) -> list[dict]:
+def load_training_records(source: str, limit: int | None = None, seed: int = 0,
+                          columns: dict[str, str] | None = None) -> list[dict]:
     """Records from a file, ``hf:...`` or ``builtin:arithmetic[:N]`` (default N = 2000), or
-    a comma-separated mix of them, each with optional ``?half=train|test&n=N``."""
+    a comma-separated mix of them, each with optional ``?half=train|test&n=N``; ``columns``: the
+    local files' fields renamed (:func:`rename_columns`)."""
     if "," in source or "?" in source:
         records = []
         for spec in filter(str.strip, source.split(",")):
             path, options = parse_source(spec)
-            records += select_records(load_training_records(path, None, seed), options)
+            records += select_records(load_training_records(path, None, seed, columns), options)
         return records[:limit] if limit else records
     if source.startswith("builtin:"):
         from .builtin import builtin_arithmetic
@@ -179,7 +226,7 @@ def load_training_records(source: str, limit: int | None = None, seed: int = 0) 
 
         records = load_json_records(packaged_path(source))
     else:
-        records = load_json_records(source)
+        records = load_json_records(source, columns=columns)
     kept = [record for record in records if record_target(record).strip()]
     if len(kept) < len(records):
         warnings.warn(f"{source}: skipped {len(records) - len(kept)} record(s) with an empty output.", stacklevel=2)

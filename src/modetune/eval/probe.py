@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from ..utils.config import SEED_MAX, Config
 from ..utils.errors import DataError
 from ..utils.outputs import check_output, data_paths, staged
 from ..utils.plotting import pyplot
+from ..utils.progress import progress_bar
 from ..utils.prompts import AUTO, resolve_style
 
 
@@ -84,9 +86,10 @@ def _members_of(model, k: int):
     return parts.layers, [parts.final_norm] * k, head, list(range(parts.num_layers - k, parts.num_layers)), False
 
 
-def collect(model, rows: list[dict], k: int, candidates: int | None = None) -> dict:
+def collect(model, rows: list[dict], k: int, candidates: int | None = None, progress: bool = False) -> dict:
     """Per labelled token (teacher forcing, one record at a time): member logits, the final
-    normalised state ``x``, the record index, and for MoD the ensemble CE and router weights."""
+    normalised state ``x``, the record index, and for MoD the ensemble CE and router weights
+    (``progress``: a bar over the records)."""
     layers, norms, head, indices, is_mod = _members_of(model, k)
     stash: dict[int, torch.Tensor] = {}
     hooks = [layers[i].register_forward_hook(
@@ -95,7 +98,7 @@ def collect(model, rows: list[dict], k: int, candidates: int | None = None) -> d
     parts, zs_all, targets, ens, weights, record = [], [], [], [], [], []
     start = time.perf_counter()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), progress_bar(None, "probe: member states", progress, len(rows), "record") as bar:
             for r, row in enumerate(rows):
                 ids = torch.tensor([row["input_ids"]], device=model.device)
                 labels = torch.tensor(row["labels"][1:], device=model.device)
@@ -112,6 +115,7 @@ def collect(model, rows: list[dict], k: int, candidates: int | None = None) -> d
                     ens.append(torch.nn.functional.cross_entropy(out.logits[0, pos].float(), target, reduction="none")
                                .cpu())
                     weights.append(out.router_weights[0, pos].float().cpu())
+                bar.update()
     finally:
         for hook in hooks:
             hook.remove()
@@ -212,25 +216,37 @@ def probe_rows(config: ProbeConfig, tokenizer) -> list[dict]:
     return rows
 
 
-def run_probe(config: ProbeConfig) -> dict:
-    """Load, collect, measure; write ``probe.json``, ``probe.md`` and ``probe.png`` into ``config.output``."""
+def run_probe(config: ProbeConfig, progress: bool = True) -> dict:
+    """Load, collect, measure; write ``probe.json``, ``probe.md`` and ``probe.png`` into ``config.output``.
+    ``progress``: a line while the model loads, a bar over the records' member states, then one over the stages."""
     source = config.source
     config = dataclasses.replace(config, prompt_style=resolve_style(config.prompt_style, source.adapter))  # recorded
     check_output(config.output, [source.adapter, source.model, *data_paths(config.data)], config.overwrite)
     start = time.perf_counter()
     device = source.device or ("cuda" if torch.cuda.is_available() else None)
+    if progress:
+        print(f"[modetune probe] loading {source.model}{' + ' + source.adapter if source.adapter else ''}",
+              file=sys.stderr, flush=True)
     model, tokenizer, info = dataclasses.replace(source, device=device).load()
     tokenizer.padding_side = "right"
     rows = probe_rows(config, tokenizer)
-    data = collect(model, rows, config.num_members, config.candidates)
-    result = {"config": config.to_dict(), "kind": info["kind"], "records": len(rows),
-              **headroom(data, config.oracle_steps), "fitted_router": fitted_router(data, config)}
-    result["collect_seconds"] = data["seconds"]
-    result["seconds"] = time.perf_counter() - start
-    with staged(config.output) as output:
-        (output / "probe.json").write_text(json.dumps(result, indent=2) + "\n")
-        (output / "probe.md").write_text(probe_markdown(result) + "\n")
-        plot_probe(result, output / "probe.png")
+    data = collect(model, rows, config.num_members, config.candidates, progress)
+    with progress_bar(None, "probe: oracle and global mixes", progress, 3, "stage") as stages:
+        measured = headroom(data, config.oracle_steps)
+        stages.update()
+        stages.set_description("probe: fitting a router on half of the records")
+        fitted = fitted_router(data, config)
+        stages.update()
+        stages.set_description("probe: writing probe.json, probe.md, probe.png")
+        result = {"config": config.to_dict(), "kind": info["kind"], "records": len(rows), **measured,
+                  "fitted_router": fitted}
+        result["collect_seconds"] = data["seconds"]
+        result["seconds"] = time.perf_counter() - start
+        with staged(config.output) as output:
+            (output / "probe.json").write_text(json.dumps(result, indent=2) + "\n")
+            (output / "probe.md").write_text(probe_markdown(result) + "\n")
+            plot_probe(result, output / "probe.png")
+        stages.update()
     return result
 
 

@@ -15,6 +15,12 @@ from ..utils.prompts import STYLES, read_chat_template
 from .clipping import SCOPES
 
 TRAIN_CONFIG_NAME = "train_config.json"
+# the optimizers that run over modetune's own parameter groups (router_lr; MoDTrainer.create_optimizer)
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor")
+# trainer options newer than the saved runs: in train_config.json only when set (TrainConfig.to_dict); a key a
+# saved run lacks reads as its default (utils.checks.differing_settings)
+OPTIONS = ("val_data", "columns", "warmup_ratio", "optim", "neftune_noise_alpha", "run_name", "push_to_hub",
+           "hub_model_id")
 
 
 @dataclass
@@ -52,7 +58,16 @@ class TrainConfig(Config):
     contamination_warn_at: int = field(default=5, metadata={"min": 0,
         "help": "warn before training when the records share more than N questions with a packaged evaluation set "
                 "(the 14 LLM-Adapters test sets, the math-split halves); -1: no check"})
-    val_size: int = field(default=32, metadata={"min": 0, "help": "held-out validation records (0: none)"})
+    val_size: int = field(default=32, metadata={
+        "min": 0, "help": "held-out validation records carved out of data (0: none; val_data replaces them)"})
+    val_data: str | None = field(default=None, metadata={
+        "help": "validation records from a source of their own (a .json/.jsonl file, or any source --data takes, "
+                "checked the same way) instead of the val_size carve-out of data, which is then not made (none: "
+                "the carve-out)"})
+    columns: list[str] | None = field(default=None, metadata={
+        "help": "rename the fields of .json/.jsonl records before they are checked, SOURCE=FIELD comma-separated, "
+                "e.g. question=instruction,rationale=output,label=answer; applies to the local files of data and "
+                "val_data, and a SOURCE no record of a file has is an error naming the file (none: no renaming)"})
     cutoff_len: int = field(default=256, metadata={"min": 1, "help": "tokens per record (prompt + answer) after truncation"})
     train_on_inputs: bool = field(default=False, metadata={
         "help": "prompt tokens carry labels too (LLM-Adapters' default is True; here only the answer is learned)"})
@@ -76,6 +91,16 @@ class TrainConfig(Config):
     micro_batch_size: int = field(default=4, metadata={"min": 1,
         "help": "records per forward pass on one process (gradient accumulation makes up the rest)"})
     warmup_steps: int = field(default=5, metadata={"min": 0, "help": "linear learning-rate warm-up steps"})
+    warmup_ratio: float | None = field(default=None, metadata={"min": 0, "lt": 1,
+        "help": "linear warm-up over this share of the optimizer steps (rounded up), replacing warmup_steps "
+                "(none: warmup_steps)"})
+    optim: str | None = field(default=None, metadata={
+        "help": f"optimizer, by the HF Trainer's name: {', '.join(OPTIMIZERS)} "
+                "(each over router_lr's parameter groups; none: the Trainer's default, adamw_torch_fused on "
+                "torch >= 2.8, else adamw_torch)"})
+    neftune_noise_alpha: float | None = field(default=None, metadata={"gt": 0,
+        "help": "NEFTune: add uniform noise of scale alpha / sqrt(tokens x hidden size) to the input embeddings in "
+                "training steps (validation and evaluation see none; none: no noise)"})
     weight_decay: float = field(default=0.0, metadata={"min": 0, "help": "AdamW weight decay"})
     router_lr: float | None = field(default=None, metadata={"gt": 0,
         "help": "peak learning rate of the router and the member norms, an optimizer group of their own (none: "
@@ -112,6 +137,15 @@ class TrainConfig(Config):
     eval_steps: int = field(default=0, metadata={"min": 0, "help": "validation loss every N steps (0: at the end only)"})
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"], metadata={
         "help": "comma-separated loggers besides log.jsonl (tensorboard, wandb, ...; none: no other)"})
+    run_name: str | None = field(default=None, metadata={
+        "help": "the run's name in the --report-to loggers (W&B, MLflow; TensorBoard logs into output_dir/runs/NAME) "
+                "(none: each logger's default)"})
+    push_to_hub: bool = field(default=False, metadata={
+        "help": "push the finished adapter (with its model card) to the Hugging Face Hub as hub_model_id; if the hub "
+                "cannot be reached the command fails in one line and the local adapter stays"})
+    hub_model_id: str | None = field(default=None, metadata={
+        "help": "the hub repository push_to_hub writes: USER/NAME, or NAME under the token's user (none: output_dir's "
+                "folder name)"})
     # MoD (each field's help is on MoDConfig)
     mod: MoDConfig = field(default_factory=MoDConfig, metadata={"help": "the MoD ensemble's settings"})
 
@@ -128,7 +162,10 @@ class TrainConfig(Config):
                               "use --bf16 for mixed precision on CPU.")
 
     def to_dict(self) -> dict:
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "mod"}
+        """Every field by name (the MoD fields at the top level); the :data:`OPTIONS` only when set, so a run
+        with their defaults saves the ``train_config.json`` it saved before they existed."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name != "mod" and not (f.name in OPTIONS and getattr(self, f.name) == f.default)}
         return {**data, **self.mod.to_dict()}
 
 
@@ -161,6 +198,32 @@ def validate_train_config(config: TrainConfig) -> None:
         raise ConfigError("Choose at most one of bf16 and fp16.")
     if config.router_warmup_steps and not parse_preset(config.preset).mod:
         raise ConfigError(f"router_warmup_steps needs a preset with MoD; {config.preset} has no router.")
+    validate_new_settings(config)
+
+
+def validate_new_settings(config: TrainConfig) -> None:
+    """The contradictions of the trainer options (optimizer, warm-up ratio, validation file, columns, hub)."""
+    if config.optim is not None and config.optim not in OPTIMIZERS:
+        from transformers.training_args import OptimizerNames
+
+        known = config.optim in {name.value for name in OptimizerNames}
+        why = ("needs the HF Trainer's own optimizer set-up (layer-wise or model-bound steps, bitsandbytes' embedding "
+               "overrides), which modetune's router_lr parameter groups replace" if known else "is unknown")
+        raise ConfigError(f"optim {config.optim!r} {why}; choose one of {', '.join(OPTIMIZERS)}.")
+    if config.val_data is not None and not config.val_data.strip():
+        raise ConfigError("val_data must not be empty (none: the val_size carve-out).")
+    if config.columns is not None:
+        from ..data.records import parse_columns
+
+        parse_columns(config.columns)
+    if config.push_to_hub and config.hub_model_id is not None:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(config.hub_model_id)
+        except HFValidationError as error:
+            raise ConfigError(f"hub_model_id {config.hub_model_id!r} is not a hub repository name: "
+                              f"{str(error).splitlines()[0]}") from None
 
 
 def check_batch(config: TrainConfig, world_size: int | None = None) -> None:
@@ -171,3 +234,4 @@ def check_batch(config: TrainConfig, world_size: int | None = None) -> None:
     if rest or per_process % config.micro_batch_size:
         raise ConfigError(f"batch_size {config.batch_size} must be a multiple of micro_batch_size "
                           f"{config.micro_batch_size} x {world} process(es): gradient accumulation cannot make it up.")
+

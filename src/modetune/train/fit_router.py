@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from ..mod.config import MoDConfig
 from ..utils.config import SEED_MAX, Config
 from ..utils.models import base_model_for, record_base_model
 from ..utils.outputs import check_output, data_paths, staged
+from ..utils.progress import progress_bar
 from ..utils.prompts import AUTO, resolve_style
 from .validation import teacher_forced_ce
 
@@ -104,7 +106,8 @@ def _batches(rows: list[dict], batch_size: int, steps: int, seed: int, pad_id: i
 
 
 def fit_router(config: FitRouterConfig, progress: bool = True):
-    """Fit the router and member norms; save the MoD adapter to ``config.output``. Returns ``(model, result)``."""
+    """Fit the router and member norms; save the MoD adapter to ``config.output``. Returns ``(model, result)``.
+    ``progress``: a bar for each phase (tokenising, the CE before and after, the steps) and a line every 10 steps."""
     config = dataclasses.replace(config, prompt_style=resolve_style(config.prompt_style, config.source.adapter))
     from ..data import load_training_records, split_validation, tokenize_records
 
@@ -115,39 +118,53 @@ def fit_router(config: FitRouterConfig, progress: bool = True):
     torch.manual_seed(config.seed)
     records = load_training_records(config.data, config.max_records, config.seed)
     train_records, val_records = split_validation(records, config.val_size, config.seed)
+    if progress:
+        print(f"[modetune fit-router] loading {source.model}{' + ' + source.adapter if source.adapter else ''}",
+              file=sys.stderr, flush=True)
     model, tokenizer, kind = load_frozen_members(config)
-    tokenize = lambda recs: tokenize_records(recs, tokenizer, config.cutoff_len, False, config.prompt_style)
-    train_rows = tokenize(train_records)
-    val_rows = tokenize(val_records) if val_records else []
+    def tokenize(records: list[dict], what: str) -> list[dict]:
+        bar = progress_bar(records, f"fit-router: tokenising the {what} records", progress, unit="record")
+        return tokenize_records(bar, tokenizer, config.cutoff_len, False, config.prompt_style)
+
+    train_rows = tokenize(train_records, "training")
+    val_rows = tokenize(val_records, "validation") if val_records else []
     probe_rows = train_rows[:config.ce_records]  # the training CE: a fixed subset, before and after
+
+    def ce(rows: list[dict], what: str) -> dict:  # teacher-forced CE, one record at a time, with a bar
+        return teacher_forced_ce(model, progress_bar(rows, f"fit-router: {what}", progress, unit="record"))
+
     saved_config = model.mod_config
     if config.objective == "task":
         model.mod_config = dataclasses.replace(saved_config, distill_lambda=0.0)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=config.learning_rate)
     result = {"kind": kind, "config": config.to_dict(), "train_records": len(train_rows), "val_records": len(val_rows),
-              "train_ce_before": teacher_forced_ce(model, probe_rows), "losses": []}
+              "train_ce_before": ce(probe_rows, "CE before, training records"), "losses": []}
     if val_rows:
-        result["val_ce_before"] = teacher_forced_ce(model, val_rows)
+        result["val_ce_before"] = ce(val_rows, "CE before, validation records")
     started = time.perf_counter()
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    for step, (ids, mask, labels) in enumerate(_batches(train_rows, config.batch_size, config.steps, config.seed,
-                                                        pad_id), 1):
-        out = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
-                    labels=labels.to(model.device), return_logits=False)
-        optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
-        optimizer.step()
-        result["losses"].append(float(out.loss.detach()))
-        if progress and (step % 10 == 0 or step == config.steps):
-            print(f"[modetune fit-router] step {step}/{config.steps}: loss {result['losses'][-1]:.4f}", flush=True)
+    batches = _batches(train_rows, config.batch_size, config.steps, config.seed, pad_id)
+    with progress_bar(None, "fit-router: fitting the router", progress, config.steps, "step") as bar:
+        for step, (ids, mask, labels) in enumerate(batches, 1):
+            out = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                        labels=labels.to(model.device), return_logits=False)
+            optimizer.zero_grad(set_to_none=True)
+            out.loss.backward()
+            optimizer.step()
+            result["losses"].append(float(out.loss.detach()))
+            bar.update()
+            bar.set_postfix(loss=f"{result['losses'][-1]:.4f}", refresh=False)
+            if progress and (step % 10 == 0 or step == config.steps):
+                bar.write(f"[modetune fit-router] step {step}/{config.steps}: loss {result['losses'][-1]:.4f}",
+                          file=sys.stdout)
     result["seconds"] = time.perf_counter() - started
     model.mod_config = saved_config
     for param in params:
         param.requires_grad_(False)
-    result["train_ce_after"] = teacher_forced_ce(model, probe_rows)
+    result["train_ce_after"] = ce(probe_rows, "CE after, training records")
     if val_rows:
-        result["val_ce_after"] = teacher_forced_ce(model, val_rows)
+        result["val_ce_after"] = ce(val_rows, "CE after, validation records")
     with staged(config.output) as stage:  # the adapter appears whole or not at all
         model.save_pretrained(stage)
         (stage / FIT_NAME).write_text(json.dumps(result, indent=2) + "\n")

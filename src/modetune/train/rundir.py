@@ -4,21 +4,26 @@ complete checkpoint trained with the same settings.
 - :func:`prepare_run_dir`: a folder that already holds a run is refused unless ``resume``
   (continue it) or ``overwrite`` (remove the old run first, checkpoints included).
 - :func:`pick_checkpoint`: the newest checkpoint whose every file loads (JSON parses,
-  safetensors load, torch files pass their CRC checks); damaged ones are named and skipped.
+  safetensors load, torch files pass their CRC checks); damaged ones are named and skipped;
+  :func:`chosen_checkpoint`: the one ``--resume PATH`` names, with the same checks (damage refused).
 - :func:`check_same_settings`: a resume with other settings names the fields and stops.
 - :func:`trim_log`: ``log.jsonl`` keeps only the steps up to the checkpoint, so a resumed
   run never logs a step twice; :func:`remove_staging` clears a killed save's ``.staging``.
+- what leaves the folder: :func:`name_tensorboard_run` (``runs/RUN_NAME``) and :func:`push_adapter`
+  (``push_to_hub``: the finished adapter to the hub, or one line and the local adapter kept).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 from ..utils.checks import differing_settings
-from ..utils.errors import ConfigError, DataError
+from ..utils.errors import ConfigError, DataError, UserError, first_line
 from ..utils.integrity import damage, read_json, warn
 from ..utils.outputs import write_text
 from .config import TRAIN_CONFIG_NAME, TrainConfig
@@ -30,7 +35,8 @@ RUN_ITEMS = ("adapter", LOG_NAME, "summary.json", "train_questions.json", "loss.
 CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")
 # settings that may change between a run and its resumption (they do not change the weights)
 RESUMABLE_FIELDS = {"output_dir", "report_to", "logging_steps", "save_steps", "save_total_limit", "eval_steps",
-                    "trust_remote_code"}
+                    "trust_remote_code", "run_name", "push_to_hub", "hub_model_id"}
+LATEST = "latest"  # --resume alone: the newest complete checkpoint
 BUDGET_FIELDS = {"max_steps", "num_epochs"}  # may grow on resume (the run is extended)
 
 
@@ -83,6 +89,31 @@ def pick_checkpoint(run_dir: Path) -> Path:
             return checkpoint
         problems.append(problem)
     raise DataError(f"--resume: no complete checkpoint in {run_dir}: {'; '.join(problems)}")
+
+
+def chosen_checkpoint(run_dir: Path, name: str) -> Path:
+    """The checkpoint ``--resume NAME`` names: ``checkpoint-N`` of ``run_dir``, or a path to one of its
+    checkpoints; refused (one line) when it is not one of them or a file in it is damaged."""
+    found = {p.resolve(): p for p in checkpoints(run_dir)}
+    candidates = [Path(name), run_dir / name]
+    match = next((found[c.resolve()] for c in candidates if c.is_dir() and c.resolve() in found), None)
+    if match is None:
+        names = ", ".join(p.name for p in reversed(checkpoints(run_dir))) or "none"
+        raise ConfigError(f"--resume {name}: not a checkpoint folder of {run_dir} (its checkpoints: {names}).")
+    problem = checkpoint_damage(match)
+    if problem:
+        raise DataError(f"--resume {name}: the checkpoint is damaged: {problem}")
+    return match
+
+
+def drop_newer(run_dir: Path, checkpoint: Path) -> None:
+    """Remove the checkpoints after ``checkpoint`` (a run resumed from an earlier step replaces them), naming them."""
+    newer = [p for p in checkpoints(run_dir) if int(p.name.split("-")[1]) > int(checkpoint.name.split("-")[1])]
+    for path in newer:
+        shutil.rmtree(path)
+    if newer:
+        print(f"[modetune] resuming from {checkpoint.name}: removed the later {', '.join(p.name for p in newer)}",
+              flush=True)
 
 
 def extends_budget(saved: dict, wanted: dict) -> bool:
@@ -157,26 +188,31 @@ def remove_staging(run_dir: Path) -> None:
         print(f"[modetune] removed {staging}, the partial checkpoint of an interrupted run", flush=True)
 
 
-def prepare_run_dir(config: TrainConfig, resume: bool = False, overwrite: bool = False,
+def prepare_run_dir(config: TrainConfig, resume: bool | str | None = False, overwrite: bool = False,
                     is_main: bool = True) -> str | None:
     """Check (and with ``overwrite``, clear) the run folder before anything loads; returns the
-    checkpoint to resume from (``None``: start afresh). Only the main process removes or edits files."""
+    checkpoint to resume from (``None``: start afresh). ``resume``: ``True`` or ``"latest"`` (the newest
+    complete checkpoint), or a checkpoint of the run (:func:`chosen_checkpoint`). Only the main process
+    removes or edits files."""
     run_dir = Path(config.output_dir)
+    chosen = resume if isinstance(resume, str) and resume != LATEST else None
     if resume and overwrite:
         raise ConfigError("Choose one of --resume (continue the run) and --overwrite (start it over).")
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"output_dir {run_dir} is a file, not a folder.")
-    if resume and holds_run(run_dir) and not checkpoints(run_dir):  # killed before its first checkpoint
+    if resume and not chosen and holds_run(run_dir) and not checkpoints(run_dir):  # killed before its first checkpoint
         print(f"[modetune] {run_dir} holds no checkpoint yet: the run starts again from step 0", flush=True)
         if is_main:
             remove_run(run_dir)
         return None
     if resume:
-        checkpoint = pick_checkpoint(run_dir)
+        checkpoint = chosen_checkpoint(run_dir, chosen) if chosen else pick_checkpoint(run_dir)
         check_same_settings(checkpoint, config)
-        if is_complete(run_dir, checkpoint, config):
+        if (not chosen or checkpoint == checkpoints(run_dir)[0]) and is_complete(run_dir, checkpoint, config):
             return COMPLETE
         if is_main:
+            if chosen:
+                drop_newer(run_dir, checkpoint)
             trim_log(run_dir, checkpoint)
             remove_staging(run_dir)
         return str(checkpoint)
@@ -187,3 +223,64 @@ def prepare_run_dir(config: TrainConfig, resume: bool = False, overwrite: bool =
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to "
                           "start over (removing it, checkpoints included).")
     return None
+
+
+def finished_run(config: TrainConfig, is_main: bool = True) -> dict:
+    """The summary of the complete run ``--resume`` found (nothing trains); with ``push_to_hub`` its adapter is
+    pushed (again, when an earlier push failed)."""
+    summary = read_json(Path(config.output_dir) / "summary.json")
+    print(f"[modetune] {config.output_dir} holds a complete run ({summary.get('steps')} steps): nothing to do. "
+          "Pass a larger --max-steps or --num-epochs with --resume to train it further.", flush=True)
+    if config.push_to_hub and is_main:
+        push_adapter(Path(config.output_dir) / "adapter", config)
+    return summary
+
+
+def record_options(config: TrainConfig) -> dict:
+    """The keyword options of ``load_training_records`` for the run's data and val_data: ``columns`` when set."""
+    if not config.columns:
+        return {}
+    from ..data.records import parse_columns
+
+    return {"columns": parse_columns(config.columns)}
+
+
+def warn_offline_push(config: TrainConfig, is_main: bool = True) -> None:
+    """Say before training that ``push_to_hub`` will fail when ``HF_HUB_OFFLINE`` is set (the run still trains)."""
+    if config.push_to_hub and is_main and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        print("[modetune] warning: push_to_hub with HF_HUB_OFFLINE set: the push after training will fail (the "
+              "adapter stays in output_dir)", file=sys.stderr, flush=True)
+
+
+def name_tensorboard_run(trainer, config: TrainConfig) -> None:
+    """With ``run_name``, TensorBoard logs into ``output_dir/runs/RUN_NAME`` (its run list shows the name),
+    unless ``$TENSORBOARD_LOGGING_DIR`` chose a folder; W&B and MLflow read ``run_name`` from the arguments."""
+    from transformers.integrations import TensorBoardCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if config.run_name and isinstance(callback, TensorBoardCallback) and callback.logging_dir is None:
+            callback.logging_dir = str(Path(config.output_dir, "runs", config.run_name))
+
+
+def push_adapter(adapter: Path, config: TrainConfig) -> str:
+    """Upload the finished adapter folder (its model card ``README.md`` included) to the hub repository
+    ``hub_model_id`` (default: the run folder's name), created if missing; returns its id. The hub
+    unreachable or refusing (offline, no token, no network): one :class:`UserError` line, the local
+    adapter kept."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from ..utils.version import __version__
+
+    repo = config.hub_model_id or Path(config.output_dir).resolve().name
+    hub_errors = (OSError, ValueError, *[c for c in HfHubHTTPError.__mro__ if c.__name__ == "HTTPError"])
+    try:
+        api = HfApi()
+        repo = api.create_repo(repo, repo_type="model", exist_ok=True).repo_id
+        api.upload_folder(folder_path=str(adapter), repo_id=repo, repo_type="model",
+                          commit_message=f"modetune {__version__}: {config.preset} adapter")
+    except hub_errors as error:
+        raise UserError(f"push_to_hub: the adapter could not be pushed to {repo} ({first_line(error)}); it is kept "
+                        f"in {adapter}: push it later with `hf upload {repo} {adapter}`.") from None
+    print(f"[modetune] pushed {adapter} to https://huggingface.co/{repo}", flush=True)
+    return repo

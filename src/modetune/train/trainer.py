@@ -24,7 +24,7 @@ from ..data.contamination import FINGERPRINT_NAME, warn_training_overlap, write_
 from ..mod.model import MoDModel, base_fingerprint, gathered_state_dict, parameter_counts
 from ..mod.variants import build_variant
 from ..utils.errors import ConfigError, NonFiniteLossError
-from ..utils.integrity import check_adapter_base, load_safetensors, read_json, stored_fingerprint, write_base_record
+from ..utils.integrity import check_adapter_base, load_safetensors, stored_fingerprint, write_base_record
 from ..utils.outputs import clean_leftovers, commit, stage_path
 from ..utils.prompts import PROMPT_FILE
 from ..utils.sharding import check_launcher_sharding, loading_whole_tensors
@@ -32,7 +32,16 @@ from ..utils.version import __version__
 from .clipping import clip_groups, clip_per_group, group_norms
 from .config import TRAIN_CONFIG_NAME, TrainConfig, check_batch
 from .router_opt import GROUP_KEY, ROUTER, RouterWarmup, body_parameters, optimizer_groups, warmup_scheduler
-from .rundir import COMPLETE, prepare_run_dir, reached_end
+from .rundir import (
+    COMPLETE,
+    finished_run,
+    name_tensorboard_run,
+    prepare_run_dir,
+    push_adapter,
+    reached_end,
+    record_options,
+    warn_offline_push,
+)
 from .summary import SPARSITY_EPS, format_summary, summarise
 
 
@@ -356,9 +365,13 @@ class _JsonlLogger(TrainerCallback):
 
 
 def training_arguments(config: TrainConfig, world_size: int = 1):
+    """The HF ``TrainingArguments`` of a run; a trainer option left unset (``optim``, ``warmup_ratio``,
+    ``neftune_noise_alpha``, ``run_name``) is not passed: the Trainer's own default."""
     from transformers import TrainingArguments
 
     accumulation = max(1, config.batch_size // (config.micro_batch_size * world_size))
+    options = {"optim": config.optim, "neftune_noise_alpha": config.neftune_noise_alpha, "run_name": config.run_name,
+               "warmup_steps": config.warmup_ratio}  # transformers 5: a warmup_steps below 1 is a ratio (rounded up)
     return TrainingArguments(
         output_dir=config.output_dir,
         per_device_train_batch_size=config.micro_batch_size,
@@ -367,7 +380,6 @@ def training_arguments(config: TrainConfig, world_size: int = 1):
         learning_rate=config.learning_rate,
         num_train_epochs=config.num_epochs,
         max_steps=config.max_steps,
-        warmup_steps=config.warmup_steps,
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm or 0.0,
         lr_scheduler_type=config.lr_scheduler,
@@ -391,6 +403,7 @@ def training_arguments(config: TrainConfig, world_size: int = 1):
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False,
         use_cpu=not torch.cuda.is_available(),
+        **{"warmup_steps": config.warmup_steps, **{key: value for key, value in options.items() if value is not None}},
     )
 
 
@@ -405,11 +418,14 @@ def global_batch(args, world_size: int) -> dict:
             "global_batch": args.world_size * micro * accumulation}
 
 
-def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, callbacks: Sequence = ()) -> dict:
+def train(config: TrainConfig, resume: bool | str | None = False, overwrite: bool = False,
+          callbacks: Sequence = ()) -> dict:
     """Run a training job end to end; returns the summary dict (also written to ``summary.json``).
 
     A folder that already holds a run is refused unless ``resume`` (continue from its newest
-    complete checkpoint, with the same settings) or ``overwrite`` (remove it and start over).
+    complete checkpoint, ``True`` or ``"latest"``, or from the checkpoint folder it names; with the
+    same settings) or ``overwrite`` (remove it and start over). With ``push_to_hub`` the finished
+    adapter is pushed last (:func:`push_adapter`).
     ``callbacks``: ``transformers.TrainerCallback`` objects added to the Trainer (W&B-style hooks,
     early stopping, the tests' fault injection); one with an ``install(trainer)`` method is given
     the trainer first.
@@ -429,15 +445,16 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, ca
                           "run the warm-up in one process.")
     resume_from = prepare_run_dir(config, resume, overwrite, is_main)
     if resume_from == COMPLETE:  # a finished run is never changed by a resume
-        summary = read_json(output_dir / "summary.json")
-        print(f"[modetune] {output_dir} holds a complete run ({summary.get('steps')} steps): nothing to do. "
-              "Pass a larger --max-steps or --num-epochs with --resume to train it further.", flush=True)
-        return summary
+        return finished_run(config, is_main)
+    warn_offline_push(config, is_main)
     set_seed(config.seed)
-    records = load_training_records(config.data, config.max_records, config.seed)
+    options = record_options(config)  # the column mapping, when set
+    records = load_training_records(config.data, config.max_records, config.seed, **options)
     if is_main:  # the contamination guard: warn before the model loads
         warn_training_overlap(records, config.contamination_warn_at)
     train_records, val_records = split_validation(records, config.val_size, config.seed)
+    if config.val_data is not None:  # validation records of their own instead of the carve-out
+        train_records, val_records = records, load_training_records(config.val_data, None, config.seed, **options)
     model, tokenizer = build_model(config)
     tokenizer.padding_side = "right"
     train_rows = tokenize_records(train_records, tokenizer, config.cutoff_len, config.train_on_inputs, config.prompt_style)
@@ -463,6 +480,7 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, ca
     if any("messages" in record for record in train_records):  # conversations render with the chat template
         trainer.prompt_style = "chat"
     trainer.add_callback(_JsonlLogger(output_dir / "log.jsonl"))
+    name_tensorboard_run(trainer, config)
     if config.router_warmup_steps > 0:
         trainer.add_callback(RouterWarmup(body_parameters(model), config.router_warmup_steps))
     for callback in callbacks:  # the caller's (the fault tests install theirs: tests/faults.py)
@@ -487,4 +505,6 @@ def train(config: TrainConfig, resume: bool = False, overwrite: bool = False, ca
                         batch, write=is_main)  # summary, card and plots: written by the main process only
     if is_main:
         print(format_summary(summary))
+        if config.push_to_hub:
+            push_adapter(final_dir, config)
     return summary
