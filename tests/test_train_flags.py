@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -109,13 +110,15 @@ def test_optimizer_choices_reach_the_trainer_with_the_router_groups(tiny_model_d
     assert torch.isfinite(torch.tensor([row["loss"] for row in rows])).all()
 
 
-def test_neftune_noises_training_steps_only_and_run_name_names_the_run(tiny_model_dir, tmp_path):
+def test_neftune_noises_training_steps_only_and_run_name_names_the_run(tiny_model_dir, tmp_path, monkeypatch):
     """NEFTune reaches the MoD wrapper's embedding lookup: the first training loss changes; the
     validation inside and after training does not (learning rate 0 in step 1: same weights both
-    ways). ``--run-name`` is the Trainer's run_name and TensorBoard's run folder."""
+    ways). ``--run-name`` is the Trainer's run_name and TensorBoard's run folder; ``--project`` W&B's project."""
+    monkeypatch.delenv("WANDB_PROJECT", raising=False)  # restored after the test
     outs = {alpha: tmp_path / f"a{alpha}" for alpha in (None, 5.0)}
     for alpha, out in outs.items():
-        extra = ["--neftune-noise-alpha", str(alpha)] if alpha else ["--report-to", "tensorboard", "--run-name", "my-run"]
+        extra = ["--neftune-noise-alpha", str(alpha)] if alpha else ["--report-to", "tensorboard", "--run-name", "my-run",
+                                                                   "--project", "my-project"]
         assert main([*train_args(tiny_model_dir, out, *TINY, "--max-steps", "1", "--warmup-steps", "2",
                                  "--eval-steps", "1"), *extra]) == 0
     plain, noisy = (_rows(out) for out in outs.values())
@@ -125,6 +128,7 @@ def test_neftune_noises_training_steps_only_and_run_name_names_the_run(tiny_mode
     assert json.loads((outs[5.0] / "adapter" / "train_config.json").read_text())["neftune_noise_alpha"] == 5.0
     events = list((outs[None] / "runs" / "my-run").glob("events.out.tfevents.*"))
     assert any(b'"run_name": "my-run"' in event.read_bytes() for event in events)  # the Trainer's arguments, logged
+    assert os.environ["WANDB_PROJECT"] == "my-project"  # W&B's project (it reads no argument)
 
 
 def test_val_data_and_columns(tiny_model_dir, tmp_path, capsys):

@@ -19,7 +19,7 @@ TRAIN_CONFIG_NAME = "train_config.json"
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor")
 # trainer options newer than the saved runs: in train_config.json only when set (TrainConfig.to_dict); a key a
 # saved run lacks reads as its default (utils.checks.differing_settings)
-OPTIONS = ("val_data", "columns", "warmup_ratio", "optim", "neftune_noise_alpha", "run_name", "push_to_hub",
+OPTIONS = ("val_data", "columns", "warmup_ratio", "optim", "neftune_noise_alpha", "run_name", "project", "push_to_hub",
            "hub_model_id")
 
 
@@ -140,6 +140,9 @@ class TrainConfig(Config):
     run_name: str | None = field(default=None, metadata={
         "help": "the run's name in the --report-to loggers (W&B, MLflow; TensorBoard logs into output_dir/runs/NAME) "
                 "(none: each logger's default)"})
+    project: str | None = field(default=None, metadata={
+        "help": "the loggers' project: W&B's (sets WANDB_PROJECT) and Trackio's (none: each logger's default, "
+                "W&B's 'huggingface' unless WANDB_PROJECT is set)"})
     push_to_hub: bool = field(default=False, metadata={
         "help": "push the finished adapter (with its model card) to the Hugging Face Hub as hub_model_id; if the hub "
                 "cannot be reached the command fails in one line and the local adapter stays"})

@@ -35,7 +35,7 @@ RUN_ITEMS = ("adapter", LOG_NAME, "summary.json", "train_questions.json", "loss.
 CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")
 # settings that may change between a run and its resumption (they do not change the weights)
 RESUMABLE_FIELDS = {"output_dir", "report_to", "logging_steps", "save_steps", "save_total_limit", "eval_steps",
-                    "trust_remote_code", "run_name", "push_to_hub", "hub_model_id"}
+                    "trust_remote_code", "run_name", "project", "push_to_hub", "hub_model_id"}
 LATEST = "latest"  # --resume alone: the newest complete checkpoint
 BUDGET_FIELDS = {"max_steps", "num_epochs"}  # may grow on resume (the run is extended)
 

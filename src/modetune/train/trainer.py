@@ -366,11 +366,12 @@ class _JsonlLogger(TrainerCallback):
 
 def training_arguments(config: TrainConfig, world_size: int = 1):
     """The HF ``TrainingArguments`` of a run; a trainer option left unset (``optim``, ``warmup_ratio``,
-    ``neftune_noise_alpha``, ``run_name``) is not passed: the Trainer's own default."""
+    ``neftune_noise_alpha``, ``run_name``, ``project``) is not passed: the Trainer's own default."""
     from transformers import TrainingArguments
 
     accumulation = max(1, config.batch_size // (config.micro_batch_size * world_size))
     options = {"optim": config.optim, "neftune_noise_alpha": config.neftune_noise_alpha, "run_name": config.run_name,
+               "project": config.project,
                "warmup_steps": config.warmup_ratio}  # transformers 5: a warmup_steps below 1 is a ratio (rounded up)
     return TrainingArguments(
         output_dir=config.output_dir,
@@ -447,6 +448,8 @@ def train(config: TrainConfig, resume: bool | str | None = False, overwrite: boo
     if resume_from == COMPLETE:  # a finished run is never changed by a resume
         return finished_run(config, is_main)
     warn_offline_push(config, is_main)
+    if config.project:  # W&B reads its project from the environment only
+        os.environ["WANDB_PROJECT"] = config.project
     set_seed(config.seed)
     options = record_options(config)  # the column mapping, when set
     records = load_training_records(config.data, config.max_records, config.seed, **options)
