@@ -1,6 +1,7 @@
 """``python tests/fault_cli.py ARGS``: the modetune command line with the fault that
 ``MODETUNE_TEST_FAULT`` names (``kill:5``, ``kill-save:4``, ``nan:3``, ...; tests/faults.py) passed
-to ``train()`` as a callback; without it, exactly ``python -m modetune.cli ARGS``."""
+to ``train()`` as a callback, or, for ``eval-...`` faults, patched into the evaluation
+(``install_eval_fault``); without it, exactly ``python -m modetune.cli ARGS``."""
 
 import functools
 import os
@@ -8,10 +9,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from faults import FaultInjection  # noqa: E402
+from faults import FaultInjection, install_eval_fault  # noqa: E402
 from modetune.cli.main import main  # noqa: E402
-from modetune.train import trainer  # noqa: E402
 
-if os.environ.get("MODETUNE_TEST_FAULT"):
-    trainer.train = functools.partial(trainer.train, callbacks=[FaultInjection(os.environ["MODETUNE_TEST_FAULT"])])
+FAULT = os.environ.get("MODETUNE_TEST_FAULT")
+if FAULT and FAULT.startswith("eval-"):
+    install_eval_fault(FAULT)
+elif FAULT:
+    from modetune.train import trainer
+
+    trainer.train = functools.partial(trainer.train, callbacks=[FaultInjection(FAULT)])
 sys.exit(main())

@@ -10,10 +10,13 @@ process (subprocesses, torchrun launches).
 - ``kill-validation:0``: SIGKILL when the final validation starts;
 - ``nan:N``: multiplies the loss of step N's forward passes by NaN (a non-finite loss stops
   training and keeps the last good checkpoint).
+
+``modetune eval``'s kills (:func:`install_eval_fault`, ``eval-KIND:N``) patch ``modetune.eval.runner``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
@@ -86,3 +89,47 @@ def _poison_loss(module, inputs, outputs):
     if module.training and getattr(outputs, "loss", None) is not None:
         outputs.loss = outputs.loss * float("nan")
     return outputs
+
+
+EVAL_KINDS = ("eval-kill-append", "eval-kill-mid-append", "eval-kill-sort", "eval-kill-summary")
+
+
+def install_eval_fault(spec: str) -> None:
+    """One SIGKILL of an evaluation, at the N-th event of this process (from 1):
+
+    - ``eval-kill-append:N``: once the N-th batch of rows is appended to a results file;
+    - ``eval-kill-mid-append:N``: inside the N-th append, its last row cut off mid-line;
+    - ``eval-kill-sort:N``: inside the N-th rewrite of a results file in item order (its staging
+      file half written, not renamed);
+    - ``eval-kill-summary:0``: when the summary is about to be written (every results file complete).
+    """
+    from modetune.eval import runner
+    from modetune.utils.outputs import stage_path
+
+    kind, _, number = spec.partition(":")
+    if kind not in EVAL_KINDS or not number.isdigit():
+        raise ValueError(f"An eval fault must be KIND:N with KIND one of {', '.join(EVAL_KINDS)}, got {spec!r}")
+    n, seen = int(number), {"append": 0, "sort": 0}
+    append, write_sorted = runner._append_rows, runner._write_sorted
+
+    def append_or_die(path, rows):
+        seen["append"] += 1
+        if kind == "eval-kill-mid-append" and seen["append"] == n:
+            append(path, rows[:-1])
+            with open(path, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(rows[-1])[:30])
+            _die()
+        append(path, rows)
+        if kind == "eval-kill-append" and seen["append"] == n:
+            _die()
+
+    def write_sorted_or_die(path, rows):
+        seen["sort"] += 1
+        if kind == "eval-kill-sort" and seen["sort"] == n:
+            stage_path(path, folder=False).write_text('{"index": 0, "id"')
+            _die()
+        write_sorted(path, rows)
+
+    runner._append_rows, runner._write_sorted = append_or_die, write_sorted_or_die
+    if kind == "eval-kill-summary":
+        runner.write_summary = lambda *args, **kwargs: _die()

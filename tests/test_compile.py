@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from modetune import MoDConfig, get_mod_model
+from modetune.train.arguments import training_arguments
 from modetune.train.config import TrainConfig
-from modetune.train.trainer import training_arguments
 from tiny import batch, lora, perturb, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -97,7 +97,7 @@ def test_cli_eval_mod_lora_base_report_and_solved(capsys, tmp_path, tiny_model_d
     code, out, err = _cli(capsys, "eval", *common, "--adapter", tmp_path / "mod", "--members", "all")
     assert code == 0, err
     assert "| mod |" in out and "| mod [member0] |" in out and "GSM8K" in out and "BoolQ" in out
-    assert (tmp_path / "mod" / "eval-greedy" / "gsm8k.member2.jsonl").exists()
+    assert (tmp_path / "mod-eval-greedy" / "gsm8k.member2.jsonl").exists()
     code, out, err = _cli(capsys, "eval", *common, "--adapter", tmp_path / "lora", "--output", tmp_path / "lora-run")
     assert code == 0, err
     code, out, err = _cli(capsys, "eval", *common, "--output", tmp_path / "base-run", "--label", "base")
@@ -106,7 +106,7 @@ def test_cli_eval_mod_lora_base_report_and_solved(capsys, tmp_path, tiny_model_d
     base_rows = read_results(tmp_path / "base-run" / "gsm8k.jsonl")
     assert [r["response"] for r in lora_rows] != [r["response"] for r in base_rows]  # the adapter is applied
 
-    runs = [tmp_path / "mod" / "eval-greedy", tmp_path / "lora-run", tmp_path / "base-run"]
+    runs = [tmp_path / "mod-eval-greedy", tmp_path / "lora-run", tmp_path / "base-run"]
     code, out, err = _cli(capsys, "report", *runs, "--output", tmp_path / "table")
     assert code == 0, err
     table = json.loads((tmp_path / "table.json").read_text())

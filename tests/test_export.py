@@ -106,7 +106,7 @@ def test_export_loads_without_modetune_and_matches(tmp_path, tiny_model_dir, con
 def test_export_needs_a_mod_adapter(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["export", "--adapter", str(tmp_path / "empty"), "--output", str(tmp_path / "o")]) == 1
-    assert "holds no MoD adapter" in capsys.readouterr().err
+    assert "holds neither mod_config.json" in capsys.readouterr().err  # the adapter's check, before export's
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma2"])

@@ -70,20 +70,20 @@ def test_optimizer_choices_reach_the_trainer_with_the_router_groups(tiny_model_d
     from transformers import Trainer, TrainingArguments
     from transformers.optimization import Adafactor
 
-    from modetune.train import trainer
+    from modetune.train import arguments, trainer
     from modetune.train.config import OPTIMIZERS, TrainConfig
 
     plain = dict(report_to=["none"], output_dir=str(tmp_path / "x"))
-    assert trainer.training_arguments(TrainConfig(**plain)).optim == TrainingArguments(output_dir="x").optim
+    assert arguments.training_arguments(TrainConfig(**plain)).optim == TrainingArguments(output_dir="x").optim
     for name in OPTIMIZERS:
-        cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(trainer.training_arguments(TrainConfig(optim=name, **plain)))
+        cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(arguments.training_arguments(TrainConfig(optim=name, **plain)))
         assert cls is (Adafactor if name == "adafactor" else torch.optim.AdamW), name
         assert kwargs.get("fused", False) is (name == "adamw_torch_fused"), name
-    ratio = trainer.training_arguments(TrainConfig(warmup_steps=0, warmup_ratio=0.3, max_steps=8, **plain))
+    ratio = arguments.training_arguments(TrainConfig(warmup_steps=0, warmup_ratio=0.3, max_steps=8, **plain))
     assert ratio.get_warmup_steps(8) == 3  # ceil(0.3 * 8)
     fails(capsys, train_args(tiny_model_dir, tmp_path / "a", "--optim", "galore_adamw"), "needs the HF Trainer's own")
     fails(capsys, train_args(tiny_model_dir, tmp_path / "a", "--optim", "adamw_fast"), "'adamw_fast' is unknown")
-    both = trainer.training_arguments(TrainConfig(warmup_steps=2, warmup_ratio=0.5, max_steps=8, **plain))
+    both = arguments.training_arguments(TrainConfig(warmup_steps=2, warmup_ratio=0.5, max_steps=8, **plain))
     assert both.get_warmup_steps(8) == 4  # the ratio replaces warmup_steps
 
     seen = {}

@@ -39,9 +39,10 @@ def snapshot(*paths: Path) -> dict[str, str]:
     return files
 
 
-def fails(capsys, argv, match, command="train", unchanged=()):
+def fails(capsys, argv, match, command="train", unchanged=()) -> str:
     """``main(argv)`` exits 1 with one line ``modetune COMMAND: error: ...match...``, no traceback,
-    and every file under ``unchanged`` (paths) left as it was: the one check of a refused command."""
+    and every file under ``unchanged`` (paths) left as it was: the one check of a refused command.
+    Returns that line."""
     before = snapshot(*unchanged)
     capsys.readouterr()
     assert main(argv) == 1, argv
@@ -50,6 +51,7 @@ def fails(capsys, argv, match, command="train", unchanged=()):
     last = err.splitlines()[-1]  # (progress bars of model loading may come before it)
     assert f"modetune {command}: error: " in last and match in last.split("error: ", 1)[1], err
     assert snapshot(*unchanged) == before, f"{argv} changed files it refused to touch"
+    return last
 
 
 def free_port() -> int:

@@ -26,7 +26,8 @@ class EvalCommand(Config):
                 "packaged:math-split (the clean split's test halves), packaged:llm-adapters, or hub (none: the "
                 "packaged LLM-Adapters sets)"})
     output: str | None = field(default=None, metadata={
-        "help": "run folder (none: ADAPTER/eval-<decoding>, or eval/<model>-<decoding>)"})
+        "help": "run folder; never inside an input (none: RUN/eval-<decoding> beside RUN/adapter, else "
+                "ADAPTER-eval-<decoding> beside the adapter; eval/<model>-<decoding> for the base model alone)"})
     label: str | None = field(default=None, metadata={
         "help": "name of this run in tables (none: the adapter or model folder name)"})
     member: int | None = field(default=None, metadata={"range_note": "-k to k-1, the model\'s members",
@@ -34,8 +35,8 @@ class EvalCommand(Config):
     members: str | None = field(default=None, metadata={
         "help": "'all' (every member and the ensemble) or a list like 0,2,ensemble (none: the model as loaded)"})
     overwrite: bool = field(default=False, metadata={
-        "help": "replace the results in an output folder that holds another run (off: refuse; a run with the same "
-                "settings resumes)"})
+        "help": "replace an existing output folder whole (off: refuse one that holds anything but a run of the "
+                "same settings, which resumes); an input is never replaced"})
     options: EvalConfig = field(default_factory=EvalConfig, metadata={
         "help": "generation and scoring options", "hide": ("members",)})
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,7 +225,7 @@ def run_probe(config: ProbeConfig, progress: bool = True) -> dict:
     device = source.device or ("cuda" if torch.cuda.is_available() else None)
     if progress:
         print(f"[modetune probe] loading {source.model}{' + ' + source.adapter if source.adapter else ''}",
-              file=sys.stderr, flush=True)
+              flush=True)
     model, tokenizer, info = dataclasses.replace(source, device=device).load()
     tokenizer.padding_side = "right"
     rows = probe_rows(config, tokenizer)

@@ -10,7 +10,9 @@ after every batch so an interrupted run resumes where it stopped) and the summar
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,16 +27,15 @@ from ..data.contamination import eval_contamination
 from ..loading import ModelSource, quiet_transformers
 from ..utils.checks import differing_settings
 from ..utils.config import Config
-from ..utils.errors import ConfigError
+from ..utils.errors import ConfigError, DataError
 from ..utils.integrity import read_json
-from ..utils.outputs import write_text
+from ..utils.outputs import check_output, staged, write_text
 from ..utils.prompts import AUTO, resolve_style
 from .datasets import get_dataset, parse_dataset_list
 from .generation import generate_responses
 from .members import describe_member, forced_member, member_index, parse_members, variant_name
 from .protocol import item_id, score_response
 from .results import (
-    RESULTS_SUFFIX,
     RUN_FILE,
     read_results,
     report_from_summaries,
@@ -42,7 +43,7 @@ from .results import (
     summarize_run,
     write_summary,
 )
-from .sources import load_test_items
+from .sources import load_test_items, resolve_data_dir
 
 
 # ---------------------------------------------------------------------------- options
@@ -90,15 +91,86 @@ class EvalConfig(Config):
                 "decoding": self.decoding}
 
 
+# ---------------------------------------------------------------------------- the run folder
+# run.json keys a resumed run must match (a key an older run.json lacks is not compared)
+RESUMED_IF_SAME = ("settings", "model", "adapter", "adapter_weights", "weights_dtypes")
+
+
+def eval_inputs(adapter: str | Path | None, model: str | None, datasets, data_dir: str | Path | None = None) -> list:
+    """What an evaluation reads, which its output must not touch: the adapter, the model folder, the
+    ``--data-dir`` folder and every ``name=FILE`` test set (already loaded datasets name no file)."""
+    loaded = isinstance(datasets, list) and datasets and isinstance(datasets[0], tuple)
+    files = [] if loaded else [parse_source(spec)[0].partition("=")[2] or None for spec in parse_dataset_list(datasets)]
+    return [adapter, model, resolve_data_dir(data_dir), *files]
+
+
+def adapter_weights(adapter: str | Path | None) -> str | None:
+    """The first 16 hex digits of a sha256 over the adapter's weights files: an adapter trained again
+    into the same folder is another run."""
+    if adapter is None or not Path(adapter).is_dir():
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(p for p in Path(adapter).iterdir() if p.suffix in (".safetensors", ".bin") and p.is_file()):
+        digest.update(path.name.encode())
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def check_run_folder(output_dir: str | Path, run: dict, inputs=(), overwrite: bool = False) -> dict | None:
+    """``output_dir`` under the one output policy (:mod:`modetune.utils.outputs`), before anything is
+    written: refused when it is, holds or lies inside one of the ``inputs`` (always); an existing
+    output resumes when its ``run.json`` records the same :data:`RESUMED_IF_SAME` as ``run``, is
+    refused otherwise, and is replaced only with ``overwrite``. Returns the ``run.json`` to resume
+    (``None``: a new or replaced folder)."""
+    output_dir = Path(output_dir)
+    check_output(output_dir, inputs, overwrite=True)
+    if overwrite or not output_dir.exists() or output_dir.is_dir() and not any(output_dir.iterdir()):
+        return None
+    path = output_dir / RUN_FILE
+    if not path.is_file():
+        what = "is a file" if not output_dir.is_dir() else f"holds no evaluation run ({RUN_FILE} is missing)"
+        raise ConfigError(f"--output {output_dir} {what}; pass --overwrite to replace it.")
+    previous = read_json(path)
+    if not isinstance(previous, dict):
+        raise DataError(f"{path} is damaged (expected a JSON object); pass --overwrite to replace the run.")
+    keys = [key for key in RESUMED_IF_SAME if key in previous and key in run]
+    differ = differing_settings({k: previous[k] for k in keys}, {k: run[k] for k in keys})
+    for key in [key for key in keys if key in differ][:1]:
+        old, new = previous[key], run[key]
+        shown = (", ".join(f"{k}: {old.get(k)} vs {new.get(k)}" for k in differing_settings(old, new))
+                 if isinstance(old, dict) and isinstance(new, dict) else f"{old} vs {new}")
+        raise ConfigError(f"--output {output_dir} holds a run with other {key} ({shown}); use another output "
+                          "folder, or --overwrite to replace it.")
+    return previous
+
+
+def _open_run(output_dir: Path, run: dict, inputs=(), overwrite: bool = False) -> None:
+    """:func:`check_run_folder`, then write ``run.json``: a new folder (or the one ``overwrite``
+    replaces, whole) appears with it or not at all; a resumed one keeps its label and the
+    ``in_training`` counts of datasets evaluated into it before."""
+    previous = check_run_folder(output_dir, run, inputs, overwrite)
+    if previous is not None:
+        run["label"] = previous.get("label", run["label"])
+        if "in_training" in run:
+            run["in_training"] = {**previous.get("in_training", {}), **run["in_training"]}
+    text = json.dumps(run, indent=2) + "\n"
+    if previous is None and (overwrite or not output_dir.exists()):
+        with staged(output_dir) as stage:
+            (stage / RUN_FILE).write_text(text, encoding="utf-8")
+    else:
+        write_text(output_dir / RUN_FILE, text)
+
+
 # ---------------------------------------------------------------------------- one dataset (resumable)
 def _resume_rows(path: Path, ids: list[str]) -> dict[int, dict]:
     """Rows already written to ``path`` (for resuming), checked against the current items."""
     if not path.exists():
         return {}
-    text = path.read_text(encoding="utf-8")
-    if text and not text.endswith("\n"):  # drop a half-written last row before appending
-        text = text[: text.rfind("\n") + 1]
-        path.write_text(text, encoding="utf-8")
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):  # a row cut off mid-write: dropped before appending
+        os.truncate(path, data.rfind(b"\n") + 1)
     done = {}
     for row in read_results(path):
         index = row.get("index")
@@ -108,38 +180,10 @@ def _resume_rows(path: Path, ids: list[str]) -> dict[int, dict]:
     return done
 
 
-def _same_run(output_dir: Path, run: dict) -> dict | None:
-    """The ``run.json`` already in ``output_dir`` (``None``: none), refused when it holds another
-    run (other settings, model or adapter): :class:`ConfigError`."""
-    path = output_dir / RUN_FILE
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ConfigError(f"Output {output_dir} is a file, not a folder.")
-    if not path.exists():
-        return None
-    previous = read_json(path)
-    compared = ("settings", "model", "adapter")
-    differ = differing_settings({k: previous.get(k) for k in compared}, {k: run.get(k) for k in compared})
-    for key in [key for key in compared if key in differ][:1]:
-        raise ConfigError(f"{output_dir} holds a run with other {key} ({previous.get(key)} vs "
-                          f"{run.get(key)}); use another output folder, or --overwrite to replace it.")
-    return previous
-
-
-def _check_run_file(output_dir: Path, run: dict, overwrite: bool = False) -> None:
-    """Resume a run folder with the same settings, model and adapter; refuse one holding another
-    run unless ``overwrite`` (then its results go first)."""
-    path = output_dir / RUN_FILE
-    if overwrite and output_dir.is_dir():
-        for old in [path, *output_dir.glob(f"*{RESULTS_SUFFIX}"), *output_dir.glob("*.tmp"),
-                    output_dir / "summary.json", output_dir / "summary.md"]:
-            old.unlink(missing_ok=True)
-    previous = _same_run(output_dir, run)
-    if previous is not None:
-        run["label"] = previous.get("label", run["label"])
-        if "in_training" in run:  # counts of datasets evaluated into this folder before stay
-            run["in_training"] = {**previous.get("in_training", {}), **run["in_training"]}
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_text(path, json.dumps(run, indent=2) + "\n")  # atomically: a kill never leaves half
+def _append_rows(path: Path, rows: list[dict]) -> None:
+    """Append one batch's rows (a kill may cut the last one: :func:`_resume_rows` drops it)."""
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def _write_sorted(path: Path, rows: dict[int, dict]) -> None:
@@ -198,10 +242,7 @@ def evaluate_dataset(model: nn.Module, tokenizer, dataset: str, records: list[di
                     rows.append({"index": i, "id": ids[i], "dataset": info.name, "variant": variant_name(model, member),
                                  "decoding": config.decoding, "prompt": prompts[i], "response": response,
                                  "extracted": extracted, "gold": records[i]["answer"], "correct": correct})
-                with paths[member].open("a", encoding="utf-8") as handle:
-                    for row in rows:
-                        handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-                    handle.flush()
+                _append_rows(paths[member], rows)
                 done[member].update({row["index"]: row for row in rows})
                 generated += len(rows)
                 bar.update(len(rows))
@@ -242,12 +283,13 @@ def evaluate(model: nn.Module, tokenizer, datasets: str | Sequence[str] | list[t
              label: str | None = None, overwrite: bool = False) -> dict:
     """Evaluate a loaded model on several datasets; write results, ``run.json`` and the summary.
 
-    ``datasets``: names (``"gsm8k,svamp"``, ``"all"``), ``name=path.json`` entries, or the
-    output of :func:`load_datasets`. Every dataset is loaded and validated before any
-    generation starts. When the adapter's run folder recorded its training questions
-    (:mod:`modetune.data.contamination`), ``run.json`` and the summary get ``in_training``:
-    per dataset, the evaluated items that were training questions (a warning when any). Returns the summary
-    (:func:`modetune.eval.results.summarize_run`).
+    ``output_dir`` follows the one output policy (:func:`check_run_folder`: never an input, resumed
+    only when it holds a run of the same settings, replaced only with ``overwrite``). ``datasets``:
+    names (``"gsm8k,svamp"``, ``"all"``), ``name=path.json`` entries, or the output of
+    :func:`load_datasets`. Every dataset is loaded and validated before any generation starts. When
+    the adapter's run folder recorded its training questions (:mod:`modetune.data.contamination`),
+    ``run.json`` and the summary get ``in_training``: per dataset, the evaluated items that were
+    training questions (a warning when any). Returns the summary (:func:`modetune.eval.results.summarize_run`).
     """
     from ..utils.version import __version__
 
@@ -257,7 +299,9 @@ def evaluate(model: nn.Module, tokenizer, datasets: str | Sequence[str] | list[t
     config = dataclasses.replace(config, prompt_style=resolve_style(config.prompt_style, info.get("adapter")))
     members = config.members if config.members is not None else [None]
     run = {"label": label or _default_label(info), "model": info.get("model"), "adapter": info.get("adapter"),
-           "kind": info.get("kind"), "settings": config.settings(),
+           "adapter_weights": adapter_weights(info.get("adapter")), "kind": info.get("kind"),
+           "weights_dtypes": sorted({str(p.dtype).removeprefix("torch.") for p in model.parameters()}),
+           "settings": config.settings(),
            "members": {variant_name(model, m): (describe_member(model, member_index(model, m)) if m is not None
                                                 else variant_name(model, None)) for m in members},
            "modetune_version": __version__}
@@ -265,7 +309,7 @@ def evaluate(model: nn.Module, tokenizer, datasets: str | Sequence[str] | list[t
                                                            for name, records in loaded])
     if in_training is not None:  # the adapter's run recorded its training questions
         run["in_training"] = in_training
-    _check_run_file(output_dir, run, overwrite)
+    _open_run(output_dir, run, eval_inputs(info.get("adapter"), info.get("model"), datasets, data_dir), overwrite)
     timings = {}
     for name, records in loaded:
         timings[name] = evaluate_dataset(model, tokenizer, name, records, config, output_dir)
@@ -287,10 +331,11 @@ def evaluate_model(source: ModelSource, datasets: str | Sequence[str], options: 
                    output: str | Path | None = None, *, data_dir: str | None = None, label: str | None = None,
                    member: int | None = None, members: str | None = None, overwrite: bool = False) -> dict:
     """Load ``source`` (a model, and an adapter on it), evaluate it on ``datasets`` and return the
-    summary. ``output`` defaults to ``ADAPTER/eval-<decoding>`` or ``eval/<model>-<decoding>``; a
-    folder holding another run is refused (``overwrite``: replaced), one with the same settings
-    resumes. ``member`` (one member alone) or ``members`` (``"all"``, ``"0,2,ensemble"``) choose
-    the routings. Every dataset is loaded and checked before the model loads."""
+    summary. ``output`` (:func:`default_output` when none) is checked before anything loads
+    (:func:`check_run_folder`: never an input; a folder holding another run is refused, or replaced
+    with ``overwrite``; one with the same settings resumes). ``member`` (one member alone) or
+    ``members`` (``"all"``, ``"0,2,ensemble"``) choose the routings. Every dataset is loaded and
+    checked before the model loads."""
     from ..utils.models import base_model_for
 
     if member is not None and members is not None:
@@ -299,16 +344,21 @@ def evaluate_model(source: ModelSource, datasets: str | Sequence[str], options: 
     config = dataclasses.replace(config, prompt_style=resolve_style(config.prompt_style, source.adapter))
     model = base_model_for(source.model, source.adapter)
     source = dataclasses.replace(source, model=model)
-    if output is None:
-        base = Path(source.adapter) if source.adapter else Path("eval") / Path(model).name
-        output = str(base / f"eval-{config.decoding}") if source.adapter else f"{base}-{config.decoding}"
-    if not overwrite:  # a folder holding another run is refused before the model loads
-        _same_run(Path(output), {"settings": config.settings(), "model": model,
-                                 "adapter": None if source.adapter is None else str(Path(source.adapter))})
-    elif Path(output).exists() and not Path(output).is_dir():
-        raise ConfigError(f"Output {output} is a file, not a folder.")
+    output = Path(output) if output is not None else default_output(source.adapter, model, config.decoding)
+    run = {"settings": config.settings(), "model": model, "adapter_weights": adapter_weights(source.adapter),
+           "adapter": None if source.adapter is None else str(Path(source.adapter))}
+    check_run_folder(output, run, eval_inputs(source.adapter, model, datasets, data_dir), overwrite)
     data = load_datasets(datasets, data_dir)  # bad names, files, records fail before the model loads
     quiet_transformers()
     loaded, tokenizer, info = source.load()
     config = dataclasses.replace(config, members=parse_members(member, members, loaded))
-    return evaluate(loaded, tokenizer, data, config, output, info=info, label=label, overwrite=overwrite)
+    return evaluate(loaded, tokenizer, data, config, output, data_dir, info=info, label=label, overwrite=overwrite)
+
+
+def default_output(adapter: str | Path | None, model: str, decoding: str) -> Path:
+    """Beside the adapter, never inside it: ``RUN/eval-<decoding>`` for a training run's ``RUN/adapter``,
+    else ``ADAPTER-eval-<decoding>``; ``eval/<model>-<decoding>`` for the base model alone."""
+    if adapter is None:
+        return Path("eval") / f"{Path(model).name}-{decoding}"
+    path = Path(adapter).resolve()
+    return path.parent / (f"eval-{decoding}" if path.name == "adapter" else f"{path.name}-eval-{decoding}")

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..utils.checks import check_device, check_dtype
 from ..utils.config import Config
-from ..utils.errors import BaseModelMismatchError, ConfigError, first_line
+from ..utils.errors import BaseModelMismatchError, first_line
 from ..utils.models import check_quantization
 from ..utils.prompts import read_chat_template, trained_chat_template
 
@@ -53,6 +53,12 @@ class ModelSource(Config):
         read_chat_template(self.chat_template)  # refuses a missing file now
         check_device(self.device)
         check_quantization(self.quantization)
+        # the adapter as a whole, before a command reads a file of it or writes anything (a missing folder is
+        # refused when it loads: a saved config may name one that is gone)
+        if self.adapter is not None and Path(self.adapter).is_dir():
+            from .adapter import check_adapter
+
+            check_adapter(self.adapter)
 
     def load(self):
         """``(model, tokenizer, info)``: :func:`load_source` of this source."""
@@ -72,22 +78,22 @@ def load_source(model: str | None = "default", adapter: str | Path | None = None
     which raises :class:`~modetune.utils.errors.BaseModelMismatchError` on another base), a LoRA-only
     folder (``adapter_config.json``; peft; its ``modetune_adapter.json`` fingerprint must match
     too), or ``None`` for the base model alone; ``ignore_base_mismatch`` turns the refusal of
-    another base into a warning. Damaged adapter files are named before the model loads. The
+    another base into a warning. The adapter folder is checked as a whole before the model loads
+    (:func:`~modetune.loading.adapter.check_adapter`: every file, against the others). The
     tokenizer pads on the left; its chat template is ``chat_template`` if given, else the one the
     adapter trained with when that overrode the tokenizer's (``prompt.json``). ``info``: ``model``,
     ``adapter``, ``kind`` (base/lora/mod).
     """
     from ..mod.config import CONFIG_NAME
-    from ..mod.model import ADAPTER_CONFIG, ADAPTER_WEIGHTS, WEIGHTS_NAME, MoDModel, base_fingerprint
+    from ..mod.model import ADAPTER_WEIGHTS, WEIGHTS_NAME, MoDModel, base_fingerprint
     from ..utils.integrity import check_adapter_base, check_files
     from ..utils.models import base_model_for, load_model
+    from .adapter import check_adapter
 
-    model = base_model_for(model, adapter)  # None: the base the adapter records (base_model.json)
-    adapter_path = Path(adapter) if adapter is not None else None
+    adapter_path = None if adapter is None else check_adapter(adapter)  # every file, against the others
     if adapter_path is not None:
-        if not adapter_path.is_dir():
-            raise FileNotFoundError(f"Adapter folder {adapter_path} does not exist.")
-        check_files(adapter_path, (CONFIG_NAME, WEIGHTS_NAME, ADAPTER_CONFIG, ADAPTER_WEIGHTS))
+        check_files(adapter_path, (WEIGHTS_NAME, ADAPTER_WEIGHTS))  # every tensor readable
+    model = base_model_for(model, adapter)  # None: the base the adapter records (base_model.json)
     if chat_template is None:
         chat_template = trained_chat_template(adapter_path)
     base, tokenizer = load_model(model, dtype=dtype, trust_remote_code=trust_remote_code, device=device,
@@ -97,7 +103,7 @@ def load_source(model: str | None = "default", adapter: str | Path | None = None
         if (adapter_path / CONFIG_NAME).exists():
             base = MoDModel.from_pretrained(base, adapter_path, ignore_base_mismatch=ignore_base_mismatch)
             kind = "mod"
-        elif (adapter_path / ADAPTER_CONFIG).exists():
+        else:  # a LoRA-only adapter (check_adapter refuses a folder holding neither)
             from peft import PeftModel
 
             check_adapter_base(adapter_path, base_fingerprint(base), ignore_base_mismatch)
@@ -107,9 +113,6 @@ def load_source(model: str | None = "default", adapter: str | Path | None = None
                 raise BaseModelMismatchError(f"The LoRA adapter in {adapter_path} does not fit base model "
                                              f"{model!r}: {first_line(error)}") from error
             kind = "lora"
-        else:
-            raise ConfigError(f"{adapter_path} holds neither {CONFIG_NAME} (a MoD adapter) nor {ADAPTER_CONFIG} "
-                              "(a LoRA adapter).")
     base.eval()
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import ClassVar, Literal
 
 from ..utils.config import Config
-from ..utils.errors import ConfigError, DataError
+from ..utils.errors import ConfigError, DataError, first_line
 from ..utils.integrity import read_json
 
 CONFIG_NAME = "mod_config.json"
@@ -81,10 +81,16 @@ class MoDConfig(Config):
 
     @classmethod
     def load(cls, directory: str | Path) -> tuple[MoDConfig, dict]:
-        """Return the config and the metadata stored beside it (e.g. the base fingerprint)."""
+        """Return the config and the metadata stored beside it (e.g. the base fingerprint); a damaged
+        file, one without ``k`` or with a field of the wrong type is one :class:`DataError` naming it."""
         path = Path(directory) / CONFIG_NAME
         data = read_json(path)
         if not isinstance(data, dict):
             raise DataError(f"{path} is damaged (expected a JSON object of MoD fields).")
+        if "k" not in data:  # the one field the weights' layout cannot be read without
+            raise DataError(f"{path} lacks the field 'k'.")
         metadata = {key: data.pop(key) for key in ("modetune_version", "base_fingerprint") if key in data}
-        return cls.from_dict(data), metadata
+        try:
+            return cls.from_dict(data), metadata
+        except ConfigError as error:
+            raise DataError(f"{path}: {first_line(error)}") from None

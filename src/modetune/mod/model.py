@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from ..utils.errors import DataError
+from ..utils.errors import BaseModelMismatchError, DataError, first_line
 from ..utils.integrity import check_adapter_base, check_files, load_safetensors
 from ..utils.sharding import distribute_like, full_weight, gathered_key, hold_zero3_parameters
 from ..utils.version import __version__
@@ -379,7 +379,12 @@ class MoDModel(nn.Module):
     def from_pretrained(cls, base_model: nn.Module, directory: str | Path, is_trainable: bool = False,
                         check_base: bool = True, ignore_base_mismatch: bool = False) -> MoDModel:
         """Load a saved MoD model onto ``base_model``; the base's fingerprint must match (with
-        ``ignore_base_mismatch``, a mismatch is only warned about). Damaged files are named."""
+        ``ignore_base_mismatch``, a mismatch is only warned about). The folder is checked against the
+        base (hidden size, number of layers) and every MoD tensor's shape against the model's before any
+        weight is copied: each problem is one line naming the file. (The commands check the folder as a
+        whole first: :func:`modetune.loading.adapter.check_adapter`.)"""
+        from safetensors import safe_open
+
         directory = Path(directory)
         if not (directory / WEIGHTS_NAME).exists():
             raise FileNotFoundError(f"{directory} holds no MoD adapter ({WEIGHTS_NAME} is missing).")
@@ -387,10 +392,21 @@ class MoDModel(nn.Module):
         if check_base:  # no recorded fingerprint: a warning that the base cannot be checked
             check_adapter_base(directory, base_fingerprint(base_model), ignore_base_mismatch)
         check_files(directory, (WEIGHTS_NAME, ADAPTER_CONFIG, ADAPTER_WEIGHTS))
+        parts = find_parts(base_model)
+        check_members(config.k, parts.num_layers)
+        with safe_open(str(directory / WEIGHTS_NAME), framework="pt") as weights:  # the header only
+            hidden = weights.get_slice("router.weight").get_shape()[1]
+        if hidden != parts.hidden_size:
+            raise BaseModelMismatchError(f"{directory / WEIGHTS_NAME} holds hidden size {hidden} but the base "
+                                         f"model's is {parts.hidden_size}: it was trained on another base.")
         if (directory / ADAPTER_CONFIG).exists():
             from peft import PeftModel
 
-            base_model = PeftModel.from_pretrained(base_model, str(directory), is_trainable=is_trainable)
+            try:
+                base_model = PeftModel.from_pretrained(base_model, str(directory), is_trainable=is_trainable)
+            except (RuntimeError, ValueError, KeyError) as error:
+                raise BaseModelMismatchError(f"The LoRA weights in {directory} do not fit this base model: "
+                                             f"{first_line(error)}") from error
         model = cls(base_model, config)
         model.load_mod_weights(directory)
         if not is_trainable:
@@ -403,11 +419,19 @@ class MoDModel(nn.Module):
 
         The one loader of MoD weights: :meth:`from_pretrained` and checkpoint resumption both call it.
         """
-        state = load_safetensors(Path(directory) / WEIGHTS_NAME, device=str(self._parts.head.weight.device))
+        path = Path(directory) / WEIGHTS_NAME
+        state = load_safetensors(path, device=str(self._parts.head.weight.device))
+        targets = {name: self._named_mod_tensor(name) for name in state}
+        missing = sorted(set(self._mod_entries()) - set(state))
+        if missing:
+            raise DataError(f"{path} lacks {missing[0]!r}, which this MoD model ({self.mod_config.k} members) needs.")
+        for name, tensor in state.items():  # every shape checked before the first copy
+            if tuple(tensor.shape) != tuple(targets[name].shape):
+                raise DataError(f"{path} holds {name} of shape {list(tensor.shape)} but this model's is "
+                                f"{list(targets[name].shape)}.")
         for name, tensor in state.items():
-            target = self._named_mod_tensor(name)
             with torch.no_grad():  # a DTensor shard (FSDP) takes its part of the whole tensor
-                target.copy_(distribute_like(tensor, target))
+                targets[name].copy_(distribute_like(tensor, targets[name]))
 
     def _named_mod_tensor(self, name: str) -> Tensor:
         group, _, rest = name.partition(".")

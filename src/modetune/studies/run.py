@@ -59,6 +59,7 @@ def run_one(spec: RunSpec, config: ExperimentConfig, root: Path) -> dict:
     """Train, validate and evaluate one run, skipping whatever is already done."""
     from ..eval.runner import evaluate
     from ..loading import load_source
+    from ..loading.adapter import check_adapter
     from ..train.trainer import train
     from ..train.validation import validation_metrics
 
@@ -67,6 +68,8 @@ def run_one(spec: RunSpec, config: ExperimentConfig, root: Path) -> dict:
     train_config = run_train_config(spec, config, run_dir)
     if spec.rows_from:  # a comparator whose rows another study committed: read, never retrained
         return _committed_rows(spec, train_config, run_dir)
+    if adapter.is_dir():  # a run's adapter is checked as a whole before the study reads or reuses any file of it
+        check_adapter(adapter)
     timing_path = run_dir / "timing.json"
     timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
     _check_same_run(run_dir, train_config)

@@ -120,7 +120,7 @@ def fit_router(config: FitRouterConfig, progress: bool = True):
     train_records, val_records = split_validation(records, config.val_size, config.seed)
     if progress:
         print(f"[modetune fit-router] loading {source.model}{' + ' + source.adapter if source.adapter else ''}",
-              file=sys.stderr, flush=True)
+              flush=True)
     model, tokenizer, kind = load_frozen_members(config)
     def tokenize(records: list[dict], what: str) -> list[dict]:
         bar = progress_bar(records, f"fit-router: tokenising the {what} records", progress, unit="record")

@@ -7,8 +7,9 @@ complete checkpoint trained with the same settings.
   safetensors load, torch files pass their CRC checks); damaged ones are named and skipped;
   :func:`chosen_checkpoint`: the one ``--resume PATH`` names, with the same checks (damage refused).
 - :func:`check_same_settings`: a resume with other settings names the fields and stops.
-- :func:`trim_log`: ``log.jsonl`` keeps only the steps up to the checkpoint, so a resumed
-  run never logs a step twice; :func:`remove_staging` clears a killed save's ``.staging``.
+- :func:`settle_resume` (once the base matched): :func:`trim_log` keeps ``log.jsonl``'s steps up to the
+  checkpoint, so a resumed run never logs a step twice; :func:`remove_staging` clears a killed save's
+  ``.staging``; a chosen checkpoint's later ones are removed.
 - what leaves the folder: :func:`name_tensorboard_run` (``runs/RUN_NAME``) and :func:`push_adapter`
   (``push_to_hub``: the finished adapter to the hub, or one line and the local adapter kept).
 """
@@ -22,6 +23,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from ..loading.adapter import file_problem
 from ..utils.checks import differing_settings
 from ..utils.errors import ConfigError, DataError, UserError, first_line
 from ..utils.integrity import damage, read_json, warn
@@ -67,7 +69,7 @@ def checkpoint_damage(checkpoint: Path) -> str | None:
     if not (checkpoint / "trainer_state.json").is_file():
         return f"{checkpoint / 'trainer_state.json'} is missing."
     for path in sorted(checkpoint.iterdir()):
-        problem = damage(path) if path.is_file() else None
+        problem = (damage(path) or file_problem(path)) if path.is_file() else None  # a checkpoint is an adapter
         if problem:
             return problem
     return None
@@ -210,12 +212,7 @@ def prepare_run_dir(config: TrainConfig, resume: bool | str | None = False, over
         check_same_settings(checkpoint, config)
         if (not chosen or checkpoint == checkpoints(run_dir)[0]) and is_complete(run_dir, checkpoint, config):
             return COMPLETE
-        if is_main:
-            if chosen:
-                drop_newer(run_dir, checkpoint)
-            trim_log(run_dir, checkpoint)
-            remove_staging(run_dir)
-        return str(checkpoint)
+        return str(checkpoint)  # the folder is changed by settle_resume, once the base is checked
     if overwrite:
         if is_main:
             remove_run(run_dir)
@@ -223,6 +220,19 @@ def prepare_run_dir(config: TrainConfig, resume: bool | str | None = False, over
         raise ConfigError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to "
                           "start over (removing it, checkpoints included).")
     return None
+
+
+def settle_resume(config: TrainConfig, checkpoint: str, resume: bool | str | None, is_main: bool = True) -> None:
+    """Ready the folder for resuming from ``checkpoint`` (called once the model loaded and its base matched
+    the checkpoint's, so a refused resume changes nothing): a chosen checkpoint's later ones removed,
+    ``log.jsonl`` trimmed to it, a killed save's staging cleared. Only the main process edits files."""
+    if not is_main:
+        return
+    run_dir, checkpoint = Path(config.output_dir), Path(checkpoint)
+    if isinstance(resume, str) and resume != LATEST:
+        drop_newer(run_dir, checkpoint)
+    trim_log(run_dir, checkpoint)
+    remove_staging(run_dir)
 
 
 def finished_run(config: TrainConfig, is_main: bool = True) -> dict:

@@ -29,6 +29,7 @@ from ..utils.outputs import clean_leftovers, commit, stage_path
 from ..utils.prompts import PROMPT_FILE
 from ..utils.sharding import check_launcher_sharding, loading_whole_tensors
 from ..utils.version import __version__
+from .arguments import global_batch, training_arguments
 from .clipping import clip_groups, clip_per_group, group_norms
 from .config import TRAIN_CONFIG_NAME, TrainConfig, check_batch
 from .router_opt import GROUP_KEY, ROUTER, RouterWarmup, body_parameters, optimizer_groups, warmup_scheduler
@@ -40,6 +41,7 @@ from .rundir import (
     push_adapter,
     reached_end,
     record_options,
+    settle_resume,
     warn_offline_push,
 )
 from .summary import SPARSITY_EPS, format_summary, summarise
@@ -294,17 +296,14 @@ class MoDTrainer(Trainer):
         return owner, owner and (first or not (self.is_fsdp_enabled or self.is_deepspeed_enabled))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        """Resume: the checkpoint's LoRA weights through peft, its MoD weights through the model,
-        after checking that the checkpoint was trained on this base model. The files hold whole
+        """Resume: the checkpoint's LoRA weights through peft, its MoD weights through the model
+        (:func:`train` checked that the checkpoint was trained on this base model). The files hold whole
         tensors; when the model is sharded (FSDP2: its parameters are ``DTensor`` shards) each
         process copies its own part of them (:func:`~modetune.utils.sharding.loading_whole_tensors`)."""
         from peft import set_peft_model_state_dict
         from peft.utils import SAFETENSORS_WEIGHTS_NAME
 
-        unwrapped = self.accelerator.unwrap_model(model or self.model)
-        fingerprint = unwrapped.base_fingerprint if isinstance(unwrapped, MoDModel) else base_fingerprint(unwrapped)
-        if stored_fingerprint(resume_from_checkpoint) is not None:
-            check_adapter_base(resume_from_checkpoint, fingerprint)
+        unwrapped = self.accelerator.unwrap_model(model or self.model)  # its base checked by train()
         peft_model = unwrapped.base_model if isinstance(unwrapped, MoDModel) else unwrapped
         adapter = Path(resume_from_checkpoint) / SAFETENSORS_WEIGHTS_NAME
         if adapter.exists() and hasattr(peft_model, "peft_config"):
@@ -364,61 +363,6 @@ class _JsonlLogger(TrainerCallback):
                 handle.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
 
-def training_arguments(config: TrainConfig, world_size: int = 1):
-    """The HF ``TrainingArguments`` of a run; a trainer option left unset (``optim``, ``warmup_ratio``,
-    ``neftune_noise_alpha``, ``run_name``, ``project``) is not passed: the Trainer's own default."""
-    from transformers import TrainingArguments
-
-    accumulation = max(1, config.batch_size // (config.micro_batch_size * world_size))
-    options = {"optim": config.optim, "neftune_noise_alpha": config.neftune_noise_alpha, "run_name": config.run_name,
-               "project": config.project,
-               "warmup_steps": config.warmup_ratio}  # transformers 5: a warmup_steps below 1 is a ratio (rounded up)
-    return TrainingArguments(
-        output_dir=config.output_dir,
-        per_device_train_batch_size=config.micro_batch_size,
-        per_device_eval_batch_size=config.micro_batch_size,
-        gradient_accumulation_steps=accumulation,
-        learning_rate=config.learning_rate,
-        num_train_epochs=config.num_epochs,
-        max_steps=config.max_steps,
-        weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm or 0.0,
-        lr_scheduler_type=config.lr_scheduler,
-        seed=config.seed,
-        data_seed=config.seed,
-        logging_steps=config.logging_steps,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        eval_strategy="steps" if config.eval_steps > 0 else "no",
-        eval_steps=config.eval_steps or None,
-        bf16=config.bf16,
-        fp16=config.fp16,
-        gradient_checkpointing=config.gradient_checkpointing,
-        torch_compile=config.torch_compile,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-        report_to=config.report_to,
-        remove_unused_columns=False,
-        prediction_loss_only=True,
-        disable_tqdm=False,
-        dataloader_num_workers=0,
-        ddp_find_unused_parameters=False,
-        use_cpu=not torch.cuda.is_available(),
-        **{"warmup_steps": config.warmup_steps, **{key: value for key, value in options.items() if value is not None}},
-    )
-
-
-def global_batch(args, world_size: int) -> dict:
-    """How the Trainer makes up the global batch: its processes (the launcher's ``WORLD_SIZE``, which
-    the accumulation was computed for, must be the process group's size), micro batch, accumulation."""
-    if args.world_size != world_size:
-        raise ConfigError(f"WORLD_SIZE is {world_size} but the Trainer runs {args.world_size} process(es): the "
-                          "gradient accumulation would not make up batch_size. Launch with torchrun or accelerate.")
-    micro, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
-    return {"processes": args.world_size, "micro_batch_size": micro, "gradient_accumulation_steps": accumulation,
-            "global_batch": args.world_size * micro * accumulation}
-
-
 def train(config: TrainConfig, resume: bool | str | None = False, overwrite: bool = False,
           callbacks: Sequence = ()) -> dict:
     """Run a training job end to end; returns the summary dict (also written to ``summary.json``).
@@ -459,6 +403,11 @@ def train(config: TrainConfig, resume: bool | str | None = False, overwrite: boo
     if config.val_data is not None:  # validation records of their own instead of the carve-out
         train_records, val_records = records, load_training_records(config.val_data, None, config.seed, **options)
     model, tokenizer = build_model(config)
+    if resume_from is not None:  # trained on this base? Only then is the folder readied (trimmed log, ...)
+        if stored_fingerprint(resume_from) is not None:
+            check_adapter_base(resume_from, model.base_fingerprint if isinstance(model, MoDModel)
+                               else base_fingerprint(model))
+        settle_resume(config, resume_from, resume, is_main)
     tokenizer.padding_side = "right"
     train_rows = tokenize_records(train_records, tokenizer, config.cutoff_len, config.train_on_inputs, config.prompt_style)
     if config.packing:

@@ -37,13 +37,22 @@ def read_text(path: str | Path, what: str = "file") -> str:
 
 
 def read_json(path: str | Path):
-    """The JSON value in ``path``; :class:`DataError` naming the file when it is damaged."""
+    """The JSON value in ``path``; :class:`DataError` naming the file when it is damaged (empty, not
+    UTF-8, not JSON)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found.")
+    data = path.read_bytes()
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path} is damaged (not UTF-8 text: byte 0x{data[error.start]:02x} at offset "
+                        f"{error.start}).") from None
+    if not text.strip():
+        raise DataError(f"{path} is damaged (empty: no JSON in it).")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
         raise DataError(f"{path} is damaged (not valid JSON: {first_line(error)}).") from None
 
 
@@ -65,7 +74,8 @@ def damage(path: str | Path) -> str | None:
     """Why a weights, optimizer or config file cannot be loaded (``None``: it can).
 
     ``.json`` must parse; ``.safetensors`` must load; ``.pt``/``.pth``/``.bin`` (torch's zip
-    format) must be a complete archive whose every member passes its CRC check.
+    format) must be a complete archive whose every member passes its CRC check. (Whether it agrees
+    with the rest of an adapter folder: :func:`modetune.loading.adapter.file_problem`.)
     """
     path = Path(path)
     try:
@@ -98,8 +108,8 @@ def check_files(directory: str | Path, names: tuple[str, ...] | None = None) -> 
     problems += [f"{directory / weights} is missing ({config} is there: the folder is incomplete)"
                  for config, weights in WEIGHTS_OF.items()
                  if (directory / config).is_file() and not (directory / weights).exists()]
-    if problems:
-        raise DataError(" ".join(p if p.endswith(".") else p + "." for p in problems))
+    if problems:  # each once (an adapter file's check may name its partner's problem too)
+        raise DataError(" ".join(dict.fromkeys(p if p.endswith(".") else p + "." for p in problems)))
 
 
 # ---------------------------------------------------------------------------- the base of an adapter
@@ -109,8 +119,9 @@ def write_base_record(directory: str | Path, fingerprint: str | None, version: s
                                                        indent=2) + "\n")
 
 
-def stored_fingerprint(directory: str | Path) -> str | None:
-    """The base fingerprint an adapter folder records (``mod_config.json`` or ``modetune_adapter.json``), if any."""
+def fingerprint_record(directory: str | Path) -> tuple[str, str] | None:
+    """``(file name, base fingerprint)`` an adapter folder records (``mod_config.json`` or
+    ``modetune_adapter.json``), if any."""
     for name in (MOD_CONFIG, BASE_RECORD):
         path = Path(directory) / name
         if path.is_file():
@@ -118,8 +129,14 @@ def stored_fingerprint(directory: str | Path) -> str | None:
             if not isinstance(data, dict):
                 raise DataError(f"{path} is damaged (expected a JSON object).")
             if data.get("base_fingerprint"):
-                return data["base_fingerprint"]
+                return name, data["base_fingerprint"]
     return None
+
+
+def stored_fingerprint(directory: str | Path) -> str | None:
+    """The base fingerprint an adapter folder records, if any (:func:`fingerprint_record`)."""
+    record = fingerprint_record(directory)
+    return None if record is None else record[1]
 
 
 def check_adapter_base(directory: str | Path, found: str, ignore: bool = False) -> None:
@@ -127,15 +144,16 @@ def check_adapter_base(directory: str | Path, found: str, ignore: bool = False) 
 
     An adapter without a record (not written by modetune) cannot be checked: a warning says so.
     """
-    expected = stored_fingerprint(directory)
-    if expected is None:
+    record = fingerprint_record(directory)
+    if record is None:
         warn(f"{directory} records no base model fingerprint (not written by modetune?); "
              "it cannot be checked against this base.")
         return
+    name, expected = record
     if expected == found:
         return
     message = (f"The adapter in {directory} was trained on a different base model "
-               f"(fingerprint {expected}, this base is {found})")
+               f"(its {name} records fingerprint {expected}, this base is {found})")
     config = Path(directory, "train_config.json")
     quantized = read_json(config).get("quantization", "none") if config.is_file() else "none"
     if quantized != "none":  # a QLoRA adapter: its base is the quantized one

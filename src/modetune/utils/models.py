@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from .checks import check_device, check_dtype
-from .errors import ConfigError, first_line
+from .errors import ConfigError, DataError, first_line
 from .integrity import read_json
 from .prompts import read_chat_template
 
@@ -194,12 +194,15 @@ def record_base_model(directory: str | Path, name_or_path: str) -> None:
 
 def base_model_for(model: str | None, adapter: str | Path | None = None) -> str:
     """The base model to load: ``model`` when given, else the one recorded in ``adapter``
-    (``base_model.json``), else ``"default"``."""
-    import json
+    (``base_model.json``), else ``"default"``; a damaged record is one line naming it."""
+    from .integrity import read_json
 
     if model:
         return model
     path = Path(adapter, BASE_MODEL_FILE) if adapter is not None else None
     if path is not None and path.is_file():
-        return json.loads(path.read_text())["model"]
+        recorded = read_json(path)
+        if not isinstance(recorded, dict) or not isinstance(recorded.get("model"), str):
+            raise DataError(f"{path}: field 'model' must be the base model's name or folder, got {recorded!r}.")
+        return recorded["model"]
     return "default"

@@ -8,11 +8,10 @@ inside the prompt, for exact comparability with checkpoints trained by their cod
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from .errors import ConfigError
-from .integrity import read_text
+from .errors import ConfigError, DataError
+from .integrity import read_json, read_text
 
 HEADER_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
@@ -31,11 +30,22 @@ def trained_style(adapter: str | Path | None) -> str | None:
     """The style an adapter's training text was rendered in: its ``prompt.json`` (``chat`` when it
     trained on conversations), else its ``train_config.json``'s ``prompt_style``; ``None`` if unknown."""
     for name in (PROMPT_FILE, "train_config.json"):
-        path = Path(adapter, name) if adapter else None
-        if path is not None and path.is_file():
-            style = json.loads(path.read_text(encoding="utf-8")).get("prompt_style")
+        style = _recorded(adapter, name, "prompt_style")
+        if style is not None:
             return style if style in STYLES else None
     return None
+
+
+def _recorded(adapter: str | Path | None, name: str, key: str):
+    """``key`` of the JSON object in the adapter's file ``name`` (``None``: no adapter, file or key); a
+    damaged file is one line naming it (the adapter's check, :mod:`modetune.loading.adapter`, says more)."""
+    path = Path(adapter, name) if adapter else None
+    if path is None or not path.is_file():
+        return None
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise DataError(f"{path} is damaged (expected a JSON object).")
+    return data.get(key)
 
 
 def read_chat_template(value: str | None) -> str | None:
@@ -61,10 +71,7 @@ def read_chat_template(value: str | None) -> str | None:
 def trained_chat_template(adapter: str | Path | None) -> str | None:
     """The chat template an adapter was trained with when it overrode the tokenizer's (its
     ``prompt.json``'s ``chat_template``), else ``None``."""
-    path = Path(adapter, PROMPT_FILE) if adapter else None
-    if path is None or not path.is_file():
-        return None
-    return json.loads(path.read_text(encoding="utf-8")).get("chat_template")
+    return _recorded(adapter, PROMPT_FILE, "chat_template")
 
 
 def resolve_style(style: str, adapter: str | Path | None, fallback: str = "alpaca") -> str:
