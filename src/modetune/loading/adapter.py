@@ -11,9 +11,9 @@ the field, e.g.
 ``mod_config.json says k=5 but mod_model.safetensors holds 3 members``.
 
 Every command that loads an adapter goes through it: :class:`~modetune.loading.ModelSource` when it
-is built (so before any output or model), :func:`~modetune.loading.load_source`,
-:meth:`~modetune.mod.model.MoDModel.from_pretrained`, and ``train --resume``, whose checkpoints are
-adapter folders too (:func:`~modetune.utils.integrity.damage` runs :func:`file_problem`).
+is built (so before any output or model), :func:`~modetune.loading.load_source`, ``experiment``
+before it reuses a run's adapter, and ``train --resume``, whose checkpoints are adapter folders too
+(``train/rundir.checkpoint_damage`` runs :func:`file_problem` on each file).
 """
 
 from __future__ import annotations
@@ -111,11 +111,15 @@ def check_mod_config(directory: Path) -> None:
                         f"router.weight {router} reads hidden size {hidden}.")
 
 
+def _weights_beside_config(directory: Path, weights: str, config: str) -> None:
+    """A weights file: a complete safetensors file, with its config beside it."""
+    header_shapes(directory / weights)
+    _pair(directory, weights, config)
+
+
 def check_mod_weights(directory: Path) -> None:
     """``mod_model.safetensors``: a complete safetensors file, with its ``mod_config.json``."""
-    header_shapes(directory / MOD_WEIGHTS)
-    if not (directory / MOD_CONFIG).is_file():
-        raise DataError(f"{directory / MOD_CONFIG} is missing ({MOD_WEIGHTS} is there: the folder is incomplete).")
+    _weights_beside_config(directory, MOD_WEIGHTS, MOD_CONFIG)
 
 
 # ---------------------------------------------------------------------------- LoRA: config against weights
@@ -173,9 +177,7 @@ def check_lora_config(directory: Path) -> None:
 
 def check_lora_weights(directory: Path) -> None:
     """``adapter_model.safetensors``: a complete safetensors file, with its ``adapter_config.json``."""
-    header_shapes(directory / LORA_WEIGHTS)
-    if not (directory / LORA_CONFIG).is_file():
-        raise DataError(f"{directory / LORA_CONFIG} is missing ({LORA_WEIGHTS} is there: the folder is incomplete).")
+    _weights_beside_config(directory, LORA_WEIGHTS, LORA_CONFIG)
 
 
 # ---------------------------------------------------------------------------- the sidecar files

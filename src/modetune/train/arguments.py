@@ -15,8 +15,7 @@ def training_arguments(config: TrainConfig, world_size: int = 1):
 
     accumulation = max(1, config.batch_size // (config.micro_batch_size * world_size))
     options = {"optim": config.optim, "neftune_noise_alpha": config.neftune_noise_alpha, "run_name": config.run_name,
-               "project": config.project,
-               "warmup_steps": config.warmup_ratio}  # transformers 5: a warmup_steps below 1 is a ratio (rounded up)
+               "project": config.project}
     return TrainingArguments(
         output_dir=config.output_dir,
         per_device_train_batch_size=config.micro_batch_size,
@@ -48,7 +47,9 @@ def training_arguments(config: TrainConfig, world_size: int = 1):
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False,
         use_cpu=not torch.cuda.is_available(),
-        **{"warmup_steps": config.warmup_steps, **{key: value for key, value in options.items() if value is not None}},
+        # transformers 5: a warmup_steps below 1 is a ratio of the steps (rounded up)
+        warmup_steps=config.warmup_steps if config.warmup_ratio is None else config.warmup_ratio,
+        **{key: value for key, value in options.items() if value is not None},
     )
 
 

@@ -246,15 +246,6 @@ def finished_run(config: TrainConfig, is_main: bool = True) -> dict:
     return summary
 
 
-def record_options(config: TrainConfig) -> dict:
-    """The keyword options of ``load_training_records`` for the run's data and val_data: ``columns`` when set."""
-    if not config.columns:
-        return {}
-    from ..data.records import parse_columns
-
-    return {"columns": parse_columns(config.columns)}
-
-
 def warn_offline_push(config: TrainConfig, is_main: bool = True) -> None:
     """Say before training that ``push_to_hub`` will fail when ``HF_HUB_OFFLINE`` is set (the run still trains)."""
     if config.push_to_hub and is_main and os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):

@@ -21,6 +21,7 @@ from transformers import Trainer, TrainerCallback
 
 from ..data import load_training_records, pack_rows, split_validation, tokenize_records
 from ..data.contamination import FINGERPRINT_NAME, warn_training_overlap, write_fingerprint
+from ..data.records import parse_columns
 from ..mod.model import MoDModel, base_fingerprint, gathered_state_dict, parameter_counts
 from ..mod.variants import build_variant
 from ..utils.errors import ConfigError, NonFiniteLossError
@@ -40,7 +41,6 @@ from .rundir import (
     prepare_run_dir,
     push_adapter,
     reached_end,
-    record_options,
     settle_resume,
     warn_offline_push,
 )
@@ -395,13 +395,13 @@ def train(config: TrainConfig, resume: bool | str | None = False, overwrite: boo
     if config.project:  # W&B reads its project from the environment only
         os.environ["WANDB_PROJECT"] = config.project
     set_seed(config.seed)
-    options = record_options(config)  # the column mapping, when set
-    records = load_training_records(config.data, config.max_records, config.seed, **options)
+    columns = parse_columns(config.columns)  # the field renaming of local files ({}: none)
+    records = load_training_records(config.data, config.max_records, config.seed, columns)
     if is_main:  # the contamination guard: warn before the model loads
         warn_training_overlap(records, config.contamination_warn_at)
     train_records, val_records = split_validation(records, config.val_size, config.seed)
     if config.val_data is not None:  # validation records of their own instead of the carve-out
-        train_records, val_records = records, load_training_records(config.val_data, None, config.seed, **options)
+        train_records, val_records = records, load_training_records(config.val_data, None, config.seed, columns)
     model, tokenizer = build_model(config)
     if resume_from is not None:  # trained on this base? Only then is the folder readied (trimmed log, ...)
         if stored_fingerprint(resume_from) is not None:

@@ -195,8 +195,6 @@ def record_base_model(directory: str | Path, name_or_path: str) -> None:
 def base_model_for(model: str | None, adapter: str | Path | None = None) -> str:
     """The base model to load: ``model`` when given, else the one recorded in ``adapter``
     (``base_model.json``), else ``"default"``; a damaged record is one line naming it."""
-    from .integrity import read_json
-
     if model:
         return model
     path = Path(adapter, BASE_MODEL_FILE) if adapter is not None else None
