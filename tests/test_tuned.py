@@ -12,7 +12,14 @@ import pytest
 from modetune.cli import main
 from modetune.data.builtin import builtin_arithmetic, template_key
 from modetune.studies.plan import ExperimentConfig, plan
-from modetune.studies.tuning import builtin_val_items, parse_arm, select_rate, tune_datasets
+from modetune.studies.tuning import (
+    builtin_val_items,
+    grid_edge,
+    parse_arm,
+    rates_compared,
+    select_rate,
+    tune_datasets,
+)
 from modetune.utils.errors import ConfigError
 from modetune.utils.stats import holm, paired_t_p, tost
 
@@ -58,6 +65,19 @@ def test_the_selection_rule():
     assert select_rate(no_ce, 0.01)["label"] == "lr2x"  # without CE rows: the smallest candidate
     diverged = [*rows, _row("lr8x", 2.4e-3, 0.0, float("inf"))]
     assert select_rate(diverged, 0.01)["label"] == "lr2x"
+
+
+def test_the_report_says_when_a_selected_rate_is_unbracketed():
+    rows = [_row("lr1x", 3e-4, 0.50, 0.40), _row("lr2x", 6e-4, 0.555, 0.38), _row("lr4x", 1.2e-3, 0.56, 0.37)]
+    top = select_rate(rows, 0.01)
+    assert top["label"] == "lr4x" and "top of its grid" in grid_edge(top, rows) and "higher" in grid_edge(top, rows)
+    inside = select_rate(rows[:2] + [_row("lr4x", 1.2e-3, 0.40, 0.50)], 0.01)
+    assert inside["label"] == "lr2x" and grid_edge(inside, rows) == ""
+    bottom = select_rate([_row("lr1x", 3e-4, 0.6, 0.3), *rows[1:]], 0.01)
+    assert "bottom of its grid" in grid_edge(bottom, rows) and "lower" in grid_edge(bottom, rows)
+    said = rates_compared({"lora": top, "mod": inside, "other": top})[0]
+    assert "`mod` 0.0006 is below `lora`'s 0.0012 (0.5x)" in said and "`other` 0.0012 is the same as" in said
+    assert rates_compared({"lora": top}) == []
 
 
 def test_arms_grids_and_seeds_are_checked():

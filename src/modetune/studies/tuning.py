@@ -293,6 +293,33 @@ def plot_curves(curves: dict[str, list[dict]], selection: dict[str, dict], root:
     return filename
 
 
+def grid_edge(choice: dict, rows: list[dict]) -> str:
+    """``"; the top of its grid: ..."`` where the selected rate is the grid's largest (or smallest)
+    rate, so the arm's best rate is not bracketed; else ``""``."""
+    rates = sorted(row["learning_rate"] for row in rows)
+    if len(rates) < 2 or rates[0] < choice["learning_rate"] < rates[-1]:
+        return ""
+    side, where = ("top", "higher") if choice["learning_rate"] == rates[-1] else ("bottom", "lower")
+    return f"; the {side} of its grid: its best rate may lie {where}, not bracketed"
+
+
+def rates_compared(selection: dict[str, dict]) -> list[str]:
+    """Each arm's selected rate against the first arm's (a secondary question of the plan: does
+    MoD's best rate sit lower than LoRA's?). Descriptive: a rate chosen over two tuning seeds on a
+    coarse grid carries no interval."""
+    if len(selection) < 2:
+        return []
+    (first, base), *others = selection.items()
+    words = []
+    for arm, choice in others:
+        ratio = choice["learning_rate"] / base["learning_rate"]
+        relation = "the same as" if ratio == 1 else "below" if ratio < 1 else "above"
+        words.append(f"`{arm}` {choice['learning_rate']:g} is {relation} `{first}`'s {base['learning_rate']:g}"
+                     + ("" if ratio == 1 else f" ({ratio:.2g}x)"))
+    return [f"Selected rates against `{first}`'s: {'; '.join(words)}. A comparison of choices, not a test: each "
+            "rate was picked on a coarse grid over the tuning seeds and carries no interval.", ""]
+
+
 def tuning_section(config: ExperimentConfig, results: list[dict], root: Path) -> list[str]:
     """The whole accuracy-vs-rate curve of every arm (validation items only), the selection and its plot."""
     specs = tuned_runs(config)
@@ -314,8 +341,10 @@ def tuning_section(config: ExperimentConfig, results: list[dict], root: Path) ->
             mean_ce = "" if row["mean_ce"] is None else f"{row['mean_ce']:.4f}"
             lines.append(f"| {arm} | {row['label']} | {row['learning_rate']:g} | "
                          f"{', '.join(map(str, row['seeds']))} | {acc} | {mean_acc} | {mean_ce} | {mark} |")
-    chosen = [f"`{arm}` {choice['learning_rate']:g} ({choice['label']})" for arm, choice in selection.items()]
+    chosen = [f"`{arm}` {choice['learning_rate']:g} ({choice['label']}{grid_edge(choice, curves.get(arm, []))})"
+              for arm, choice in selection.items()]
     lines += ["", f"Selected (`{SELECTION_NAME}`): {', '.join(chosen) if chosen else 'none yet'}.", ""]
+    lines += rates_compared(selection)
     plot = plot_curves(curves, selection, root, "tuned-curves.png")
     return lines + ([f"![{plot}]({plot})", ""] if plot else [])
 
