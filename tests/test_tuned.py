@@ -122,6 +122,10 @@ def test_tuned_study_smoke_end_to_end(tiny_model_dir, tmp_path, capsys):
     rerun does nothing; changed tuning rows are refused."""
     out = tmp_path / "tuned"
     argv = ["experiment", "tuned", "--smoke", "--model", str(tiny_model_dir), "--output-dir", str(out)]
+    assert main([*argv, "--only", "tune-lora_notk-lr1x-s1"]) == 0  # one tuning run first: a partial report
+    partial = (out / "report.md").read_text()
+    assert "**Partial report: 1 of 4 tuning runs and 0 of 4 confirmatory runs have rows.**" in partial
+    assert "No test item scored yet: the tuning stage scores validation items only." in partial
     assert main([*argv, "--jobs", "2"]) == 0
     selection = json.loads((out / "selection.json").read_text())["arms"]
     assert set(selection) == {"lora_notk", "mod"}

@@ -341,8 +341,14 @@ def write_study_report(study: str, config: ExperimentConfig, results: list[dict]
     lines = _header_lines(study, config, results, seconds, smoke)
     results = [r for r in results if not r["name"].startswith("tune-")]
     if missing:
-        lines += [f"**Partial report: {len(results)} of {len(results) + len(missing)} planned runs have rows.** "
-                  f"{_complete_comparisons(results, missing)} Without rows yet: {', '.join(missing)}.", ""]
+        tune_missing = [m for m in missing if m.startswith("tune-")]
+        counts = f"{len(results)} of {len(results) + len(missing) - len(tune_missing)} planned runs have rows"
+        if tuning or tune_missing:
+            counts = (f"{len(tuning)} of {len(tuning) + len(tune_missing)} tuning runs and "
+                      f"{counts.replace('planned runs', 'confirmatory runs')}")
+        lines += [f"**Partial report: {counts}.** "
+                  f"{_complete_comparisons(results, [m for m in missing if m not in tune_missing])} "
+                  f"Without rows yet: {', '.join(missing)}.", ""]
     context = Context(declared, config, results, root, _accuracy_rows(results)[1], tuning)
     plots = [plot_loss(results, root, f"{study}-loss.png"), plot_paired(results, root, f"{study}-paired.png")]
     plots += [plot_series(results, root, key, SERIES[key], f"{study}-{key}.png") for key in declared.plots]
@@ -365,8 +371,10 @@ def _header_lines(study: str, config: ExperimentConfig, results: list[dict], sec
             f"MoD overrides {config.mod_overrides() or 'none'}.",
             (f"Evaluation: `{config.datasets}` (first {config.eval_limit or 'all'} items each), "
              f"{'greedy' if config.num_beams == 1 else f'beam search ({config.num_beams})'} decoding. "
-             if any("correct" in r for r in results) else "No test-set evaluation in this study (validation "
-             "cross-entropy only). ") +
+             if any("correct" in r for r in results) else
+             "No test item scored yet: the tuning stage scores validation items only. "
+             if any(r["name"].startswith("tune-") for r in results) else
+             "No test-set evaluation in this study (validation cross-entropy only). ") +
             f"Wall-clock: {sum(r.get('train_s', 0) for r in results) / 60:.1f} min of training and "
             f"{sum(r.get('eval_s', 0) for r in results) / 60:.1f} min of evaluation"
             f"{_final_minutes(results)} over these runs, as measured when each ran; {seconds / 60:.1f} min in this "
