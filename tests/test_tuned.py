@@ -4,6 +4,7 @@ on the tiny setting."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from modetune.studies.tuning import (
     parse_arm,
     rates_compared,
     select_rate,
+    select_rates,
     tune_datasets,
 )
 from modetune.utils.errors import ConfigError
@@ -78,6 +80,24 @@ def test_the_report_says_when_a_selected_rate_is_unbracketed():
     said = rates_compared({"lora": top, "mod": inside, "other": top})[0]
     assert "`mod` 0.0006 is below `lora`'s 0.0012 (0.5x)" in said and "`other` 0.0012 is the same as" in said
     assert rates_compared({"lora": top}) == []
+
+
+def test_a_grid_changed_after_the_choice_is_refused(tmp_path):
+    def rows_for(config):
+        specs = plan("tuned", config)
+        results = [{"name": spec.name, "correct_val": {"builtin": {"a": spec.train["learning_rate"] > 5e-4, "b": True}},
+                    "val_item_ce": [(1.0 / spec.train["learning_rate"], 10)]} for spec in specs if spec.stage == "tune"]
+        return specs, results
+
+    config = ExperimentConfig(seeds=[42], tune_seeds=[1], lr_grid=[1, 2], arms=["lora_notk", "mod=lora_notk_mod"],
+                              primary=["mod:lora_notk"], equivalence=[])
+    chosen = select_rates(*rows_for(config), config, tmp_path)
+    assert {arm: c["label"] for arm, c in chosen.items()} == {"lora_notk": "lr2x", "mod": "lr2x"}
+    assert select_rates(*rows_for(config), config, tmp_path) == chosen  # the same grid: the recorded choice
+    for changed in ({"lr_grid": [1, 2, 4]}, {"tune_seeds": [1, 2]}):
+        other = dataclasses.replace(config, **changed)
+        with pytest.raises(ConfigError, match="grid or tuning seeds are now"):
+            select_rates(*rows_for(other), other, tmp_path)
 
 
 def test_arms_grids_and_seeds_are_checked():

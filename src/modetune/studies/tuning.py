@@ -226,14 +226,22 @@ def select_rate(rows: list[dict], tolerance: float) -> dict:
 def select_rates(specs: list[RunSpec], results: list[dict], config: ExperimentConfig, root: Path,
                  write: bool = True) -> dict[str, dict]:
     """Each arm's selected rate, for the arms whose tuning runs all have rows. A choice already
-    recorded in ``selection.json`` must equal the one its rows give now (else the rows changed
-    after the choice: an error); new choices are added to the file (``write``)."""
+    recorded in ``selection.json`` must have been made over the arm's grid and tuning seeds of now
+    and equal the one its rows give now (else the grid or the rows changed after the choice: an
+    error); new choices are added to the file (``write``)."""
     curves = tuning_curves(specs, results)
     chosen = {arm: select_rate(rows, config.select_tolerance) for arm, rows in curves.items()
               if all(row["complete"] for row in rows)}
     path = root / SELECTION_NAME
     recorded = json.loads(path.read_text())["arms"] if path.exists() else {}
     for arm, choice in recorded.items():
+        was = [(row["label"], sorted(row["seeds"])) for row in choice["curve"]]
+        now = [(row["label"], sorted(row["planned"])) for row in curves.get(arm, [])]
+        if arm in curves and sorted(was) != sorted(now):
+            show = lambda grid: ", ".join(f"{label} (seeds {','.join(map(str, seeds))})" for label, seeds in grid)  # noqa: E731
+            raise ConfigError(f"{path}: {arm}'s rate was chosen over {show(was)}; its grid or tuning seeds are now "
+                              f"{show(now)}. A grid changes before the choice, not after (delete {SELECTION_NAME} "
+                              "only to choose again on purpose).")
         if arm in chosen and chosen[arm]["learning_rate"] != choice["learning_rate"]:
             raise ConfigError(f"{path}: {arm}'s recorded rate {choice['learning_rate']:g} differs from the "
                               f"{chosen[arm]['learning_rate']:g} its tuning rows give now; the rows changed after "
