@@ -342,12 +342,11 @@ def write_study_report(study: str, config: ExperimentConfig, results: list[dict]
     results = [r for r in results if not r["name"].startswith("tune-")]
     if missing:
         tune_missing = [m for m in missing if m.startswith("tune-")]
-        counts = f"{len(results)} of {len(results) + len(missing) - len(tune_missing)} planned runs have rows"
-        if tuning or tune_missing:
-            counts = (f"{len(tuning)} of {len(tuning) + len(tune_missing)} tuning runs and "
-                      f"{counts.replace('planned runs', 'confirmatory runs')}")
-        lines += [f"**Partial report: {counts}.** "
-                  f"{_complete_comparisons(results, [m for m in missing if m not in tune_missing])} "
+        other_missing = [m for m in missing if not m.startswith("tune-")]
+        staged = bool(tuning or tune_missing)  # a study with a tuning stage counts its two stages apart
+        counts = (f"{len(tuning)} of {len(tuning) + len(tune_missing)} tuning runs and " if staged else "") + \
+            f"{len(results)} of {len(results) + len(other_missing)} {'confirmatory' if staged else 'planned'} runs"
+        lines += [f"**Partial report: {counts} have rows.** {_complete_comparisons(results, other_missing)} "
                   f"Without rows yet: {', '.join(missing)}.", ""]
     context = Context(declared, config, results, root, _accuracy_rows(results)[1], tuning)
     plots = [plot_loss(results, root, f"{study}-loss.png"), plot_paired(results, root, f"{study}-paired.png")]

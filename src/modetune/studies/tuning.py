@@ -338,7 +338,7 @@ def tuning_section(config: ExperimentConfig, results: list[dict], root: Path) ->
              f"Each arm at every rate of its grid over tuning seeds {', '.join(map(str, config.tune_seeds))}, scored on "
              f"the validation items only (`{config.tune_datasets}`, never the test items). Rule (PLAN.md): among the "
              f"rates whose mean validation accuracy is within {100 * config.select_tolerance:g} "
-             f"point{'' if config.select_tolerance == 0.01 else 's'} of the arm's "
+             f"point{'' if 100 * config.select_tolerance == 1 else 's'} of the arm's "
              "best, the lowest mean validation CE of the gold answers.", "",
              "| arm | rate | learning rate | seeds | val acc per seed (%) | mean val acc (%) | mean val CE | selected |",
              "|---|---|---|---|---|---|---|---|"]
