@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -168,6 +169,11 @@ def test_tuned_study_smoke_end_to_end(tiny_model_dir, tmp_path, capsys):
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.jsonl")}
     assert main(argv) == 0  # done: nothing runs again
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.jsonl")} == before
+    for folder in [*out.glob("*/adapter"), *out.glob("*/checkpoint-*")]:  # a fresh clone: rows only
+        shutil.rmtree(folder)
+    assert main([*argv, "--jobs", "2"]) == 0  # committed rows are done: nothing is retrained or rescored
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.jsonl")} == before
+    assert not list(out.glob("*/adapter"))
     # a tuning row changed after the choice: refused, naming selection.json
     row = tune / "eval-val" / "builtin.jsonl"
     rows = [json.loads(line) for line in row.read_text().splitlines()]

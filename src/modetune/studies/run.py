@@ -73,6 +73,9 @@ def run_one(spec: RunSpec, config: ExperimentConfig, root: Path) -> dict:
     timing_path = run_dir / "timing.json"
     timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
     _check_same_run(run_dir, train_config)
+    committed = collect_result(spec, run_dir)
+    if committed is not None and is_complete(spec, committed, config):  # its rows are in: done, even in a
+        return committed  # fresh clone without the adapter (never committed), whose absence would retrain it
     if spec.prefit_from is not None:
         _prefit(spec, config, train_config, root, timing)
     elif (run_dir / DIVERGED_NAME).exists():
