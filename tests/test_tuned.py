@@ -174,6 +174,14 @@ def test_tuned_study_smoke_end_to_end(tiny_model_dir, tmp_path, capsys):
     assert main([*argv, "--jobs", "2"]) == 0  # committed rows are done: nothing is retrained or rescored
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.jsonl")} == before
     assert not list(out.glob("*/adapter"))
+    assert "lora_notk: selected learning rate" in capsys.readouterr().out
+    copy = tmp_path / "copy"  # --report-only names the rule's pick without recording it
+    shutil.copytree(out, copy)
+    (copy / "selection.json").unlink()
+    assert main([*argv[:-1], str(copy), "--report-only"]) == 0
+    said = capsys.readouterr().out
+    assert "lora_notk: the rule picks (not in selection.json: --report-only writes none) learning rate" in said
+    assert "selected learning rate" not in said and not (copy / "selection.json").exists()
     # a tuning row changed after the choice: refused, naming selection.json
     row = tune / "eval-val" / "builtin.jsonl"
     rows = [json.loads(line) for line in row.read_text().splitlines()]

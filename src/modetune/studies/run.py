@@ -24,7 +24,7 @@ from ..utils.integrity import read_json
 from ..utils.outputs import write_text
 from .plan import SMOKE, SMOKE_STUDY, ExperimentConfig, RunSpec, plan, run_train_config
 from .report import write_study_report
-from .tuning import VAL_CE_NAME, VAL_EVAL, tune_datasets
+from .tuning import SELECTION_NAME, VAL_CE_NAME, VAL_EVAL, tune_datasets
 
 
 def _device() -> str | None:
@@ -466,8 +466,11 @@ def run_study(study: str, config: ExperimentConfig, smoke: bool = False) -> Path
         tuning_rows = _rows_of([spec for spec in first if spec.stage == "tune"], config, root)
         selection = select_rates(planned, tuning_rows, config, root, write=not config.report_only)
         ready, waiting = resolve(planned, selection)
+        path = root / SELECTION_NAME
+        recorded = json.loads(path.read_text())["arms"] if path.exists() else {}
         for arm, choice in selection.items():
-            print(f"[modetune experiment {study}] {arm}: selected learning rate {choice['learning_rate']:g} "
+            verb = "selected" if arm in recorded else f"the rule picks (not in {SELECTION_NAME}: --report-only writes none)"
+            print(f"[modetune experiment {study}] {arm}: {verb} learning rate {choice['learning_rate']:g} "
                   f"({choice['label']}; validation accuracy {100 * choice['mean_acc']:.1f}%)", flush=True)
         if waiting:
             print(f"[modetune experiment {study}] waiting for their arm's tuning runs: "
