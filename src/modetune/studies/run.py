@@ -24,7 +24,7 @@ from ..utils.integrity import read_json
 from ..utils.outputs import write_text
 from .plan import SMOKE, SMOKE_STUDY, ExperimentConfig, RunSpec, plan, run_train_config
 from .report import write_study_report
-from .tuning import SELECTION_NAME, VAL_CE_NAME, VAL_EVAL, tune_datasets
+from .tuning import SELECTION_NAME, VAL_CE_NAME, VAL_EVAL, recorded_selection, tune_datasets
 
 
 def _device() -> str | None:
@@ -78,8 +78,6 @@ def run_one(spec: RunSpec, config: ExperimentConfig, root: Path) -> dict:
         return committed  # fresh clone without the adapter (never committed), whose absence would retrain it
     if spec.prefit_from is not None:
         _prefit(spec, config, train_config, root, timing)
-    elif (run_dir / DIVERGED_NAME).exists():
-        return collect_result(spec, run_dir)
     elif not (adapter / TRAIN_CONFIG_NAME).exists():
         start = time.perf_counter()
         resume = any(run_dir.glob("checkpoint-*"))
@@ -466,8 +464,7 @@ def run_study(study: str, config: ExperimentConfig, smoke: bool = False) -> Path
         tuning_rows = _rows_of([spec for spec in first if spec.stage == "tune"], config, root)
         selection = select_rates(planned, tuning_rows, config, root, write=not config.report_only)
         ready, waiting = resolve(planned, selection)
-        path = root / SELECTION_NAME
-        recorded = json.loads(path.read_text())["arms"] if path.exists() else {}
+        recorded = recorded_selection(root)
         for arm, choice in selection.items():
             verb = "selected" if arm in recorded else f"the rule picks (not in {SELECTION_NAME}: --report-only writes none)"
             print(f"[modetune experiment {study}] {arm}: {verb} learning rate {choice['learning_rate']:g} "

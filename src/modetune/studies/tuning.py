@@ -223,6 +223,12 @@ def select_rate(rows: list[dict], tolerance: float) -> dict:
                                                               "mean_acc", "mean_ce")} for row in rows]}
 
 
+def recorded_selection(root: Path) -> dict[str, dict]:
+    """The choices recorded in the study's ``selection.json``, per arm (none yet: empty)."""
+    path = root / SELECTION_NAME
+    return json.loads(path.read_text())["arms"] if path.exists() else {}
+
+
 def select_rates(specs: list[RunSpec], results: list[dict], config: ExperimentConfig, root: Path,
                  write: bool = True) -> dict[str, dict]:
     """Each arm's selected rate, for the arms whose tuning runs all have rows. A choice already
@@ -233,7 +239,7 @@ def select_rates(specs: list[RunSpec], results: list[dict], config: ExperimentCo
     chosen = {arm: select_rate(rows, config.select_tolerance) for arm, rows in curves.items()
               if all(row["complete"] for row in rows)}
     path = root / SELECTION_NAME
-    recorded = json.loads(path.read_text())["arms"] if path.exists() else {}
+    recorded = recorded_selection(root)
     for arm, choice in recorded.items():
         was = [(row["label"], sorted(row["seeds"])) for row in choice["curve"]]
         now = [(row["label"], sorted(row["planned"])) for row in curves.get(arm, [])]
@@ -332,8 +338,7 @@ def tuning_section(config: ExperimentConfig, results: list[dict], root: Path) ->
     """The whole accuracy-vs-rate curve of every arm (validation items only), the selection and its plot."""
     specs = tuned_runs(config)
     curves = tuning_curves(specs, results)
-    path = root / SELECTION_NAME
-    selection = json.loads(path.read_text())["arms"] if path.exists() else {}
+    selection = recorded_selection(root)
     lines = ["## Tuning stage: validation accuracy against the learning rate", "",
              f"Each arm at every rate of its grid over tuning seeds {', '.join(map(str, config.tune_seeds))}, scored on "
              f"the validation items only (`{config.tune_datasets}`, never the test items). Rule (PLAN.md): among the "
