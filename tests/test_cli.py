@@ -227,3 +227,17 @@ def test_quick_commands_import_no_torch(argv):
             "print(sorted(m for m in ('torch', 'transformers', 'peft', 'accelerate') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True).stdout
     assert out.splitlines()[-1] == "[]", out
+
+
+def test_a_command_closes_the_process_group_it_ran_in(tmp_path, capsys):
+    """Under ``torchrun`` the Trainer opens a gloo process group; a command leaves none open
+    (left to the interpreter's shutdown, gloo's threads can abort a run that succeeded)."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert main(["config", "list"]) == 0
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()

@@ -81,4 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"modetune {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _close_process_group()
     return 0
+
+
+def _close_process_group() -> None:
+    """Close the process group a distributed run (``torchrun``) opened: gloo's worker threads,
+    left to the interpreter's shutdown, can abort the process (SIGABRT) after a run that succeeded."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
