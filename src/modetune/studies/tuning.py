@@ -296,8 +296,11 @@ def plot_curves(curves: dict[str, list[dict]], selection: dict[str, dict], root:
             if arm in selection and selection[arm].get(mean) is not None:
                 ax.scatter([selection[arm]["learning_rate"]], [selection[arm][mean] * scale], s=160,
                            facecolors="none", edgecolors=colour, linewidths=1.5)
+    rates = sorted({row["learning_rate"] for rows in curves.values() for row in rows})
     for ax, label in zip(axes, ("validation accuracy (%)", "validation CE of the gold answers (nats/token)")):
         ax.set_xscale("log")
+        ax.set_xticks(rates, [f"{rate:.2g}" for rate in rates], rotation=45, fontsize=8)  # the grid's rates only
+        ax.minorticks_off()
         ax.set_xlabel("learning rate (ringed: selected)")
         ax.set_ylabel(label)
         ax.legend(fontsize=7)
