@@ -255,6 +255,18 @@ CASES = {
     "experiment --seeds -1": (lambda r, t: (["experiment", "variants", "--smoke", "--seeds", "-1", "--model",
                                              str(r["tiny"]), "--output-dir", str(t / "s")], t), "seeds must be >= 0"),
     "train --seed -1": (lambda r, t: (_train_case(r, t, "--seed", "-1"), t), "seed must be >= 0"),
+    "experiment tuned --lr-grid 1,1": (lambda r, t: (["experiment", "tuned", "--lr-grid", "1,1", "--output-dir",
+                                                      str(t / "s")], t), "lr_grid lists a value twice"),
+    "experiment tuned arm grid 1/1": (lambda r, t: (["experiment", "tuned", "--arms", "a=lora_notk+lr_grid=1/1",
+                                                     "--output-dir", str(t / "s")], t), "distinct positive numbers"),
+    "experiment --seeds 42,42": (lambda r, t: (["experiment", "variants", "--seeds", "42,42", "--output-dir",
+                                                str(t / "s")], t), "seeds lists a value twice"),
+    "experiment --equivalence-margin 2": (lambda r, t: (["experiment", "tuned", "--equivalence-margin", "2",
+                                                         "--output-dir", str(t / "s")], t),
+                                          "equivalence_margin must be > 0 and <= 1"),
+    "experiment --smoke tuned seeds overlap": (lambda r, t: (["experiment", "tuned", "--smoke", "--tune-seeds", "42",
+                                                              "--model", str(r["tiny"]), "--output-dir", str(t / "s")],
+                                                             t), "tune_seeds and seeds must be disjoint"),
 }
 if not torch.cuda.is_available():  # a device this torch cannot use
     CASES["eval --device cuda on CPU torch"] = (lambda r, t: (_eval(r, "--device", "cuda", "--output", str(t / "o")),

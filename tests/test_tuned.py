@@ -194,3 +194,22 @@ def test_tuned_study_smoke_end_to_end(tiny_model_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main([*argv, "--report-only"]) == 1
     assert "selection.json" in capsys.readouterr().err
+
+
+def test_smoke_is_beneath_what_the_user_sets(tmp_path, monkeypatch):
+    """``--smoke`` sets the tiny budget, but a field given by flag or ``--config`` keeps its value
+    (the study runs the user's grid and seeds), and the report's command line names it."""
+    from modetune.studies.report import command_line
+
+    ran = {}
+    monkeypatch.setattr("modetune.studies.run.run_study", lambda study, config: ran.update(config=config))
+    (tmp_path / "c.yaml").write_text("tune_size: 6\n")
+    assert main(["experiment", "tuned", "--smoke", "--config", str(tmp_path / "c.yaml"), "--lr-grid", "1,2",
+                 "--seeds", "7,8", "--max-steps", "3"]) == 0
+    config = ran["config"]
+    assert (config.lr_grid, config.seeds, config.train.max_steps, config.tune_size) == ([1.0, 2.0], [7, 8], 3, 6)
+    assert (config.test_size, config.train.lora_r, config.tune_seeds) == (4, 4, [1])  # the smoke setting beneath
+    line = command_line("tuned", config, smoke=True)
+    assert line == "modetune experiment tuned --smoke --max-steps 3 --seeds 7,8 --lr-grid 1.0,2.0 --tune-size 6", line
+    assert main(["experiment", "tuned", "--lr-grid", "1,2"]) == 0
+    assert ran["config"].train.max_steps != 2 and ran["config"].seeds == ExperimentConfig().seeds  # no smoke: none

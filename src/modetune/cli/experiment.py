@@ -17,8 +17,10 @@ def add(sub, name: str, help: str) -> None:  # noqa: A002
 
 
 def run(args) -> None:
-    from ..studies.plan import ExperimentConfig
+    from ..studies.plan import ExperimentConfig, smoke_settings
     from ..studies.run import run_study
 
     config = config_from_args(args, ExperimentConfig)
-    run_study(args.study, config, smoke=config.smoke)
+    if config.smoke:  # the tiny setting beneath the fields the user set
+        config = config_from_args(args, ExperimentConfig, base=smoke_settings(args.study))
+    run_study(args.study, config)

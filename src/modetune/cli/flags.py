@@ -154,12 +154,13 @@ def load_yaml_config(path: str | Path) -> dict:
     return data
 
 
-def config_from_args(args: argparse.Namespace, cls):
-    """YAML (``--config``) first, then every config flag given on the command line: a ``cls``."""
-    data = load_yaml_config(args.config) if getattr(args, "config", None) else {}
+def config_from_args(args: argparse.Namespace, cls, base: dict | None = None):
+    """``base`` (settings beneath the user's), then YAML (``--config``), then every config flag given
+    on the command line: a ``cls``."""
+    data = {**(base or {}), **(load_yaml_config(args.config) if getattr(args, "config", None) else {})}
     names = {flag.name for flag in config_flags(cls)}
     flags = {key: value for key, value in vars(args).items() if key in names}
-    from_yaml = [key for key in data if key not in flags]
+    from_yaml = [key for key in data if key not in flags and key not in (base or {})]
     data.update(flags)
     try:
         return cls.from_dict(data)

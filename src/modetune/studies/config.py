@@ -102,7 +102,7 @@ class ExperimentConfig(Config):
                 "tune_size built-in items from the held-out templates-and-numbers bucket, disjoint by that key "
                 "from the test items and from training); never the test sets"})
     tune_size: int = field(default=300, metadata={"min": 1, "help": "tuned: items of the entry 'builtin-tn-val'"})
-    select_tolerance: float = field(default=0.01, metadata={"min": 0,
+    select_tolerance: float = field(default=0.01, metadata={"min": 0, "max": 1,
         "help": "tuned: selection rule: among the rates whose mean validation accuracy over tune_seeds is within "
                 "this of the best (0.01 = one point), the one with the lowest mean validation CE of the gold "
                 "answers (no CE: the smallest rate)"})
@@ -111,7 +111,7 @@ class ExperimentConfig(Config):
                 "Holm-corrected together with the equivalence tests"})
     equivalence: list[str] = field(default_factory=lambda: list(TUNED_EQUIVALENCE), metadata={
         "help": "tuned: the primary equivalence tests A:B (TOST at +-equivalence_margin)"})
-    equivalence_margin: float = field(default=0.015, metadata={"min": 0,
+    equivalence_margin: float = field(default=0.015, metadata={"gt": 0, "max": 1,
         "help": "tuned: the equivalence margin in accuracy (0.015 = 1.5 points), stated before the runs"})
     jobs: int = field(default=1, metadata={"min": 1,
         "help": "runs trained and evaluated at once, each in its own process with cores/jobs threads"})
@@ -120,7 +120,8 @@ class ExperimentConfig(Config):
     output_dir: str | None = field(default=None, metadata={
         "help": "study folder holding every run and report.md (none: runs/experiments/<study>)"})
     smoke: bool = field(default=False, metadata={
-        "help": "a tiny budget that runs end to end in minutes (on --model, e.g. a tiny random model)"})
+        "help": "a tiny budget that runs end to end in minutes (on --model, e.g. a tiny random model); the "
+                "fields set by flag or --config keep their values"})
     report_only: bool = field(default=False, metadata={
         "help": "write report.md from the runs' rows alone (val.json, log.jsonl, timing.json, eval/*.jsonl): "
                 "nothing trains or evaluates, adapters are not needed"})
@@ -129,6 +130,11 @@ class ExperimentConfig(Config):
         for name in ("seeds", "key_seeds", "k_values", "tune_seeds", "arms", "lr_grid"):
             if not getattr(self, name):
                 raise ConfigError(f"{name} must list at least one value.")
+        for name in ("seeds", "key_seeds", "k_values", "tune_seeds", "lr_grid", "lr_factors", "router_lr_factors",
+                     "router_warmups"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ConfigError(f"{name} lists a value twice: {values} (each names its own runs).")
         if self.router_arm not in ("train", "prefit"):
             raise ConfigError(f"router_arm must be 'train' or 'prefit', got {self.router_arm!r}.")
         if self.probe_records and self.probe_records < 4:

@@ -37,6 +37,11 @@ SMOKE = dict(data="builtin:arithmetic:40", max_steps=2, batch_size=2, micro_batc
              eval_limit=4, eval_batch_size=4, max_new_tokens=16, k_values=[1, 2])
 
 
+def smoke_settings(study: str) -> dict:
+    """The tiny setting of ``study`` (``--smoke``): the fields it sets, beneath whatever the user sets."""
+    return {**SMOKE, **SMOKE_STUDY.get(study, {})}
+
+
 def _variants(config: ExperimentConfig) -> list[RunSpec]:
     runs = []
     for preset in ("lora_notk", "lora_notk_mod", "lora_all", "lora_all_mod", "mod_only"):

@@ -21,7 +21,7 @@ from ..utils.stats import (
     wilson_interval,
 )
 from .comparisons import clip_rows, comparison_rows, final_member_rows, reproduction_rows, unseen_rows
-from .plan import SMOKE, SMOKE_STUDY, STUDY, ExperimentConfig, Study, arm_of, arms_vs_lora, is_baseline
+from .plan import STUDY, ExperimentConfig, Study, arm_of, arms_vs_lora, is_baseline, smoke_settings
 from .plots import plot_loss, plot_paired, plot_series
 from .probe_table import probe_rows
 from .tuning import tests_section, tuning_section
@@ -249,10 +249,11 @@ def command_line(study: str, config: ExperimentConfig, smoke: bool = False) -> s
     import shlex
 
     parts = ["modetune", "experiment", study] + (["--smoke"] if smoke else [])
-    default, extra = ExperimentConfig().to_dict(), {}
+    default = ExperimentConfig.from_dict(smoke_settings(study)) if smoke else ExperimentConfig()
+    default, extra = default.to_dict(), {}
     for name, value in config.to_dict().items():
         invocation = name in ("only", "report_only", "smoke", "jobs")  # how this call ran, not what the study is
-        if invocation or value == default.get(name) or (smoke and (name in SMOKE or name in SMOKE_STUDY.get(study, {}))):
+        if invocation or value == default.get(name):
             continue
         flag = "--" + name.replace("_", "-")
         if isinstance(value, dict):

@@ -22,7 +22,7 @@ from ..utils.checks import differing_settings
 from ..utils.errors import ConfigError, NonFiniteLossError
 from ..utils.integrity import read_json
 from ..utils.outputs import write_text
-from .plan import SMOKE, SMOKE_STUDY, ExperimentConfig, RunSpec, plan, run_train_config
+from .plan import ExperimentConfig, RunSpec, plan, run_train_config
 from .report import write_study_report
 from .tuning import SELECTION_NAME, VAL_CE_NAME, VAL_EVAL, recorded_selection, tune_datasets
 
@@ -422,8 +422,10 @@ def _rows_of(specs: list[RunSpec], config: ExperimentConfig, root: Path) -> list
             and is_complete(spec, result, config)]
 
 
-def run_study(study: str, config: ExperimentConfig, smoke: bool = False) -> Path:
+def run_study(study: str, config: ExperimentConfig) -> Path:
     """Run (or resume) every run of a study and write ``report.md``; returns the study folder.
+    ``config.smoke`` marks the tiny setting (its folder and report say so); build such a config with
+    ``ExperimentConfig.from_dict({**smoke_settings(study), **yours, "smoke": True})``.
 
     A study with a tuning stage (``tuned``) runs it first, records each arm's selected rate in
     ``selection.json`` (:mod:`.tuning`), then runs the confirmatory stage at those rates; an arm
@@ -431,8 +433,7 @@ def run_study(study: str, config: ExperimentConfig, smoke: bool = False) -> Path
     goes on from there."""
     from .tuning import resolve, select_rates
 
-    if smoke:
-        config = ExperimentConfig.from_dict({**config.to_dict(), **SMOKE, **SMOKE_STUDY.get(study, {})})
+    smoke = config.smoke
     root = Path(config.output_dir or f"runs/experiments/{study}{'-smoke' if smoke else ''}")
     planned = plan(study, config)
     tuned = any(spec.select for spec in planned)

@@ -63,8 +63,8 @@ def parse_arm(text: str, lr_grid: list[float]) -> Arm:
                 grid = tuple(float(v) for v in raw.split("/"))
             except ValueError:
                 raise ConfigError(f"Arm {text!r}: lr_grid must be numbers separated by '/', got {raw!r}.") from None
-            if not grid or any(f <= 0 for f in grid):
-                raise ConfigError(f"Arm {text!r}: lr_grid must be positive, got {raw!r}.")
+            if not grid or any(f <= 0 for f in grid) or len(set(grid)) != len(grid):
+                raise ConfigError(f"Arm {text!r}: lr_grid must be distinct positive numbers, got {raw!r}.")
             continue
         value = yaml.safe_load(raw)
         if key in mod_fields:
