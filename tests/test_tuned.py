@@ -209,7 +209,7 @@ def test_smoke_is_beneath_what_the_user_sets(tmp_path, monkeypatch):
     config = ran["config"]
     assert (config.lr_grid, config.seeds, config.train.max_steps, config.tune_size) == ([1.0, 2.0], [7, 8], 3, 6)
     assert (config.test_size, config.train.lora_r, config.tune_seeds) == (4, 4, [1])  # the smoke setting beneath
-    line = command_line("tuned", config, smoke=True)
+    line = command_line("tuned", config)
     assert line == "modetune experiment tuned --smoke --max-steps 3 --seeds 7,8 --lr-grid 1.0,2.0 --tune-size 6", line
     assert main(["experiment", "tuned", "--lr-grid", "1,2"]) == 0
     assert ran["config"].train.max_steps != 2 and ran["config"].seeds == ExperimentConfig().seeds  # no smoke: none

@@ -157,11 +157,11 @@ def load_yaml_config(path: str | Path) -> dict:
 def config_from_args(args: argparse.Namespace, cls, base: dict | None = None):
     """``base`` (settings beneath the user's), then YAML (``--config``), then every config flag given
     on the command line: a ``cls``."""
-    data = {**(base or {}), **(load_yaml_config(args.config) if getattr(args, "config", None) else {})}
+    yaml = load_yaml_config(args.config) if getattr(args, "config", None) else {}
     names = {flag.name for flag in config_flags(cls)}
     flags = {key: value for key, value in vars(args).items() if key in names}
-    from_yaml = [key for key in data if key not in flags and key not in (base or {})]
-    data.update(flags)
+    from_yaml = [key for key in yaml if key not in flags]
+    data = {**(base or {}), **yaml, **flags}
     try:
         return cls.from_dict(data)
     except ConfigError as error:  # a value the YAML file gave: the error names the file

@@ -37,11 +37,12 @@ class ExperimentConfig(Config):
 
     train: TrainConfig = field(default_factory=_study_training, metadata={
         "help": "training settings of every run", "hide": RUN_FIELDS})
-    seeds: list[int] = field(default_factory=lambda: [42], metadata={
+    seeds: list[int] = field(default_factory=lambda: [42], metadata={"distinct": True,
         "min": 0, "max": SEED_MAX, "help": "seeds of the runs (comma-separated)"})
-    key_seeds: list[int] = field(default_factory=lambda: [42, 43, 44], metadata={"min": 0, "max": SEED_MAX,
+    key_seeds: list[int] = field(default_factory=lambda: [42, 43, 44], metadata={
+        "distinct": True, "min": 0, "max": SEED_MAX,
         "help": "seeds of the key pair lora_notk vs lora_notk_mod in the variants study"})
-    k_values: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5], metadata={"min": 1,
+    k_values: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5], metadata={"distinct": True, "min": 1,
         "help": "the topk study's ensemble sizes k"})
     datasets: str = field(default="gsm8k,SVAMP,MultiArith,AddSub,SingleEq,AQuA", metadata={
         "help": "test sets each run is evaluated on (as for modetune eval --datasets)"})
@@ -61,9 +62,9 @@ class ExperimentConfig(Config):
                 "(test_ce.jsonl; one forward pass per item)"})
     test_size: int = field(default=600, metadata={"min": 1,
         "help": "held-out items of the built-in split by template and numbers (datasets entry 'builtin-tn')"})
-    router_lr_factors: list[float] = field(default_factory=lambda: [1.0, 10.0, 30.0, 100.0], metadata={"gt": 0,
-        "help": "router_sweep: router_lr as multiples of learning_rate"})
-    router_warmups: list[int] = field(default_factory=lambda: [0, 10], metadata={"min": 0,
+    router_lr_factors: list[float] = field(default_factory=lambda: [1.0, 10.0, 30.0, 100.0], metadata={
+        "distinct": True, "gt": 0, "help": "router_sweep: router_lr as multiples of learning_rate"})
+    router_warmups: list[int] = field(default_factory=lambda: [0, 10], metadata={"distinct": True, "min": 0,
         "help": "router_sweep: router_warmup_steps values"})
     router_arm_lr: float = field(default=3e-3, metadata={"gt": 0,
         "help": "mod_vs_lora: router_lr of the mod_router arm (set from router_sweep before the study runs)"})
@@ -78,7 +79,7 @@ class ExperimentConfig(Config):
     baseline_dir: str | None = field(default=None, metadata={
         "help": "clip_control: a committed study folder (relative to output_dir, or absolute) whose lora_notk and "
                 "lora_notk_mod rows are the comparators, read and not retrained (none: train them in this study)"})
-    lr_factors: list[float] = field(default_factory=lambda: [1.5, 2.0], metadata={"gt": 0,
+    lr_factors: list[float] = field(default_factory=lambda: [1.5, 2.0], metadata={"distinct": True, "gt": 0,
         "help": "clip_control: learning rates of the lora_lr arms, as multiples of learning_rate"})
     final_member: bool = field(default=False, metadata={
         "help": "also evaluate each MoD run's final member alone (eval-final/: every token routed to the last "
@@ -92,10 +93,10 @@ class ExperimentConfig(Config):
     arms: list[str] = field(default_factory=lambda: list(TUNED_ARMS), metadata={
         "help": "tuned: the arms, each NAME=PRESET with optional +FIELD=VALUE training or MoD settings and "
                 "+lr_grid=F/F/... (its own grid), or a bare PRESET; the first arm is the baseline"})
-    lr_grid: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 3.0, 4.0], metadata={"gt": 0,
+    lr_grid: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 3.0, 4.0], metadata={"distinct": True, "gt": 0,
         "help": "tuned: learning rates of the tuning stage, as multiples of learning_rate (an arm's +lr_grid "
                 "overrides it); MoD's own parameters follow the rate unless router_lr is set"})
-    tune_seeds: list[int] = field(default_factory=lambda: [1, 2], metadata={"min": 0, "max": SEED_MAX,
+    tune_seeds: list[int] = field(default_factory=lambda: [1, 2], metadata={"distinct": True, "min": 0, "max": SEED_MAX,
         "help": "tuned: seeds of the tuning stage (disjoint from seeds, the confirmatory stage's)"})
     tune_datasets: str = field(default="builtin-tn-val", metadata={
         "help": "tuned: the validation items each tuning run is scored on (as datasets; 'builtin-tn-val': "
@@ -130,11 +131,6 @@ class ExperimentConfig(Config):
         for name in ("seeds", "key_seeds", "k_values", "tune_seeds", "arms", "lr_grid"):
             if not getattr(self, name):
                 raise ConfigError(f"{name} must list at least one value.")
-        for name in ("seeds", "key_seeds", "k_values", "tune_seeds", "lr_grid", "lr_factors", "router_lr_factors",
-                     "router_warmups"):
-            values = getattr(self, name)
-            if len(set(values)) != len(values):
-                raise ConfigError(f"{name} lists a value twice: {values} (each names its own runs).")
         if self.router_arm not in ("train", "prefit"):
             raise ConfigError(f"router_arm must be 'train' or 'prefit', got {self.router_arm!r}.")
         if self.probe_records and self.probe_records < 4:

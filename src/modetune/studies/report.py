@@ -244,12 +244,12 @@ def _collapse_rows(results: list[dict]) -> list[str]:
     return lines
 
 
-def command_line(study: str, config: ExperimentConfig, smoke: bool = False) -> str:
+def command_line(study: str, config: ExperimentConfig) -> str:
     """The ``modetune experiment`` command that reproduces ``config`` (non-default fields as flags)."""
     import shlex
 
-    parts = ["modetune", "experiment", study] + (["--smoke"] if smoke else [])
-    default = ExperimentConfig.from_dict(smoke_settings(study)) if smoke else ExperimentConfig()
+    parts = ["modetune", "experiment", study] + (["--smoke"] if config.smoke else [])
+    default = ExperimentConfig.from_dict(smoke_settings(study)) if config.smoke else ExperimentConfig()
     default, extra = default.to_dict(), {}
     for name, value in config.to_dict().items():
         invocation = name in ("only", "report_only", "smoke", "jobs")  # how this call ran, not what the study is
@@ -333,13 +333,13 @@ SERIES = {"sparsity": "routing sparsity (share of weights < 1e-5)"}  # the per-s
 
 
 def write_study_report(study: str, config: ExperimentConfig, results: list[dict], root: Path, seconds: float,
-                       smoke: bool, missing: list[str] | None = None) -> Path:
+                       missing: list[str] | None = None) -> Path:
     """Write ``report.md`` (and ``report-<study>.md``) of a study into its folder ``root``: the
     sections its declaration names (``plan.STUDY[study]``), then its plots; ``missing`` names the
     planned runs without rows (the report then says it is partial)."""
     declared = STUDY[study]
     tuning = [r for r in results if r["name"].startswith("tune-")]
-    lines = _header_lines(study, config, results, seconds, smoke)
+    lines = _header_lines(study, config, results, seconds)
     results = [r for r in results if not r["name"].startswith("tune-")]
     if missing:
         tune_missing = [m for m in missing if m.startswith("tune-")]
@@ -361,10 +361,10 @@ def write_study_report(study: str, config: ExperimentConfig, results: list[dict]
     return path
 
 
-def _header_lines(study: str, config: ExperimentConfig, results: list[dict], seconds: float, smoke: bool) -> list[str]:
+def _header_lines(study: str, config: ExperimentConfig, results: list[dict], seconds: float) -> list[str]:
     train = config.train
-    return [f"# Study: {study}{' (smoke setting)' if smoke else ''}", "",
-            f"Command: `{command_line(study, config, smoke)}`; settings in `experiment.json`.",
+    return [f"# Study: {study}{' (smoke setting)' if config.smoke else ''}", "",
+            f"Command: `{command_line(study, config)}`; settings in `experiment.json`.",
             f"Model `{train.model}`; training data `{train.data}`; budget: {train.num_epochs:g} epoch(s)"
             f"{f', at most {train.max_steps} steps' if train.max_steps > 0 else ''}, global batch {train.batch_size},"
             f" lr {train.learning_rate:g}, cutoff {train.cutoff_len}, LoRA r={train.lora_r}; k={train.mod.k}; "

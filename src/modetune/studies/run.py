@@ -433,8 +433,7 @@ def run_study(study: str, config: ExperimentConfig) -> Path:
     goes on from there."""
     from .tuning import resolve, select_rates
 
-    smoke = config.smoke
-    root = Path(config.output_dir or f"runs/experiments/{study}{'-smoke' if smoke else ''}")
+    root = Path(config.output_dir or f"runs/experiments/{study}{'-smoke' if config.smoke else ''}")
     planned = plan(study, config)
     tuned = any(spec.select for spec in planned)
     if config.only:
@@ -455,7 +454,7 @@ def run_study(study: str, config: ExperimentConfig) -> Path:
         check_plan_fits(chosen(planned), config, root)  # every run's k fits the model, before the first one trains
         root.mkdir(parents=True, exist_ok=True)
         recorded = {**config.to_dict(), "only": None, "report_only": False, "jobs": 1, "smoke": False}  # not the call
-        (root / "experiment.json").write_text(json.dumps({"study": study, "smoke": smoke, "config": recorded},
+        (root / "experiment.json").write_text(json.dumps({"study": study, "smoke": config.smoke, "config": recorded},
                                                          indent=2))
     started = time.perf_counter()
     first = [spec for spec in planned if spec.select is None]  # every run of a study without tuning
@@ -491,6 +490,6 @@ def run_study(study: str, config: ExperimentConfig) -> Path:
     seconds = 0.0 if config.report_only else time.perf_counter() - started
     done = {result["name"] for result in results}
     missing = [s.name for s in planned if s.name not in done] + [s.name for s in waiting]
-    write_study_report(study, config, results, root, seconds, smoke, missing)
+    write_study_report(study, config, results, root, seconds, missing)
     print(f"[modetune experiment {study}] report: {root / 'report.md'}")
     return root

@@ -9,8 +9,9 @@ can decide is a ``range_note``, checked there)::
 
 Building one (from flags, a YAML file, a saved JSON file or Python) coerces every field to its type
 hint, then checks every declared range (``min``/``max`` inclusive, ``gt``/``lt`` exclusive; each item
-of a list; ``None`` passes), then runs the class's own :meth:`Config.validate` for checks across
-fields. Every failure is one :class:`~modetune.utils.errors.ConfigError` line naming the field.
+of a list; ``None`` passes) and ``distinct`` (a list whose values may not repeat), then runs the
+class's own :meth:`Config.validate` for checks across fields. Every failure is one
+:class:`~modetune.utils.errors.ConfigError` line naming the field.
 ``--help`` shows each range (:func:`range_text`).
 """
 
@@ -28,8 +29,8 @@ SEED_MAX = 2**32 - 1  # numpy's and torch's seed range
 
 def setting(default: Any = dataclasses.MISSING, help: str = "", *, factory=None, **metadata) -> Any:  # noqa: A002
     """A config field with its help sentence and metadata (``min``, ``max``, ``gt``, ``lt``,
-    ``required``, ``hide``, ...); ``factory`` for a mutable default."""
-    unknown = set(metadata) - {*BOUNDS, "required", "hide", "range_note"}
+    ``distinct``, ``required``, ``hide``, ...); ``factory`` for a mutable default."""
+    unknown = set(metadata) - {*BOUNDS, "distinct", "required", "hide", "range_note"}
     if unknown:
         raise TypeError(f"Unknown field metadata {sorted(unknown)}.")
     if factory is not None:
@@ -64,11 +65,14 @@ def _outside(value, metadata) -> bool:
 
 
 def check_ranges(config) -> None:
-    """Every field's declared range (see the module docstring), or one :class:`ConfigError` line."""
+    """Every field's declared range and ``distinct`` (see the module docstring), or one
+    :class:`ConfigError` line."""
     for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.metadata.get("distinct") and value is not None and len(set(value)) != len(value):
+            raise ConfigError(f"{f.name} lists a value twice: {value}.")
         if not any(key in f.metadata for key in BOUNDS):
             continue
-        value = getattr(config, f.name)
         values = value if isinstance(value, list) else [value]
         bad = [v for v in values if v is not None and _outside(v, f.metadata)]
         if bad:
