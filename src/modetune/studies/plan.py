@@ -158,7 +158,8 @@ class Study:
     per-step series plotted beside the loss; ``primary``: the pre-registered primary test's sentence
     (``{key_seeds}``, ``{seeds}``: their counts), put at the head of the pooled table; ``comparisons``:
     declared ``(label, arm[:final], arm[:final])`` comparisons over seeds, and ``unseen`` the labels
-    repeated on items with no seen equation; ``paper``: reference numbers from the paper."""
+    repeated on items with no seen equation (``unseen_only``: shown on those items only, not in the
+    comparisons table); ``paper``: reference numbers from the paper."""
 
     runs: Callable[[ExperimentConfig], list[RunSpec]]
     sections: tuple[str, ...] = (*TOP, *MIDDLE, "probe")
@@ -166,6 +167,7 @@ class Study:
     primary: str | None = None
     comparisons: tuple[tuple[str, str, str], ...] = ()
     unseen: tuple[str, ...] = ()
+    unseen_only: bool = False
     paper: dict | None = None
     declare: Callable[[ExperimentConfig], tuple[tuple[str, str, str], ...]] | None = None  # comparisons from the config
     holm: tuple[str, ...] = ()  # comparison labels adjusted together (a note under the table)
@@ -202,7 +204,7 @@ STUDY = {
                           unseen=("C1", "C2", "C4"), holm=("C1", "C2", "C3", "C4")),
     "tuned": Study(tuned_runs, ("tuning", "tests", "runs", "comparisons", "final_member", "unseen", "clipping", "test_ce",
                             "val_ce", "collapse", "spread", "probe"), unseen=("P-unseen",),
-                   declare=declared_secondaries,
+                   unseen_only=True, declare=declared_secondaries,
                    comparisons_title="Secondary comparisons (PLAN.md; unadjusted)"),
 }
 STUDIES = tuple(STUDY)
