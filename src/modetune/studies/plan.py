@@ -177,6 +177,11 @@ class Study:
         """The declared comparisons: static, or built from the study's settings (its arms)."""
         return self.declare(config) if self.declare else self.comparisons
 
+    def table_comparisons(self, config: ExperimentConfig) -> list[tuple[str, str, str]]:
+        """The declared comparisons of the comparisons table: all of them, less the ``unseen`` labels
+        when those are shown on the unseen-equation items only (``unseen_only``)."""
+        return [d for d in self.comparisons_of(config) if not (self.unseen_only and d[0] in self.unseen)]
+
 
 SPARSITY_PLOT = ("sparsity",)
 STUDY = {

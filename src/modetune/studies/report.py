@@ -310,9 +310,8 @@ SECTIONS = {  # a study's declared sections (plan.Study.sections), by name
     "runs": _runs_section,
     "paired": _paired_section,
     "pooled": _pooled_section,
-    "comparisons": lambda c: comparison_rows([d for d in c.study.comparisons_of(c.config)
-                                              if not (c.study.unseen_only and d[0] in c.study.unseen)],
-                                             c.results, c.study.holm, c.study.comparisons_title),
+    "comparisons": lambda c: comparison_rows(c.study.table_comparisons(c.config), c.results, c.study.holm,
+                                             c.study.comparisons_title),
     "final_member": lambda c: final_member_rows(c.results),
     "unseen": lambda c: unseen_rows(c.study.comparisons_of(c.config), c.study.unseen, c.results, c.root),
     "tuning": lambda c: tuning_section(c.config, c.tuning, c.root),
